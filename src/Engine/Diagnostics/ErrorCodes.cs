@@ -1,0 +1,39 @@
+namespace DotQuant.Engine.Diagnostics;
+
+/// <summary>Every diagnostic code the engine raises. Codes are stable: documented in docs/diagnostics.md.</summary>
+public static class ErrorCodes
+{
+    // Files and checkpoints
+    public const string FileNotFound = "DQ0100";
+    public const string SafetensorsTruncated = "DQ0101";
+    public const string SafetensorsHeaderLength = "DQ0102";
+    public const string SafetensorsHeaderJson = "DQ0103";
+    public const string SafetensorsUnknownDtype = "DQ0104";
+    public const string SafetensorsShapeMismatch = "DQ0105";
+    public const string SafetensorsSpanOutside = "DQ0106";
+    public const string SafetensorsSpanOverlap = "DQ0107";
+    public const string PickleCheckpoint = "DQ0108";
+    public const string ShardIndex = "DQ0109";
+    public const string NoCheckpoint = "DQ0110";
+    public const string SafetensorsWrite = "DQ0111";
+
+    // Model configuration and weights
+    public const string ConfigMissing = "DQ0120";
+    public const string ConfigKey = "DQ0121";
+    public const string UnsupportedModelType = "DQ0122";
+    public const string ConfigInconsistent = "DQ0123";
+    public const string WeightMissing = "DQ0124";
+    public const string WeightShape = "DQ0125";
+
+    // Tokenizer
+    public const string TokenizerMissing = "DQ0130";
+    public const string TokenizerMalformed = "DQ0131";
+    public const string TokenizerUnsupported = "DQ0132";
+
+    // Evaluation inputs
+    public const string EvalData = "DQ0140";
+    public const string EvalArgument = "DQ0141";
+    public const string NonFinite = "DQ0142";
+
+    public const string Internal = "DQ0900";
+}

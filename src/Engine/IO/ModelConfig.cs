@@ -1,0 +1,197 @@
+using System.Text.Json;
+using DotQuant.Engine.Diagnostics;
+
+namespace DotQuant.Engine.IO;
+
+/// <summary>RoPE frequency scaling as in transformers' <c>rope_scaling</c>.</summary>
+public sealed record RopeScaling(string Type, double Factor, double LowFreqFactor = 1, double HighFreqFactor = 4, int OriginalMaxPositions = 8192);
+
+/// <summary>The parts of a Hugging Face <c>config.json</c> a decoder needs, with each family's
+/// defaults as transformers applies them. Unknown keys are ignored; missing required keys and
+/// values of the wrong type are DQ0121 errors naming the key.</summary>
+public sealed record ModelConfig
+{
+    public required string ModelType { get; init; }
+    public required int HiddenSize { get; init; }
+    public required int NumLayers { get; init; }
+    public required int NumHeads { get; init; }
+    public required int NumKvHeads { get; init; }
+    public required int HeadDim { get; init; }
+    public required int IntermediateSize { get; init; }
+    public required int VocabSize { get; init; }
+    public required double RmsNormEps { get; init; }
+    public required double RopeTheta { get; init; }
+    public RopeScaling? RopeScaling { get; init; }
+    public required bool TieWordEmbeddings { get; init; }
+    /// <summary>Bias on q/k/v projections (Qwen2 always; Llama with attention_bias).</summary>
+    public required bool QkvBias { get; init; }
+    /// <summary>Bias on the attention output projection (Llama's attention_bias covers o_proj too).</summary>
+    public required bool OutputBias { get; init; }
+    public required bool MlpBias { get; init; }
+    public required int MaxPositionEmbeddings { get; init; }
+    public int? SlidingWindow { get; init; }
+    public required string HiddenAct { get; init; }
+    public int? BosTokenId { get; init; }
+    public int[] EosTokenIds { get; init; } = [];
+    public string? TorchDtype { get; init; }
+
+    public int KvGroups => NumHeads / NumKvHeads;
+
+    public static readonly string[] SupportedModelTypes = ["llama", "qwen2", "mistral"];
+
+    public static ModelConfig Load(string modelDir)
+    {
+        string path = Path.Combine(modelDir, "config.json");
+        if (!File.Exists(path))
+            throw new DotQuantException(ErrorCodes.ConfigMissing, $"config.json not found in {modelDir}", path);
+        JsonDocument doc;
+        try
+        {
+            doc = JsonDocument.Parse(File.ReadAllBytes(path), new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
+        }
+        catch (JsonException e)
+        {
+            throw new DotQuantException(ErrorCodes.ConfigMissing, $"config.json is not well-formed JSON: {e.Message}", path);
+        }
+        using (doc) return Parse(doc.RootElement, path);
+    }
+
+    public static ModelConfig Parse(JsonElement root, string path)
+    {
+        var r = new Reader(root, path);
+        string modelType = r.String("model_type") ?? throw r.Missing("model_type");
+        if (!SupportedModelTypes.Contains(modelType))
+            throw new DotQuantException(ErrorCodes.UnsupportedModelType,
+                $"model_type '{modelType}' is not supported (supported: {string.Join(", ", SupportedModelTypes)})", path);
+
+        int hidden = r.Int("hidden_size") ?? throw r.Missing("hidden_size");
+        int heads = r.Int("num_attention_heads") ?? throw r.Missing("num_attention_heads");
+        int layers = r.Int("num_hidden_layers") ?? throw r.Missing("num_hidden_layers");
+        int inter = r.Int("intermediate_size") ?? throw r.Missing("intermediate_size");
+        int vocab = r.Int("vocab_size") ?? throw r.Missing("vocab_size");
+        int kvHeads = r.Int("num_key_value_heads") ?? heads;
+        if (heads <= 0 || hidden <= 0 || layers <= 0 || inter <= 0 || vocab <= 0 || kvHeads <= 0)
+            throw new DotQuantException(ErrorCodes.ConfigInconsistent, "sizes in config.json must be positive", path);
+        if (heads % kvHeads != 0)
+            throw new DotQuantException(ErrorCodes.ConfigInconsistent, $"num_attention_heads ({heads}) is not a multiple of num_key_value_heads ({kvHeads})", path);
+        int? headDimKey = r.Int("head_dim");
+        if (headDimKey is null && hidden % heads != 0)
+            throw new DotQuantException(ErrorCodes.ConfigInconsistent, $"hidden_size ({hidden}) is not a multiple of num_attention_heads ({heads}) and head_dim is not given", path);
+        int headDim = headDimKey ?? hidden / heads;
+        if (headDim % 2 != 0)
+            throw new DotQuantException(ErrorCodes.ConfigInconsistent, $"head_dim ({headDim}) must be even for rotary embeddings", path);
+
+        string act = r.String("hidden_act") ?? "silu";
+        if (act is not ("silu" or "swish"))
+            throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"hidden_act '{act}' is not supported for {modelType} (only silu)", path);
+
+        bool attentionBias = r.Bool("attention_bias") ?? false;
+        bool qwen = modelType == "qwen2";
+        if (qwen && (r.Bool("use_sliding_window") ?? false))
+            throw new DotQuantException(ErrorCodes.UnsupportedModelType, "qwen2 with use_sliding_window=true is not supported yet", path);
+        int? sliding = modelType == "mistral" ? r.Int("sliding_window") : null;
+
+        return new ModelConfig
+        {
+            ModelType = modelType,
+            HiddenSize = hidden,
+            NumLayers = layers,
+            NumHeads = heads,
+            NumKvHeads = kvHeads,
+            HeadDim = headDim,
+            IntermediateSize = inter,
+            VocabSize = vocab,
+            RmsNormEps = r.Double("rms_norm_eps") ?? 1e-6,
+            RopeTheta = r.Double("rope_theta") ?? 10000.0,
+            RopeScaling = ParseRopeScaling(r, path),
+            TieWordEmbeddings = r.Bool("tie_word_embeddings") ?? false,
+            QkvBias = qwen || attentionBias,
+            OutputBias = !qwen && attentionBias,
+            MlpBias = !qwen && (r.Bool("mlp_bias") ?? false),
+            MaxPositionEmbeddings = r.Int("max_position_embeddings") ?? 2048,
+            SlidingWindow = sliding,
+            HiddenAct = act,
+            BosTokenId = r.Int("bos_token_id"),
+            EosTokenIds = r.IntOrInts("eos_token_id"),
+            TorchDtype = r.String("torch_dtype") ?? r.String("dtype"),
+        };
+    }
+
+    static RopeScaling? ParseRopeScaling(Reader r, string path)
+    {
+        if (!r.Root.TryGetProperty("rope_scaling", out var rs) || rs.ValueKind == JsonValueKind.Null) return null;
+        if (rs.ValueKind != JsonValueKind.Object)
+            throw new DotQuantException(ErrorCodes.ConfigKey, "rope_scaling must be an object or null", path);
+        var sr = new Reader(rs, path, "rope_scaling.");
+        string type = sr.String("rope_type") ?? sr.String("type") ?? throw sr.Missing("rope_type");
+        switch (type)
+        {
+            case "default":
+                return null;
+            case "linear":
+                return new RopeScaling("linear", sr.Double("factor") ?? throw sr.Missing("factor"));
+            case "llama3":
+                return new RopeScaling("llama3",
+                    sr.Double("factor") ?? throw sr.Missing("factor"),
+                    sr.Double("low_freq_factor") ?? throw sr.Missing("low_freq_factor"),
+                    sr.Double("high_freq_factor") ?? throw sr.Missing("high_freq_factor"),
+                    sr.Int("original_max_position_embeddings") ?? throw sr.Missing("original_max_position_embeddings"));
+            default:
+                throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"rope_scaling type '{type}' is not supported (supported: linear, llama3)", path);
+        }
+    }
+
+    /// <summary>Typed access to a JSON object; a present key of the wrong type is an error.</summary>
+    sealed class Reader(JsonElement root, string path, string prefix = "")
+    {
+        public JsonElement Root => root;
+
+        public DotQuantException Missing(string key) =>
+            new(ErrorCodes.ConfigKey, $"config.json has no '{prefix}{key}'", path);
+
+        DotQuantException Wrong(string key, string expected) =>
+            new(ErrorCodes.ConfigKey, $"config.json '{prefix}{key}' must be {expected}", path);
+
+        bool TryGet(string key, out JsonElement v) =>
+            root.TryGetProperty(key, out v) && v.ValueKind != JsonValueKind.Null;
+
+        public string? String(string key)
+        {
+            if (!TryGet(key, out var v)) return null;
+            return v.ValueKind == JsonValueKind.String ? v.GetString() : throw Wrong(key, "a string");
+        }
+
+        public int? Int(string key)
+        {
+            if (!TryGet(key, out var v)) return null;
+            if (v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int i)) return i;
+            if (v.ValueKind == JsonValueKind.Number && v.TryGetDouble(out double d) && d == Math.Floor(d) && Math.Abs(d) < int.MaxValue) return (int)d;
+            throw Wrong(key, "an integer");
+        }
+
+        public double? Double(string key)
+        {
+            if (!TryGet(key, out var v)) return null;
+            return v.ValueKind == JsonValueKind.Number ? v.GetDouble() : throw Wrong(key, "a number");
+        }
+
+        public bool? Bool(string key)
+        {
+            if (!TryGet(key, out var v)) return null;
+            return v.ValueKind switch
+            {
+                JsonValueKind.True => true,
+                JsonValueKind.False => false,
+                _ => throw Wrong(key, "true or false"),
+            };
+        }
+
+        public int[] IntOrInts(string key)
+        {
+            if (!TryGet(key, out var v)) return [];
+            if (v.ValueKind == JsonValueKind.Array)
+                return v.EnumerateArray().Select(e => e.TryGetInt32(out int i) ? i : throw Wrong(key, "an integer or a list of integers")).ToArray();
+            return [Int(key)!.Value];
+        }
+    }
+}

@@ -1,0 +1,3 @@
+using DotQuant.Tool;
+
+return Cli.Run(args, Console.Out, Console.Error);
