@@ -1,0 +1,196 @@
+using System.Text;
+using System.Text.Json.Nodes;
+using System.Text.RegularExpressions;
+using DotQuant.Engine.IO;
+using DotQuant.Engine.Tokenization;
+using static TorchSharp.torch;
+
+namespace DotQuant.Engine.Models;
+
+/// <summary>Writes a complete Hugging Face model folder with random weights: config.json,
+/// model.safetensors (or shards) in the requested dtype, and a byte-level BPE tokenizer.json
+/// trained on a sample text (Qwen2-style pre-tokenization). Used by tests for families without a
+/// shared pretrained model and by the benchmark for realistic shapes.</summary>
+public static class SyntheticModel
+{
+    public sealed record Spec
+    {
+        public string ModelType { get; init; } = "llama";
+        public int HiddenSize { get; init; } = 64;
+        public int IntermediateSize { get; init; } = 160;
+        public int Layers { get; init; } = 2;
+        public int Heads { get; init; } = 4;
+        public int KvHeads { get; init; } = 2;
+        public int VocabSize { get; init; } = 384;
+        public int MaxPositions { get; init; } = 256;
+        public bool TieWordEmbeddings { get; init; } = true;
+        public double RopeTheta { get; init; } = 10000;
+        public JsonObject? RopeScaling { get; init; }
+        public ScalarType DType { get; init; } = ScalarType.Float32;
+        public long Seed { get; init; } = 1234;
+        /// <summary>Split the weights into this many shards with an index (1 = single file).</summary>
+        public int Shards { get; init; } = 1;
+        public string? TokenizerText { get; init; }
+    }
+
+    public static void Write(string dir, Spec spec)
+    {
+        Directory.CreateDirectory(dir);
+        WriteConfig(dir, spec);
+        WriteWeights(dir, spec);
+        if (spec.TokenizerText is not null)
+            WriteByteLevelTokenizer(dir, spec.TokenizerText, spec.VocabSize);
+    }
+
+    static void WriteConfig(string dir, Spec s)
+    {
+        var config = new JsonObject
+        {
+            ["architectures"] = new JsonArray(s.ModelType switch { "qwen2" => "Qwen2ForCausalLM", "mistral" => "MistralForCausalLM", _ => "LlamaForCausalLM" }),
+            ["model_type"] = s.ModelType,
+            ["hidden_size"] = s.HiddenSize,
+            ["intermediate_size"] = s.IntermediateSize,
+            ["num_hidden_layers"] = s.Layers,
+            ["num_attention_heads"] = s.Heads,
+            ["num_key_value_heads"] = s.KvHeads,
+            ["vocab_size"] = s.VocabSize,
+            ["max_position_embeddings"] = s.MaxPositions,
+            ["rms_norm_eps"] = 1e-6,
+            ["rope_theta"] = s.RopeTheta,
+            ["hidden_act"] = "silu",
+            ["tie_word_embeddings"] = s.TieWordEmbeddings,
+            ["torch_dtype"] = s.DType switch { ScalarType.BFloat16 => "bfloat16", ScalarType.Float16 => "float16", _ => "float32" },
+            ["bos_token_id"] = 0,
+            ["eos_token_id"] = 0,
+        };
+        if (s.RopeScaling is not null) config["rope_scaling"] = s.RopeScaling.DeepClone();
+        File.WriteAllText(Path.Combine(dir, "config.json"), config.ToJsonString(new() { WriteIndented = true }));
+    }
+
+    static void WriteWeights(string dir, Spec s)
+    {
+        using var scope = NewDisposeScope();
+        var g = new TorchSharp.torch.Generator((ulong)s.Seed);
+        int headDim = s.HiddenSize / s.Heads;
+        long q = (long)s.Heads * headDim, kv = (long)s.KvHeads * headDim;
+        bool qkvBias = s.ModelType == "qwen2";
+        var tensors = new SortedDictionary<string, Tensor>(StringComparer.Ordinal);
+        Tensor Rand(params long[] shape) => (randn(shape, generator: g) * 0.02f).to(s.DType);
+        Tensor Norm(long n) => (1 + randn(n, generator: g) * 0.05f).to(s.DType);
+
+        tensors["model.embed_tokens.weight"] = Rand(s.VocabSize, s.HiddenSize);
+        for (int i = 0; i < s.Layers; i++)
+        {
+            string p = $"model.layers.{i}.";
+            tensors[p + "self_attn.q_proj.weight"] = Rand(q, s.HiddenSize);
+            tensors[p + "self_attn.k_proj.weight"] = Rand(kv, s.HiddenSize);
+            tensors[p + "self_attn.v_proj.weight"] = Rand(kv, s.HiddenSize);
+            if (qkvBias)
+            {
+                tensors[p + "self_attn.q_proj.bias"] = Rand(q) * 10;
+                tensors[p + "self_attn.k_proj.bias"] = Rand(kv) * 10;
+                tensors[p + "self_attn.v_proj.bias"] = Rand(kv) * 10;
+            }
+            tensors[p + "self_attn.o_proj.weight"] = Rand(s.HiddenSize, q);
+            tensors[p + "mlp.gate_proj.weight"] = Rand(s.IntermediateSize, s.HiddenSize);
+            tensors[p + "mlp.up_proj.weight"] = Rand(s.IntermediateSize, s.HiddenSize);
+            tensors[p + "mlp.down_proj.weight"] = Rand(s.HiddenSize, s.IntermediateSize);
+            tensors[p + "input_layernorm.weight"] = Norm(s.HiddenSize);
+            tensors[p + "post_attention_layernorm.weight"] = Norm(s.HiddenSize);
+        }
+        tensors["model.norm.weight"] = Norm(s.HiddenSize);
+        if (!s.TieWordEmbeddings) tensors["lm_head.weight"] = Rand(s.VocabSize, s.HiddenSize);
+
+        if (s.Shards <= 1)
+        {
+            SafeTensorsWriter.Write(Path.Combine(dir, "model.safetensors"), tensors);
+            return;
+        }
+        var names = tensors.Keys.ToList();
+        var weightMap = new JsonObject();
+        for (int k = 0; k < s.Shards; k++)
+        {
+            string file = $"model-{k + 1:D5}-of-{s.Shards:D5}.safetensors";
+            var part = names.Where((_, i) => i % s.Shards == k).ToDictionary(n => n, n => tensors[n]);
+            SafeTensorsWriter.Write(Path.Combine(dir, file), part);
+            foreach (var n in part.Keys) weightMap[n] = file;
+        }
+        var index = new JsonObject { ["metadata"] = new JsonObject(), ["weight_map"] = weightMap };
+        File.WriteAllText(Path.Combine(dir, "model.safetensors.index.json"), index.ToJsonString(new() { WriteIndented = true }));
+    }
+
+    /// <summary>Qwen2's pre-tokenizer pattern.</summary>
+    public const string Qwen2Pattern = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+    /// <summary>Trains a byte-level BPE (most frequent pair first, ties by ordinal order, so the
+    /// result is deterministic) and writes a Qwen2-style tokenizer.json with one special token.</summary>
+    public static void WriteByteLevelTokenizer(string dir, string text, int vocabSize)
+    {
+        const string special = "<|endoftext|>";
+        var regex = new Regex(Qwen2Pattern);
+        var words = new Dictionary<string, int>(StringComparer.Ordinal);
+        foreach (Match m in regex.Matches(text))
+        {
+            string w = ByteLevelAlphabet.Encode(Encoding.UTF8.GetBytes(m.Value));
+            words[w] = words.GetValueOrDefault(w) + 1;
+        }
+        var vocab = new List<string>();
+        vocab.Add(special);
+        foreach (char c in ByteLevelAlphabet.ByteToChar) vocab.Add(c.ToString());
+        var split = words.ToDictionary(kv => kv.Key, kv => kv.Key.Select(c => c.ToString()).ToList(), StringComparer.Ordinal);
+        var merges = new List<(string, string)>();
+        var known = vocab.ToHashSet(StringComparer.Ordinal);
+        while (vocab.Count < vocabSize)
+        {
+            var counts = new Dictionary<(string, string), int>();
+            foreach (var (w, syms) in split)
+                for (int i = 0; i + 1 < syms.Count; i++)
+                {
+                    var pair = (syms[i], syms[i + 1]);
+                    counts[pair] = counts.GetValueOrDefault(pair) + words[w];
+                }
+            if (counts.Count == 0) break;
+            var best = counts.OrderByDescending(kv => kv.Value)
+                .ThenBy(kv => kv.Key.Item1, StringComparer.Ordinal).ThenBy(kv => kv.Key.Item2, StringComparer.Ordinal).First().Key;
+            merges.Add(best);
+            if (known.Add(best.Item1 + best.Item2)) vocab.Add(best.Item1 + best.Item2);
+            foreach (var syms in split.Values)
+                for (int i = 0; i + 1 < syms.Count; i++)
+                    if (syms[i] == best.Item1 && syms[i + 1] == best.Item2)
+                    {
+                        syms[i] = best.Item1 + best.Item2;
+                        syms.RemoveAt(i + 1);
+                    }
+        }
+
+        var vocabJson = new JsonObject();
+        for (int i = 0; i < vocab.Count; i++) vocabJson[vocab[i]] = i;
+        var mergesJson = new JsonArray(merges.Select(m => (JsonNode)new JsonArray(m.Item1, m.Item2)).ToArray());
+        var tok = new JsonObject
+        {
+            ["version"] = "1.0",
+            ["added_tokens"] = new JsonArray(new JsonObject
+            {
+                ["id"] = 0, ["content"] = special, ["single_word"] = false, ["lstrip"] = false, ["rstrip"] = false, ["normalized"] = false, ["special"] = true,
+            }),
+            ["normalizer"] = new JsonObject { ["type"] = "NFC" },
+            ["pre_tokenizer"] = new JsonObject
+            {
+                ["type"] = "Sequence",
+                ["pretokenizers"] = new JsonArray(
+                    new JsonObject { ["type"] = "Split", ["pattern"] = new JsonObject { ["Regex"] = Qwen2Pattern }, ["behavior"] = "Isolated", ["invert"] = false },
+                    new JsonObject { ["type"] = "ByteLevel", ["add_prefix_space"] = false, ["trim_offsets"] = false, ["use_regex"] = false }),
+            },
+            ["post_processor"] = new JsonObject { ["type"] = "ByteLevel", ["add_prefix_space"] = false, ["trim_offsets"] = false, ["use_regex"] = false },
+            ["decoder"] = new JsonObject { ["type"] = "ByteLevel", ["add_prefix_space"] = false, ["trim_offsets"] = false, ["use_regex"] = false },
+            ["model"] = new JsonObject
+            {
+                ["type"] = "BPE", ["dropout"] = null, ["unk_token"] = null, ["continuing_subword_prefix"] = "", ["end_of_word_suffix"] = "",
+                ["fuse_unk"] = false, ["byte_fallback"] = false, ["ignore_merges"] = false, ["vocab"] = vocabJson, ["merges"] = mergesJson,
+            },
+        };
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"), tok.ToJsonString(new() { WriteIndented = false }));
+        var tcfg = new JsonObject { ["bos_token"] = null, ["eos_token"] = special, ["tokenizer_class"] = "Qwen2Tokenizer" };
+        File.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), tcfg.ToJsonString(new() { WriteIndented = true }));
+    }
+}
