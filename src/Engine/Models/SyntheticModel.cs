@@ -75,8 +75,19 @@ public static class SyntheticModel
         long q = (long)s.Heads * headDim, kv = (long)s.KvHeads * headDim;
         bool qkvBias = s.ModelType == "qwen2";
         var tensors = new SortedDictionary<string, Tensor>(StringComparer.Ordinal);
-        Tensor Rand(params long[] shape) => (randn(shape, generator: g) * 0.02f).to(s.DType);
-        Tensor Norm(long n) => (1 + randn(n, generator: g) * 0.05f).to(s.DType);
+        // Intermediates are freed at once: a 1 GB bf16 model must not need 5 GB of fp32 scratch.
+        Tensor Rand(params long[] shape)
+        {
+            using var r = randn(shape, generator: g);
+            r.mul_(0.02f);
+            return r.to(s.DType);
+        }
+        Tensor Norm(long n)
+        {
+            using var r = randn(n, generator: g);
+            r.mul_(0.05f).add_(1);
+            return r.to(s.DType);
+        }
 
         tensors["model.embed_tokens.weight"] = Rand(s.VocabSize, s.HiddenSize);
         for (int i = 0; i < s.Layers; i++)
@@ -87,9 +98,10 @@ public static class SyntheticModel
             tensors[p + "self_attn.v_proj.weight"] = Rand(kv, s.HiddenSize);
             if (qkvBias)
             {
-                tensors[p + "self_attn.q_proj.bias"] = Rand(q) * 10;
-                tensors[p + "self_attn.k_proj.bias"] = Rand(kv) * 10;
-                tensors[p + "self_attn.v_proj.bias"] = Rand(kv) * 10;
+                // Biases larger than the weights so that a forward ignoring them is visibly wrong.
+                tensors[p + "self_attn.q_proj.bias"] = Rand(q).mul_(10);
+                tensors[p + "self_attn.k_proj.bias"] = Rand(kv).mul_(10);
+                tensors[p + "self_attn.v_proj.bias"] = Rand(kv).mul_(10);
             }
             tensors[p + "self_attn.o_proj.weight"] = Rand(s.HiddenSize, q);
             tensors[p + "mlp.gate_proj.weight"] = Rand(s.IntermediateSize, s.HiddenSize);

@@ -1,0 +1,120 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using DotQuant.Bench;
+using DotQuant.Engine.Evaluation;
+using DotQuant.Engine.IO;
+using DotQuant.Engine.Models;
+using DotQuant.Engine.Tokenization;
+using static TorchSharp.torch;
+
+// Benchmarks of the engine foundation. `dotquant-bench all [--shared DIR] [--out FILE]` runs
+// everything and writes the markdown report; `rss-load DIR mmap|readall` is the child process
+// that measures peak RSS of loading one checkpoint.
+CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
+CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
+
+if (args.Length >= 3 && args[0] == "rss-load")
+    return RssLoad.Child(args[1], args[2]);
+
+string shared = Option("--shared") ?? Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "../../../../../../shared"));
+string outFile = Option("--out") ?? Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "../../../../results.md"));
+bool quick = args.Contains("--quick");
+string command = "dotnet run -c Release --project bench/DotQuant.Bench -- all" + (quick ? " --quick" : "");
+
+var report = new StringBuilder();
+report.AppendLine("# Benchmark results");
+report.AppendLine();
+report.AppendLine($"Produced by `{command}` on {DateTime.UtcNow:yyyy-MM-dd} ({Environment.ProcessorCount} cores, libtorch threads {get_num_threads()}, {Machine.MemoryGiB():F0} GiB RAM, {Machine.CpuModel()}).");
+report.AppendLine("Every figure below is measured by that command; nothing is typed in by hand.");
+report.AppendLine();
+
+// 1. Peak fp32 matmul throughput of this machine (the roofline for everything else).
+double peak = Matmul.PeakGflops(2048, quick ? 5 : 20);
+report.AppendLine("## fp32 matmul peak");
+report.AppendLine();
+report.AppendLine($"- 2048×2048 · 2048×2048 fp32 `torch.matmul`, best of runs: **{peak:F1} GFLOP/s**");
+report.AppendLine();
+
+// 2. Eval throughput on stories260K (tiny model: overhead-bound, not FLOP-bound).
+string stories = Path.Combine(shared, "models", "stories260K");
+string wiki = Path.Combine(shared, "data", "wikitext2", "wiki.test.gptq-joined.txt");
+report.AppendLine("## Eval throughput");
+report.AppendLine();
+report.AppendLine("| model | dtype | seq | windows | tokens/s | linear GFLOP/s | % of matmul peak | perplexity |");
+report.AppendLine("|---|---|---|---|---|---|---|---|");
+{
+    var tok = HfTokenizer.Load(stories);
+    var ids = tok.Encode(File.ReadAllText(wiki));
+    using var model = ModelLoader.Load(stories);
+    var r = Perplexity.Windows(model, ids, 512, quick ? 100 : null);
+    report.AppendLine(Row("stories260K", "F32", 512, r, LinearFlopsPerToken(model.Config), peak));
+}
+
+// 3. Synthetic Llama with realistic shapes, bf16 weights written by the engine.
+string synth = Path.Combine(Path.GetTempPath(), "dotquant-bench-llama-2048");
+var spec = new SyntheticModel.Spec
+{
+    ModelType = "llama", HiddenSize = 2048, IntermediateSize = 5632, Layers = 4, Heads = 32, KvHeads = 4,
+    VocabSize = 32000, MaxPositions = 2048, TieWordEmbeddings = false, DType = ScalarType.BFloat16, Seed = 7,
+};
+var writeSw = Stopwatch.StartNew();
+SyntheticModel.Write(synth, spec);
+double writeSeconds = writeSw.Elapsed.TotalSeconds;
+{
+    using var model = ModelLoader.Load(synth);
+    var gen = new TorchSharp.torch.Generator(11);
+    var ids = randint(0, spec.VocabSize, [2048 * (quick ? 2 : 4)], generator: gen).data<long>().Select(v => (int)v).ToArray();
+    Perplexity.Windows(model, ids, 2048, 1);   // warm-up
+    var r = Perplexity.Windows(model, ids, 2048);
+    report.AppendLine(Row("synthetic llama h2048 i5632 L4 (GQA 32/4, vocab 32000)", "BF16", 2048, r, LinearFlopsPerToken(model.Config), peak));
+}
+report.AppendLine();
+report.AppendLine("Linear GFLOP/s counts 2·(parameters of every linear incl. lm_head) per token; attention score FLOPs are not counted.");
+report.AppendLine($"Writing the synthetic bf16 checkpoint ({new FileInfo(Path.Combine(synth, "model.safetensors")).Length / 1e6:F0} MB) took {writeSeconds:F1} s.");
+report.AppendLine();
+
+// 4. Peak RSS while loading a >= 1 GB checkpoint, in child processes.
+string big = Path.Combine(Path.GetTempPath(), "dotquant-bench-llama-1g");
+SyntheticModel.Write(big, spec with { Layers = 11, Seed = 8 });
+long fileBytes = new FileInfo(Path.Combine(big, "model.safetensors")).Length;
+report.AppendLine("## Loading a ≥ 1 GB checkpoint");
+report.AppendLine();
+report.AppendLine($"Checkpoint: synthetic llama, 11 layers, bf16, {fileBytes / 1e9:F2} GB (`model.safetensors`). Each row is a fresh process (`dotquant-bench rss-load DIR MODE`); peak RSS is VmHWM.");
+report.AppendLine();
+report.AppendLine("| reader | load s | peak RSS | RSS − baseline | ÷ file size |");
+report.AppendLine("|---|---|---|---|---|");
+foreach (var mode in new[] { "mmap", "readall" })
+{
+    var m = RssLoad.Measure(big, mode);
+    report.AppendLine($"| {(mode == "mmap" ? "DotQuant mmap reader (per-tensor views)" : "naive: File.ReadAllBytes + copy")} | {m.Seconds:F2} | {m.PeakBytes / 1e9:F2} GB | {(m.PeakBytes - m.BaselineBytes) / 1e9:F2} GB | {(double)(m.PeakBytes - m.BaselineBytes) / fileBytes:F2} |");
+}
+report.AppendLine();
+report.AppendLine("Baseline is the process's VmRSS after libtorch is initialised and before the checkpoint is opened.");
+
+Directory.Delete(synth, true);
+Directory.Delete(big, true);
+File.WriteAllText(outFile, report.ToString());
+Console.Write(report.ToString());
+Console.WriteLine($"written to {outFile}");
+return 0;
+
+string? Option(string name)
+{
+    int i = Array.IndexOf(args, name);
+    return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
+}
+
+static double LinearFlopsPerToken(ModelConfig c)
+{
+    long h = c.HiddenSize, q = (long)c.NumHeads * c.HeadDim, kv = (long)c.NumKvHeads * c.HeadDim, f = c.IntermediateSize;
+    long perLayer = h * q + 2 * h * kv + q * h + 3 * h * f;
+    return 2.0 * (perLayer * c.NumLayers + (long)c.VocabSize * h);
+}
+
+static string Row(string name, string dtype, int seq, PerplexityResult r, double flopsPerToken, double peak)
+{
+    double tps = r.Windows * (double)seq / r.Seconds;
+    double gflops = tps * flopsPerToken / 1e9;
+    return $"| {name} | {dtype} | {seq} | {r.Windows} | {tps:N0} | {gflops:F1} | {100 * gflops / peak:F0}% | {r.Perplexity:F2} |";
+}
