@@ -30,6 +30,11 @@ public static class Cli
         root.Subcommands.Add(InspectCommand.Create(stdout));
 
         var parse = root.Parse(args);
+        if (parse.Errors.Count > 0)
+        {
+            stderr.WriteLine($"error {ErrorCodes.Usage}: {string.Join("; ", parse.Errors.Select(e => e.Message))} (see --help)");
+            return ExitCodes.UserError;
+        }
         var verbosity = parse.GetValue(Verbosity) ?? "n";
         try
         {

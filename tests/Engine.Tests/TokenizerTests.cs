@@ -125,6 +125,30 @@ public class TokenizerTests
         Assert.Equal(2, tok.Encode("42").Length);
     }
 
+    [Theory]
+    [InlineData("first", new[] { 5, 1, 4 })]
+    [InlineData("always", new[] { 5, 1, 6 })]
+    public void MetaspacePrependSchemeFirstSkipsSegmentsAfterAddedTokens(string scheme, int[] expected)
+    {
+        using var dir = new TempDir();
+        var model = new JsonObject
+        {
+            ["type"] = "BPE", ["unk_token"] = "<unk>",
+            ["vocab"] = new JsonObject { ["<unk>"] = 0, ["<s>"] = 1, ["▁"] = 2, ["a"] = 3, ["b"] = 4, ["▁a"] = 5, ["▁b"] = 6 },
+            ["merges"] = new JsonArray(new JsonArray("▁", "a"), new JsonArray("▁", "b")),
+        };
+        var tok = new JsonObject
+        {
+            ["added_tokens"] = new JsonArray(new JsonObject { ["id"] = 1, ["content"] = "<s>", ["special"] = true }),
+            ["normalizer"] = null,
+            ["pre_tokenizer"] = new JsonObject { ["type"] = "Metaspace", ["replacement"] = "▁", ["prepend_scheme"] = scheme, ["split"] = false },
+            ["decoder"] = new JsonObject { ["type"] = "Metaspace", ["replacement"] = "▁", ["prepend_scheme"] = scheme },
+            ["model"] = model,
+        };
+        File.WriteAllText(dir.File("tokenizer.json"), tok.ToJsonString());
+        Assert.Equal(expected, HfTokenizer.Load(dir.Path).Encode("a<s>b"));
+    }
+
     [Fact]
     public void UnsupportedModelTypeIsADiagnostic()
     {

@@ -108,6 +108,6 @@ public class BadInputTests
     public void UnknownOptionIsAUsageError()
     {
         var r = CliRunner.Run("eval", "--bogus");
-        Assert.Equal(1, r.ExitCode);
+        AssertUserError(r, "DQ0090");
     }
 }

@@ -6,6 +6,7 @@ using DotQuant.Tests;
 namespace DotQuant.Tool.Tests;
 
 /// <summary>The packed .NET tool carries the weakened native library and runs once installed.</summary>
+[Collection("nested dotnet builds")]
 public class PackedToolTests
 {
     static (int Code, string Output) Dotnet(params string[] args)

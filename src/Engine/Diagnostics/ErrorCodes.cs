@@ -3,6 +3,9 @@ namespace DotQuant.Engine.Diagnostics;
 /// <summary>Every diagnostic code the engine raises. Codes are stable: documented in docs/diagnostics.md.</summary>
 public static class ErrorCodes
 {
+    // Command line
+    public const string Usage = "DQ0090";
+
     // Files and checkpoints
     public const string FileNotFound = "DQ0100";
     public const string SafetensorsTruncated = "DQ0101";

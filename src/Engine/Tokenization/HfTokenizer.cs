@@ -14,7 +14,7 @@ public sealed class HfTokenizer
 {
     readonly BpeModel _model;
     readonly Func<string, string> _normalize;
-    readonly Func<string, IEnumerable<string>> _preTokenize;
+    readonly Func<string, bool, IEnumerable<string>> _preTokenize;
     readonly Func<List<string>, List<string>> _decode;
     readonly AddedToken[] _added;             // longest first, for leftmost-longest matching
     readonly Dictionary<int, AddedToken> _addedById;
@@ -26,7 +26,7 @@ public sealed class HfTokenizer
     public int? EosTokenId { get; }
     public int VocabSize => Math.Max(_model.VocabSize, _addedById.Count == 0 ? 0 : _addedById.Keys.Max() + 1);
 
-    HfTokenizer(BpeModel model, Func<string, string> normalize, Func<string, IEnumerable<string>> preTokenize,
+    HfTokenizer(BpeModel model, Func<string, string> normalize, Func<string, bool, IEnumerable<string>> preTokenize,
         Func<List<string>, List<string>> decode, List<AddedToken> added, int? bos, int? eos)
     {
         _model = model; _normalize = normalize; _preTokenize = preTokenize; _decode = decode;
@@ -138,12 +138,14 @@ public sealed class HfTokenizer
             if (BosTokenId is null) throw new DotQuantException(ErrorCodes.TokenizerMalformed, "the tokenizer defines no BOS token");
             ids.Add(BosTokenId.Value);
         }
+        bool atStart = true;
         foreach (var (segment, addedId) in SplitAdded(text))
         {
-            if (addedId is int id) { ids.Add(id); continue; }
+            if (addedId is int id) { ids.Add(id); atStart = false; continue; }
             string normalized = _normalize(segment);
-            foreach (var piece in _preTokenize(normalized))
+            foreach (var piece in _preTokenize(normalized, atStart))
                 _model.Encode(piece, ids);
+            atStart = false;
         }
         return ids.ToArray();
     }

@@ -59,25 +59,28 @@ internal static class TextPipeline
 
     // ---------- pre-tokenizers: list of pieces -> list of pieces ----------
 
-    public static Func<string, IEnumerable<string>> PreTokenizer(JsonElement p, string path, out bool byteLevel)
+    /// <summary>A pre-tokenizer as (segment, startsAtTextStart) → pieces; the flag is what
+    /// Metaspace's prepend_scheme "first" looks at.</summary>
+    public static Func<string, bool, IEnumerable<string>> PreTokenizer(JsonElement p, string path, out bool byteLevel)
     {
         byteLevel = false;
-        if (p.ValueKind == JsonValueKind.Null) return s => [s];
+        if (p.ValueKind == JsonValueKind.Null) return (s, _) => [s];
         string type = Type(p, "pre_tokenizer", path);
         switch (type)
         {
             case "Sequence":
             {
-                var steps = new List<Func<string, IEnumerable<string>>>();
+                var steps = new List<Func<string, bool, IEnumerable<string>>>();
                 foreach (var e in p.GetProperty("pretokenizers").EnumerateArray())
                 {
                     steps.Add(PreTokenizer(e, path, out bool bl));
                     byteLevel |= bl;
                 }
-                return s =>
+                return (s, atStart) =>
                 {
                     IEnumerable<string> pieces = [s];
-                    foreach (var step in steps) pieces = pieces.SelectMany(step).ToList();
+                    foreach (var step in steps)
+                        pieces = pieces.SelectMany((piece, i) => step(piece, atStart && i == 0)).ToList();
                     return pieces;
                 };
             }
@@ -89,14 +92,14 @@ internal static class TextPipeline
                     : new Regex(Regex.Escape(pattern.GetProperty("String").GetString()!), RegexOptions.CultureInvariant);
                 string behavior = p.TryGetProperty("behavior", out var b) ? b.GetString()! : "Isolated";
                 bool invert = Bool(p, "invert", false);
-                return s => Split(s, regex, behavior, invert, path);
+                return (s, _) => Split(s, regex, behavior, invert, path);
             }
             case "ByteLevel":
             {
                 byteLevel = true;
                 bool addPrefixSpace = Bool(p, "add_prefix_space", false);
                 bool useRegex = Bool(p, "use_regex", true);
-                return s =>
+                return (s, _) =>
                 {
                     if (addPrefixSpace && s.Length > 0 && s[0] != ' ') s = " " + s;
                     var pieces = useRegex ? Split(s, Gpt2Pattern, "Isolated", false, path) : [s];
@@ -108,12 +111,13 @@ internal static class TextPipeline
                 string replacement = p.TryGetProperty("replacement", out var r) ? r.GetString()! : "▁";
                 string scheme = p.TryGetProperty("prepend_scheme", out var ps) ? ps.GetString()! : (Bool(p, "add_prefix_space", true) ? "always" : "never");
                 bool split = Bool(p, "split", true);
-                // "first" prepends only to the first piece of the original text; we see one
-                // piece per added-token-free segment, so treat first like always there.
-                return s =>
+                // "first" prepends only to a segment that starts the original text, not to one
+                // that follows an added token.
+                return (s, atStart) =>
                 {
                     s = s.Replace(" ", replacement, StringComparison.Ordinal);
-                    if (scheme != "never" && !s.StartsWith(replacement, StringComparison.Ordinal)) s = replacement + s;
+                    bool prepend = scheme == "always" || (scheme == "first" && atStart);
+                    if (prepend && !s.StartsWith(replacement, StringComparison.Ordinal)) s = replacement + s;
                     return split ? SplitBefore(s, replacement) : [s];
                 };
             }
@@ -121,10 +125,10 @@ internal static class TextPipeline
             {
                 bool individual = Bool(p, "individual_digits", false);
                 var regex = new Regex(individual ? @"\p{Nd}" : @"\p{Nd}+", RegexOptions.CultureInvariant);
-                return s => Split(s, regex, "Isolated", false, path);
+                return (s, _) => Split(s, regex, "Isolated", false, path);
             }
             case "WhitespaceSplit":
-                return s => s.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries);
+                return (s, _) => s.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries);
             default:
                 throw Unsupported("pre_tokenizer", type, path);
         }
