@@ -8,16 +8,6 @@ namespace DotQuant.Engine.Tests;
 
 public class SafeTensorsTests
 {
-    /// <summary>Writes a file with the given header JSON and data bytes, as a hostile producer might.</summary>
-    internal static void WriteRaw(string path, string header, int dataBytes, ulong? declaredLength = null)
-    {
-        var h = Encoding.UTF8.GetBytes(header);
-        using var fs = File.Create(path);
-        fs.Write(BitConverter.GetBytes(declaredLength ?? (ulong)h.Length));
-        fs.Write(h);
-        fs.Write(new byte[dataBytes]);
-    }
-
     static DotQuantException Fails(string path) => Assert.Throws<DotQuantException>(() => SafeTensorsFile.Open(path).Dispose());
 
     [Fact]
@@ -80,7 +70,7 @@ public class SafeTensorsTests
     public void HeaderLongerThanFileIsRejected()
     {
         using var dir = new TempDir();
-        WriteRaw(dir.File("x.safetensors"), "{}", 0, declaredLength: 5000);
+        Fixtures.WriteRawSafetensors(dir.File("x.safetensors"), "{}", 0, declaredLength: 5000);
         Assert.Equal(ErrorCodes.SafetensorsHeaderLength, Fails(dir.File("x.safetensors")).Code);
     }
 
@@ -88,7 +78,7 @@ public class SafeTensorsTests
     public void HeaderAboveCapIsRejected()
     {
         using var dir = new TempDir();
-        WriteRaw(dir.File("x.safetensors"), "{}", 0, declaredLength: ulong.MaxValue - 3);
+        Fixtures.WriteRawSafetensors(dir.File("x.safetensors"), "{}", 0, declaredLength: ulong.MaxValue - 3);
         Assert.Equal(ErrorCodes.SafetensorsHeaderLength, Fails(dir.File("x.safetensors")).Code);
     }
 
@@ -96,7 +86,7 @@ public class SafeTensorsTests
     public void MalformedJsonIsRejected()
     {
         using var dir = new TempDir();
-        WriteRaw(dir.File("x.safetensors"), "{\"a\": {\"dtype\": \"F32\",", 0);
+        Fixtures.WriteRawSafetensors(dir.File("x.safetensors"), "{\"a\": {\"dtype\": \"F32\",", 0);
         Assert.Equal(ErrorCodes.SafetensorsHeaderJson, Fails(dir.File("x.safetensors")).Code);
     }
 
@@ -104,7 +94,7 @@ public class SafeTensorsTests
     public void UnknownDtypeIsRejected()
     {
         using var dir = new TempDir();
-        WriteRaw(dir.File("x.safetensors"), "{\"a\":{\"dtype\":\"F8_E4M3\",\"shape\":[2],\"data_offsets\":[0,2]}}", 2);
+        Fixtures.WriteRawSafetensors(dir.File("x.safetensors"), "{\"a\":{\"dtype\":\"F8_E4M3\",\"shape\":[2],\"data_offsets\":[0,2]}}", 2);
         var e = Fails(dir.File("x.safetensors"));
         Assert.Equal(ErrorCodes.SafetensorsUnknownDtype, e.Code);
         Assert.Contains("F8_E4M3", e.Message);
@@ -114,7 +104,7 @@ public class SafeTensorsTests
     public void ShapeTimesDtypeMustMatchSpan()
     {
         using var dir = new TempDir();
-        WriteRaw(dir.File("x.safetensors"), "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8);
+        Fixtures.WriteRawSafetensors(dir.File("x.safetensors"), "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8);
         Assert.Equal(ErrorCodes.SafetensorsShapeMismatch, Fails(dir.File("x.safetensors")).Code);
     }
 
@@ -122,7 +112,7 @@ public class SafeTensorsTests
     public void OverflowingShapeIsRejected()
     {
         using var dir = new TempDir();
-        WriteRaw(dir.File("x.safetensors"), "{\"a\":{\"dtype\":\"F32\",\"shape\":[4611686018427387904,8],\"data_offsets\":[0,8]}}", 8);
+        Fixtures.WriteRawSafetensors(dir.File("x.safetensors"), "{\"a\":{\"dtype\":\"F32\",\"shape\":[4611686018427387904,8],\"data_offsets\":[0,8]}}", 8);
         Assert.Equal(ErrorCodes.SafetensorsShapeMismatch, Fails(dir.File("x.safetensors")).Code);
     }
 
@@ -130,7 +120,7 @@ public class SafeTensorsTests
     public void SpanOutsideFileIsTruncation()
     {
         using var dir = new TempDir();
-        WriteRaw(dir.File("x.safetensors"), "{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 8);
+        Fixtures.WriteRawSafetensors(dir.File("x.safetensors"), "{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 8);
         Assert.Equal(ErrorCodes.SafetensorsSpanOutside, Fails(dir.File("x.safetensors")).Code);
     }
 
@@ -147,7 +137,7 @@ public class SafeTensorsTests
     public void OverlappingSpansAreRejected()
     {
         using var dir = new TempDir();
-        WriteRaw(dir.File("x.safetensors"),
+        Fixtures.WriteRawSafetensors(dir.File("x.safetensors"),
             "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12);
         Assert.Equal(ErrorCodes.SafetensorsSpanOverlap, Fails(dir.File("x.safetensors")).Code);
     }
@@ -156,7 +146,7 @@ public class SafeTensorsTests
     public void NegativeOrReversedOffsetsAreRejected()
     {
         using var dir = new TempDir();
-        WriteRaw(dir.File("x.safetensors"), "{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[8,4]}}", 8);
+        Fixtures.WriteRawSafetensors(dir.File("x.safetensors"), "{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[8,4]}}", 8);
         Assert.Equal(ErrorCodes.SafetensorsHeaderJson, Fails(dir.File("x.safetensors")).Code);
     }
 

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json;
 using DotQuant.Tests;
 
@@ -21,24 +20,9 @@ public static class CliRunner
     }
 
     /// <summary>Runs the built dotnet-quantize.dll in a child process, as a user would.</summary>
-    public static CliResult RunProcess(params string[] args)
+    public static async Task<CliResult> RunProcessAsync(params string[] args)
     {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "dotnet-quantize.dll"));
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        p.WaitForExit();
-        return new CliResult(p.ExitCode, stdout.Result, stderr.Result);
-    }
-
-    /// <summary>A copy of stories260K's folder that a test may break.</summary>
-    public static TempDir CopyOfStories()
-    {
-        var dir = new TempDir();
-        foreach (var f in new[] { "config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors" })
-            File.Copy(Path.Combine(SharedPaths.Stories260K, f), dir.File(f));
-        return dir;
+        var r = await Fixtures.RunAsync("dotnet", [Path.Combine(AppContext.BaseDirectory, "dotnet-quantize.dll"), .. args]);
+        return new CliResult(r.ExitCode, r.Stdout, r.Stderr);
     }
 }

@@ -39,13 +39,13 @@ public class EvalCommandTests
     }
 
     [Fact]
-    public void ExecutableRunsOutOfProcessWithExitCodes()
+    public async Task ExecutableRunsOutOfProcessWithExitCodes()
     {
-        var ok = CliRunner.RunProcess("eval", SharedPaths.Stories260K, "--data", Wiki, "--max-windows", "1", "--format", "json");
+        var ok = await CliRunner.RunProcessAsync("eval", SharedPaths.Stories260K, "--data", Wiki, "--max-windows", "1", "--format", "json");
         Assert.True(ok.ExitCode == 0, ok.Stderr);
         Assert.True(ok.LastJson().GetProperty("perplexity").GetDouble() > 1);
 
-        var bad = CliRunner.RunProcess("eval", "/nonexistent/model", "--data", Wiki);
+        var bad = await CliRunner.RunProcessAsync("eval", "/nonexistent/model", "--data", Wiki);
         Assert.Equal(1, bad.ExitCode);
         Assert.Matches(@"error DQ0\d{3}: ", bad.Stderr);
         Assert.Single(bad.Stderr.TrimEnd().Split('\n'));   // one line, no stack trace

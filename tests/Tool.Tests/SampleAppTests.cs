@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using DotQuant.Tests;
 
 namespace DotQuant.Tool.Tests;
@@ -14,14 +13,9 @@ public class SampleAppTests
     [Fact]
     public async Task ConsumingAppBuildsLoadsNativeLibraryAndGenerates()
     {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { "run", "--project", Path.Combine(SharedPaths.RepoRoot, "samples", "ConsumingApp"), "-c", "Release", "--", SharedPaths.Stories260K, "Once upon a time" })
-            psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        var err = p.StandardError.ReadToEndAsync();
-        string stdout = await p.StandardOutput.ReadToEndAsync();
-        await p.WaitForExitAsync();
-        Assert.True(p.ExitCode == 0, stdout + await err);
-        Assert.StartsWith("Once upon a time, there was a little", stdout.Trim());
+        var r = await Fixtures.RunAsync("dotnet", "run", "--project", Path.Combine(SharedPaths.RepoRoot, "samples", "ConsumingApp"), "-c", "Release",
+            "--", SharedPaths.Stories260K, "Once upon a time");
+        Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
+        Assert.StartsWith("Once upon a time, there was a little", r.Stdout.Trim());
     }
 }
