@@ -15,10 +15,16 @@ public static class ExitCodes
 /// <c>-v diag</c>.</summary>
 public static class Cli
 {
-    public static readonly Option<string> Verbosity = new("--verbosity", "-v")
+    public static readonly Option<string> Verbosity = new Option<string>("--verbosity", "-v")
     {
         Description = "q[uiet], m[inimal], n[ormal], d[etailed] or diag[nostic]",
         DefaultValueFactory = _ => "n",
+        Recursive = true,
+    }.AcceptOnlyFromAmong("q", "quiet", "m", "minimal", "n", "normal", "d", "detailed", "diag", "diagnostic");
+
+    public static readonly Option<int?> Threads = new("--threads")
+    {
+        Description = "CPU threads for libtorch (default: all cores)",
         Recursive = true,
     };
 
@@ -26,6 +32,7 @@ public static class Cli
     {
         var root = new RootCommand("dotnet-quantize: post-training quantization of LLMs for .NET");
         root.Options.Add(Verbosity);
+        root.Options.Add(Threads);
         root.Subcommands.Add(EvalCommand.Create(stdout));
         root.Subcommands.Add(InspectCommand.Create(stdout));
 
@@ -36,6 +43,15 @@ public static class Cli
             return ExitCodes.UserError;
         }
         var verbosity = parse.GetValue(Verbosity) ?? "n";
+        if (parse.GetValue(Threads) is int threads)
+        {
+            if (threads < 1)
+            {
+                stderr.WriteLine($"error {ErrorCodes.Usage}: --threads must be at least 1");
+                return ExitCodes.UserError;
+            }
+            TorchSharp.torch.set_num_threads(threads);
+        }
         try
         {
             return parse.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false });

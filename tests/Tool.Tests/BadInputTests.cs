@@ -96,6 +96,47 @@ public class BadInputTests
     }
 
     [Fact]
+    public void NonFiniteWeightsAreReportedNotAveraged()
+    {
+        using var dir = Fixtures.CopyOfStories();
+        var bytes = File.ReadAllBytes(dir.File("model.safetensors"));
+        // Overwrite the last 4 bytes of the data (a weight) with a float NaN.
+        BitConverter.GetBytes(float.NaN).CopyTo(bytes, bytes.Length - 4);
+        File.WriteAllBytes(dir.File("model.safetensors"), bytes);
+        AssertUserError(CliRunner.Run("eval", dir.Path, "--data", SharedPaths.Data("tinystories", "valid-excerpt.txt"), "--max-windows", "1", "--sequence-length", "64"), "DQ0142");
+    }
+
+    [Fact]
+    public void AlreadyQuantizedCheckpointIsRefused()
+    {
+        using var dir = Fixtures.CopyOfStories();
+        Fixtures.Edit(dir.File("config.json"), "\"use_cache\": true", "\"use_cache\": true, \"quantization_config\": {\"quant_method\": \"gptq\", \"bits\": 4}");
+        var r = CliRunner.Run("eval", dir.Path, "--data", SharedPaths.Data("wikitext2", "wiki.test.gptq-joined.txt"));
+        AssertUserError(r, "DQ0122");
+        Assert.Contains("already quantized", r.Stderr);
+    }
+
+    [Fact]
+    public void IntegerWeightIsRejected()
+    {
+        using var dir = new TempDir();
+        DotQuant.Engine.Models.SyntheticModel.Write(dir.Path, new DotQuant.Engine.Models.SyntheticModel.Spec
+        {
+            Layers = 1, TokenizerText = File.ReadAllText(SharedPaths.Data("tinystories", "stories-sample.txt")),
+        });
+        // Same bytes, one weight declared I32: a float model must not silently upcast integers.
+        const string key = "\"model.layers.0.mlp.down_proj.weight\":{\"dtype\":\"F32\"";
+        var bytes = File.ReadAllBytes(dir.File("model.safetensors"));
+        string header = System.Text.Encoding.UTF8.GetString(bytes, 8, (int)BitConverter.ToUInt64(bytes, 0));
+        Assert.Contains(key, header);
+        System.Text.Encoding.UTF8.GetBytes(header.Replace(key, key.Replace("F32", "I32"))).CopyTo(bytes, 8);
+        File.WriteAllBytes(dir.File("model.safetensors"), bytes);
+        var r = CliRunner.Run("eval", dir.Path, "--data", SharedPaths.Data("tinystories", "stories-sample.txt"), "--max-windows", "1");
+        AssertUserError(r, "DQ0125");
+        Assert.Contains("I32", r.Stderr);
+    }
+
+    [Fact]
     public void UnknownOptionIsAUsageError()
     {
         var r = CliRunner.Run("eval", "--bogus");

@@ -139,10 +139,13 @@ public sealed class Checkpoint : IDisposable
         return _index[name].File.Load(info.Name);
     }
 
-    /// <summary>Loads a tensor and checks its shape.</summary>
+    /// <summary>Loads a floating-point weight and checks its shape.</summary>
     public Tensor Load(string name, params long[] expectedShape)
     {
         var info = Info(name);
+        if (info.DType is not (SafeTensorsDType.F32 or SafeTensorsDType.BF16 or SafeTensorsDType.F16 or SafeTensorsDType.F64))
+            throw new DotQuantException(ErrorCodes.WeightShape,
+                $"weight '{name}' is {info.DType}; a floating-point tensor (F32, BF16, F16) is expected", _index[name].File.Path);
         if (!info.Shape.SequenceEqual(expectedShape))
             throw new DotQuantException(ErrorCodes.WeightShape,
                 $"weight '{name}' has shape [{string.Join(", ", info.Shape)}], config.json implies [{string.Join(", ", expectedShape)}]", _index[name].File.Path);

@@ -64,6 +64,12 @@ public sealed record ModelConfig
             throw new DotQuantException(ErrorCodes.UnsupportedModelType,
                 $"model_type '{modelType}' is not supported (supported: {string.Join(", ", SupportedModelTypes)})", path);
 
+        if (root.TryGetProperty("quantization_config", out var qc) && qc.ValueKind == JsonValueKind.Object)
+        {
+            string method = qc.TryGetProperty("quant_method", out var qm) && qm.ValueKind == JsonValueKind.String ? qm.GetString()! : "unknown";
+            throw new DotQuantException(ErrorCodes.UnsupportedModelType,
+                $"the model is already quantized (quantization_config.quant_method = {method}); DotQuant needs the original floating-point checkpoint", path);
+        }
         int hidden = r.Int("hidden_size") ?? throw r.Missing("hidden_size");
         int heads = r.Int("num_attention_heads") ?? throw r.Missing("num_attention_heads");
         int layers = r.Int("num_hidden_layers") ?? throw r.Missing("num_hidden_layers");
