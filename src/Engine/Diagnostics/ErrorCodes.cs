@@ -38,5 +38,11 @@ public static class ErrorCodes
     public const string EvalArgument = "DQ0141";
     public const string NonFinite = "DQ0142";
 
+    // Calibration and solving
+    public const string SingularHessian = "DQ0150";
+    public const string CalibrationData = "DQ0151";
+    public const string OutputWrite = "DQ0152";
+    public const string PackageRead = "DQ0153";
+
     public const string Internal = "DQ0900";
 }

@@ -1,0 +1,44 @@
+using DotQuant.Engine.Diagnostics;
+using static TorchSharp.torch;
+
+namespace DotQuant.Engine.Quantizers;
+
+/// <summary>U, the upper Cholesky factor of (H + λI)⁻¹ with λ = damp·mean(diag H) (spec §2.4).
+/// When H + λI is not positive definite, damping grows by 0.01 of the mean diagonal per try
+/// (GPTQModel's auto-increment) up to 1.0, and the caller is told which damping worked.</summary>
+public static class InverseCholesky
+{
+    public sealed record Result(Tensor U, double Damp, int Retries);
+
+    public static Result Factor(Tensor h, double damp, string layer, Action<string>? warn = null)
+    {
+        using var scope = NewDisposeScope();
+        double mean = h.diagonal().mean().to(ScalarType.Float64).item<double>();
+        if (!double.IsFinite(mean))
+            throw new DotQuantException(ErrorCodes.NonFinite, $"{layer}: the Hessian contains NaN or Inf (the calibration activations are not finite)");
+        if (mean <= 0) mean = 1;   // all channels dead: the identity fix already made diag 1
+        int retries = 0;
+        for (double d = damp; ; d = Math.Round(d + 0.01, 10), retries++)
+        {
+            using var attempt = NewDisposeScope();
+            var damped = h + eye(h.shape[0], dtype: h.dtype) * (d * mean);
+            var (lower, info) = linalg.cholesky_ex(damped, false);
+            if (info.item<int>() == 0)
+            {
+                var hinv = cholesky_inverse(lower, false);
+                var (u, info2) = linalg.cholesky_ex(hinv, false);   // lower factor L of H⁻¹; U = Lᵀ
+                if (info2.item<int>() == 0 && u.isfinite().all().item<bool>())
+                {
+                    if (retries > 0)
+                        warn?.Invoke($"{layer}: H + λI was not positive definite at damp {damp}; succeeded at damp {d:0.##}");
+                    var upper = u.t().contiguous();
+                    var result = attempt.MoveToOuter(upper);
+                    return new Result(scope.MoveToOuter(result), d, retries);
+                }
+            }
+            if (d >= 1.0)
+                throw new DotQuantException(ErrorCodes.SingularHessian,
+                    $"{layer}: H + λI is not positive definite even with damp 1.0 (calibration inputs degenerate?)");
+        }
+    }
+}

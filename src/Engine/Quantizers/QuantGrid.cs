@@ -1,0 +1,136 @@
+using static TorchSharp.torch;
+
+namespace DotQuant.Engine.Quantizers;
+
+/// <summary>Which min–max grid family (spec §2.5). Both always contain 0.</summary>
+public enum GridConvention
+{
+    /// <summary>GPTQ/HF (IST quant.py, AutoGPTQ, GPTQModel): sym scale = 2·absmax/(2^b−1), zero = 2^(b−1).</summary>
+    Gptq,
+    /// <summary>QuaRot (GPTAQ and ResComp repos): sym scale = absmax/(2^(b−1)−1), signed codes.</summary>
+    QuaRot,
+}
+
+/// <summary>A per-output-row uniform grid: code = clamp(round(x/scale) + zero, 0, 2^b−1),
+/// x̂ = scale·(code − zero). Every convention is expressed in this unsigned form (QuaRot's signed
+/// codes are shifted by 2^(b−1)), which is exactly what the checkpoint formats store.</summary>
+public sealed class QuantGrid : IDisposable
+{
+    public Tensor Scale { get; }   // [m]
+    public Tensor Zero { get; }    // [m], integer-valued
+    public int Bits { get; }
+    public double MaxQ => (1 << Bits) - 1;
+
+    public QuantGrid(Tensor scale, Tensor zero, int bits)
+    {
+        Scale = scale.DetachFromDisposeScope();
+        Zero = zero.DetachFromDisposeScope();
+        Bits = bits;
+    }
+
+    /// <summary>Integer codes (as floating tensor) for x [m] or [m, k] (rows = output channels).</summary>
+    public Tensor Codes(Tensor x)
+    {
+        var (s, z) = Broadcast(x);
+        return (x / s).round_().add_(z).clamp_(0, MaxQ);
+    }
+
+    public Tensor Dequantize(Tensor codes)
+    {
+        var (s, z) = Broadcast(codes);
+        return (codes - z).mul_(s);
+    }
+
+    public Tensor QuantizeDequantize(Tensor x)
+    {
+        using var c = Codes(x);
+        return Dequantize(c);
+    }
+
+    /// <summary>The representable range per row: [(0 − zero)·scale, (maxq − zero)·scale].</summary>
+    public (Tensor Min, Tensor Max) Range() => ((-Zero) * Scale, (MaxQ - Zero) * Scale);
+
+    (Tensor, Tensor) Broadcast(Tensor x) => x.dim() == 1 ? (Scale, Zero) : (Scale.unsqueeze(1), Zero.unsqueeze(1));
+
+    public void Dispose()
+    {
+        Scale.Dispose();
+        Zero.Dispose();
+    }
+}
+
+/// <summary>Finds per-row grids from a weight slice [m, k] (spec §2.5), optionally with the
+/// MSE clipping search of §2.5c, and optionally rounding scales to fp16 so the grid the solver
+/// compensates against is exactly the grid the checkpoint stores.</summary>
+public sealed record GridOptions(int Bits, bool Symmetric, GridConvention Convention = GridConvention.Gptq,
+    bool MseClip = false, bool Fp16Scales = true, double MseNorm = 2.4, int MseGrid = 100, double MseMaxShrink = 0.8)
+{
+    public QuantGrid Find(Tensor w)
+    {
+        using var scope = NewDisposeScope();
+        var xmin = w.amin([1]).clamp_max(0);
+        var xmax = w.amax([1]).clamp_min(0);
+        var (scale, zero) = FromRange(xmin, xmax);
+        if (MseClip)
+        {
+            var best = full(w.shape[0], double.PositiveInfinity, dtype: w.dtype);
+            int steps = (int)Math.Floor(MseMaxShrink * MseGrid);
+            for (int i = 0; i < steps; i++)
+            {
+                using var inner = NewDisposeScope();
+                double p = 1 - (double)i / MseGrid;
+                var (s, z) = FromRange(xmin * p, xmax * p);
+                using var g = new QuantGrid(s, z, Bits);
+                var err = (g.QuantizeDequantize(w) - w).abs_().pow_(MseNorm).sum([1]);
+                var better = err.lt(best);                       // strict, as the reference
+                best = inner.MoveToOuter(where(better, err, best));
+                scale = inner.MoveToOuter(where(better, g.Scale, scale));
+                zero = inner.MoveToOuter(where(better, g.Zero, zero));
+            }
+        }
+        var grid = new QuantGrid(scale, zero, Bits);
+        return grid;
+    }
+
+    (Tensor Scale, Tensor Zero) FromRange(Tensor xmin, Tensor xmax)
+    {
+        double maxq = (1 << Bits) - 1;
+        Tensor scale, zero;
+        if (Convention == GridConvention.Gptq)
+        {
+            if (Symmetric)
+            {
+                xmax = xmin.abs().maximum(xmax);
+                xmin = where(xmin.lt(0), -xmax, xmin);      // only when xmin < 0 (spec §2.5a quirk ii)
+            }
+            var both0 = xmin.eq(0).logical_and(xmax.eq(0));
+            xmin = xmin.masked_fill(both0, -1);
+            xmax = xmax.masked_fill(both0, 1);
+            scale = RoundScale((xmax - xmin) / maxq);
+            zero = Symmetric ? full_like(scale, (maxq + 1) / 2) : (-xmin / scale).round();
+        }
+        else if (Symmetric)
+        {
+            double half = (1 << (Bits - 1)) - 1;
+            scale = RoundScale(xmin.abs().maximum(xmax).clamp_min(1e-5) / half);
+            zero = full_like(scale, half + 1);              // signed codes shifted to unsigned
+        }
+        else
+        {
+            var both0 = xmin.eq(0).logical_and(xmax.eq(0));
+            xmin = xmin.masked_fill(both0, -1);
+            xmax = xmax.masked_fill(both0, 1);
+            scale = RoundScale((xmax - xmin).clamp_min(1e-5) / maxq);
+            zero = (-xmin / scale).round();
+        }
+        return (scale, zero);
+    }
+
+    /// <summary>Scales as the checkpoint stores them (fp16), never rounded to zero.</summary>
+    Tensor RoundScale(Tensor scale)
+    {
+        if (!Fp16Scales) return scale;
+        var rounded = scale.to(ScalarType.Float16).to(scale.dtype);
+        return rounded.clamp_min(5.96e-8);
+    }
+}
