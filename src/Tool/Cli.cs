@@ -33,6 +33,7 @@ public static class Cli
         var root = new RootCommand("dotnet-quantize: post-training quantization of LLMs for .NET");
         root.Options.Add(Verbosity);
         root.Options.Add(Threads);
+        root.Subcommands.Add(RunCommand.Create(stdout, ReferenceEquals(stdout, Console.Out) && !Console.IsOutputRedirected));
         root.Subcommands.Add(EvalCommand.Create(stdout));
         root.Subcommands.Add(InspectCommand.Create(stdout));
 
@@ -58,7 +59,7 @@ public static class Cli
         }
         catch (DotQuantException e)
         {
-            stderr.WriteLine(e.File is null ? $"error {e.Code}: {e.Message}" : $"{e.File}: error {e.Code}: {e.Message}");
+            stderr.WriteLine(e.Format());
             if (IsDiag(verbosity)) stderr.WriteLine(e);
             return ExitCodes.UserError;
         }

@@ -110,7 +110,7 @@ public class BadInputTests
     public void AlreadyQuantizedCheckpointIsRefused()
     {
         using var dir = Fixtures.CopyOfStories();
-        Fixtures.Edit(dir.File("config.json"), "\"use_cache\": true", "\"use_cache\": true, \"quantization_config\": {\"quant_method\": \"gptq\", \"bits\": 4}");
+        Fixtures.Edit(dir.File("config.json"), "\"use_cache\": true", "\"use_cache\": true, \"quantization_config\": {\"quant_method\": \"awq\", \"bits\": 4}");
         var r = CliRunner.Run("eval", dir.Path, "--data", SharedPaths.Data("wikitext2", "wiki.test.gptq-joined.txt"));
         AssertUserError(r, "DQ0122");
         Assert.Contains("already quantized", r.Stderr);

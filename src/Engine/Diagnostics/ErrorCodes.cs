@@ -3,6 +3,16 @@ namespace DotQuant.Engine.Diagnostics;
 /// <summary>Every diagnostic code the engine raises. Codes are stable: documented in docs/diagnostics.md.</summary>
 public static class ErrorCodes
 {
+    // Manifest (quant.yaml): always with file, line and column
+    public const string ManifestSyntax = "DQ0001";
+    public const string ManifestUnknownKey = "DQ0002";
+    public const string ManifestType = "DQ0003";
+    public const string ManifestValue = "DQ0004";
+    public const string ManifestMissing = "DQ0005";
+    public const string ManifestCombination = "DQ0006";
+    public const string ManifestNotAvailable = "DQ0007";
+    public const string ManifestVersion = "DQ0008";
+
     // Command line
     public const string Usage = "DQ0090";
 

@@ -1,12 +1,13 @@
 using System.Text.Json;
 using DotQuant.Engine.Diagnostics;
+using DotQuant.Engine.Models;
 using static TorchSharp.torch;
 
 namespace DotQuant.Engine.IO;
 
 /// <summary>The weights of a Hugging Face model folder: one <c>model.safetensors</c> or shards named
 /// by <c>model.safetensors.index.json</c>. Pickle checkpoints are refused, never unpickled.</summary>
-public sealed class Checkpoint : IDisposable
+public sealed class Checkpoint : IWeightSource, IDisposable
 {
     readonly List<SafeTensorsFile> _files;
     readonly Dictionary<string, (SafeTensorsFile File, SafeTensorInfo Info)> _index;

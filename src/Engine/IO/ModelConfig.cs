@@ -3,6 +3,9 @@ using DotQuant.Engine.Diagnostics;
 
 namespace DotQuant.Engine.IO;
 
+/// <summary>quantization_config of a GPTQ checkpoint: v1 stores zero − 1, v2 the zero itself.</summary>
+public sealed record GptqConfig(int Bits, int GroupSize, bool V2);
+
 /// <summary>RoPE frequency scaling as in transformers' <c>rope_scaling</c>.</summary>
 public sealed record RopeScaling(string Type, double Factor, double LowFreqFactor = 1, double HighFreqFactor = 4, int OriginalMaxPositions = 8192);
 
@@ -34,6 +37,8 @@ public sealed record ModelConfig
     public int? BosTokenId { get; init; }
     public int[] EosTokenIds { get; init; } = [];
     public string? TorchDtype { get; init; }
+    /// <summary>Set when config.json describes a GPTQ checkpoint (quantization_config).</summary>
+    public GptqConfig? Gptq { get; init; }
 
     public int KvGroups => NumHeads / NumKvHeads;
 
@@ -64,11 +69,19 @@ public sealed record ModelConfig
             throw new DotQuantException(ErrorCodes.UnsupportedModelType,
                 $"model_type '{modelType}' is not supported (supported: {string.Join(", ", SupportedModelTypes)})", path);
 
+        GptqConfig? gptq = null;
         if (root.TryGetProperty("quantization_config", out var qc) && qc.ValueKind == JsonValueKind.Object)
         {
-            string method = qc.TryGetProperty("quant_method", out var qm) && qm.ValueKind == JsonValueKind.String ? qm.GetString()! : "unknown";
-            throw new DotQuantException(ErrorCodes.UnsupportedModelType,
-                $"the model is already quantized (quantization_config.quant_method = {method}); DotQuant needs the original floating-point checkpoint", path);
+            var qr = new Reader(qc, path, "quantization_config.");
+            string method = qr.String("quant_method") ?? "unknown";
+            string format = qr.String("checkpoint_format") ?? "gptq";
+            if (method != "gptq" || format is not ("gptq" or "gptq_v2"))
+                throw new DotQuantException(ErrorCodes.UnsupportedModelType,
+                    $"the model is already quantized (quant_method {method}, format {format}); DotQuant reads GPTQ (v1/v2) checkpoints and needs a floating-point checkpoint to quantize", path);
+            int bits = qr.Int("bits") ?? throw qr.Missing("bits");
+            if (bits is < 2 or > 8)
+                throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"GPTQ checkpoint with {bits} bits is not supported", path);
+            gptq = new GptqConfig(bits, qr.Int("group_size") ?? -1, format == "gptq_v2");
         }
         int hidden = r.Int("hidden_size") ?? throw r.Missing("hidden_size");
         int heads = r.Int("num_attention_heads") ?? throw r.Missing("num_attention_heads");
@@ -120,6 +133,7 @@ public sealed record ModelConfig
             BosTokenId = r.Int("bos_token_id"),
             EosTokenIds = r.IntOrInts("eos_token_id"),
             TorchDtype = r.String("torch_dtype") ?? r.String("dtype"),
+            Gptq = gptq,
         };
     }
 

@@ -41,7 +41,7 @@ public sealed class LlamaModel : DecoderModel
 
     /// <summary>Loads the weights named by transformers' LlamaForCausalLM / Qwen2ForCausalLM /
     /// MistralForCausalLM, checking every shape against the config.</summary>
-    public static LlamaModel Load(ModelConfig c, Checkpoint ckpt)
+    public static LlamaModel Load(ModelConfig c, IWeightSource ckpt)
     {
         long h = c.HiddenSize, q = (long)c.NumHeads * c.HeadDim, kv = (long)c.NumKvHeads * c.HeadDim, f = c.IntermediateSize;
         Tensor W(string name, params long[] shape) => ckpt.Load(name, shape).DetachFromDisposeScope();

@@ -1,4 +1,5 @@
 using DotQuant.Engine.Diagnostics;
+using DotQuant.Engine.Formats;
 using DotQuant.Engine.IO;
 
 namespace DotQuant.Engine.Models;
@@ -11,11 +12,17 @@ public static class ModelLoader
         if (!Directory.Exists(modelDir))
             throw new DotQuantException(ErrorCodes.FileNotFound, $"model folder not found: {modelDir}", modelDir);
         var config = ModelConfig.Load(modelDir);
-        using var ckpt = Checkpoint.Open(modelDir);
+        // A DotQuant package or a GPTQ checkpoint dequantizes its linears on load.
+        using IDisposable source = (IDisposable?)QuantizedPackage.TryOpen(modelDir, config) ?? Checkpoint.Open(modelDir);
+        return Load(config, (IWeightSource)source);
+    }
+
+    public static DecoderModel Load(ModelConfig config, IWeightSource weights)
+    {
         return config.ModelType switch
         {
-            "llama" or "qwen2" or "mistral" => LlamaModel.Load(config, ckpt),
-            _ => throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"model_type '{config.ModelType}' is not supported", modelDir),
+            "llama" or "qwen2" or "mistral" => LlamaModel.Load(config, weights),
+            _ => throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"model_type '{config.ModelType}' is not supported", weights.Directory),
         };
     }
 }

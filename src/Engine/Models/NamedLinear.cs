@@ -32,6 +32,15 @@ public sealed class NamedLinear : IDisposable
         old.Dispose();
     }
 
+    /// <summary>Puts <paramref name="weight"/> in place and hands back the previous weight
+    /// undisposed (to run a block temporarily with other weights, e.g. the float originals).</summary>
+    public Tensor ExchangeWeight(Tensor weight)
+    {
+        var old = Weight;
+        Weight = weight;
+        return old;
+    }
+
     /// <summary>y = x Wᵀ + b in fp32; temporaries belong to the caller's dispose scope.</summary>
     public Tensor Forward(Tensor x) =>
         nn.functional.linear(x, Weight.to(ScalarType.Float32), Bias?.to(ScalarType.Float32));

@@ -1,0 +1,222 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json.Nodes;
+using DotQuant.Engine.Diagnostics;
+using DotQuant.Engine.Evaluation;
+using DotQuant.Engine.Formats;
+using DotQuant.Engine.IO;
+using DotQuant.Engine.Manifest;
+using DotQuant.Engine.Models;
+using DotQuant.Engine.Quantizers;
+using DotQuant.Engine.Tokenization;
+
+namespace DotQuant.Engine.Calibration;
+
+/// <summary>A progress event of a run (the CLI prints it as a line or a JSON object).</summary>
+public sealed record JobEvent(string Kind, string Message, LayerReport? Layer = null, int Done = 0, int Total = 0, double? Perplexity = null);
+
+public sealed record JobResult(string Output, double Seconds, PerplexityResult? Before, PerplexityResult? After, bool GatePassed, IReadOnlyList<LayerReport> Layers);
+
+/// <summary><c>dotnet quantize run</c>: manifest → model → calibration → sequential solve → output
+/// folder (+ optional before/after perplexity and gate).</summary>
+public static class QuantizeJob
+{
+    public static string EngineVersion => typeof(QuantizeJob).Assembly.GetName().Version?.ToString(3) ?? "0.0.0";
+
+    public static JobResult Run(QuantManifest m, string outputDir, Action<JobEvent>? onEvent = null, CancellationToken ct = default)
+    {
+        var total = Stopwatch.StartNew();
+        void Emit(JobEvent e) => onEvent?.Invoke(e);
+        var q = m.Quantize;
+        var config = ModelConfig.Load(m.ModelPath);
+        if (config.Gptq is not null || File.Exists(Path.Combine(m.ModelPath, QuantizedPackage.ManifestFile)))
+            throw new DotQuantException(ErrorCodes.UnsupportedModelType, "the model is already quantized; quantize the original floating-point checkpoint", m.ModelPath);
+        var tokenizer = HfTokenizer.Load(m.ModelPath);
+
+        using var source = Checkpoint.Open(m.ModelPath);
+        using var model = ModelLoader.Load(config, source);
+
+        PerplexityResult? before = null, after = null;
+        int[]? evalIds = null;
+        int evalLength = 0;
+        if (m.Evaluate?.Perplexity is { } ppl)
+        {
+            if (!File.Exists(ppl.Data)) throw new DotQuantException(ErrorCodes.EvalData, $"evaluation data not found: {ppl.Data}", m.Path);
+            evalIds = tokenizer.Encode(File.ReadAllText(ppl.Data));
+            evalLength = ppl.SequenceLength ?? Math.Min(2048, config.MaxPositionEmbeddings);
+            Emit(new JobEvent("evaluate", "perplexity before quantization"));
+            before = Perplexity.Windows(model, evalIds, evalLength, ppl.MaxSequences);
+            Emit(new JobEvent("perplexity", $"before: {before.Perplexity:F4}", Perplexity: before.Perplexity));
+        }
+
+        IReadOnlyList<long[]> sequences = [];
+        if (q.Method != QuantMethod.Rtn)
+        {
+            var cal = m.Calibration!;
+            var set = CalibrationSet.Load(cal.Data, tokenizer, config.VocabSize, cal.Samples, cal.SequenceLength, cal.Seed);
+            sequences = set.Sequences;
+            Emit(new JobEvent("calibration", $"{sequences.Count} sequences × {sequences[0].Length} tokens from {Path.GetFileName(cal.Data)} ({set.AvailableTokens:N0} tokens available)"));
+        }
+
+        bool gptq = m.Output.Format == OutputFormat.Gptq;
+        var skipReasons = new Dictionary<string, string>();
+        SolverOptions? Plan(NamedLinear lin)
+        {
+            var o = q.PlanFor(lin.Name);
+            if (o is null) { skipReasons[lin.Name] = "skipped by a layers rule"; return null; }
+            if (gptq && (lin.InFeatures % 32 != 0 || lin.OutFeatures % 32 != 0 || (o.GroupSize > 0 && lin.InFeatures % o.GroupSize != 0)))
+            {
+                string why = $"[{lin.OutFeatures}, {lin.InFeatures}] cannot be packed as GPTQ (dimensions must be multiples of 32 and of the group size)";
+                skipReasons[lin.Name] = why;
+                Emit(new JobEvent("warning", $"{lin.Name}: {why}; kept in full precision"));
+                return null;
+            }
+            return o;
+        }
+
+        var reports = new List<LayerReport>();
+        var plan = new CalibrationPlan
+        {
+            OptionsFor = Plan,
+            RoundToNearest = q.Method == QuantMethod.Rtn,
+            FloatStream = q.NeedsFloatStream,
+            OnLayer = (r, done, count) =>
+            {
+                reports.Add(r);
+                if (r.Quantized) Emit(new JobEvent("layer", r.Name, r, done, count));
+            },
+            OnWarning = w => Emit(new JobEvent("warning", w)),
+        };
+        var quantized = SequentialCalibrator.Run(model, sequences, plan, ct);
+        try
+        {
+            if (evalIds is not null)
+            {
+                Emit(new JobEvent("evaluate", "perplexity after quantization"));
+                after = Perplexity.Windows(model, evalIds, evalLength, m.Evaluate!.Perplexity!.MaxSequences);
+                Emit(new JobEvent("perplexity", $"after: {after.Perplexity:F4}", Perplexity: after.Perplexity));
+            }
+            bool gatePassed = true;
+            if (m.Evaluate?.Gate is { } gate && before is not null && after is not null)
+            {
+                double allowed = gate.Relative ? before.Perplexity * (1 + gate.MaxIncrease) : before.Perplexity + gate.MaxIncrease;
+                gatePassed = after.Perplexity <= allowed;
+            }
+
+            var info = Describe(m, config, reports, skipReasons, sequences, before, after);
+            string destination = Path.Combine(outputDir, m.Output.Name);
+            ct.ThrowIfCancellationRequested();
+            QuantizedPackage.Write(destination, gptq, m.ModelPath, source, quantized, info,
+                new QuantizeSettings(q.Bits, q.GroupSize, q.Symmetric, q.ActOrder, q.StaticGroups, q.Damp));
+            Emit(new JobEvent("output", destination));
+            return new JobResult(destination, total.Elapsed.TotalSeconds, before, after, gatePassed, reports);
+        }
+        finally
+        {
+            foreach (var x in quantized.Values) x.Dispose();
+        }
+    }
+
+    static JsonObject Describe(QuantManifest m, ModelConfig config, List<LayerReport> reports, Dictionary<string, string> skipReasons,
+        IReadOnlyList<long[]> sequences, PerplexityResult? before, PerplexityResult? after)
+    {
+        var q = m.Quantize;
+        var scheme = new JsonObject
+        {
+            ["method"] = q.Method.ToString().ToLowerInvariant(),
+            ["bits"] = q.Bits,
+            ["group_size"] = q.GroupSize,
+            ["symmetric"] = q.Symmetric,
+            ["grid"] = q.Grid.ToString().ToLowerInvariant(),
+            ["mse_clip"] = q.MseClip,
+        };
+        if (q.Method != QuantMethod.Rtn)
+        {
+            scheme["act_order"] = q.ActOrder;
+            scheme["static_groups"] = q.StaticGroups;
+            scheme["damp"] = q.Damp;
+            scheme["block_size"] = q.BlockSize;
+            scheme["compensation_aware"] = q.CompensationAware;
+            if (q.Method == QuantMethod.Gptaq) scheme["alpha"] = q.Alpha;
+            if (q.CompensationAware) { scheme["alpha2"] = q.Alpha2; scheme["rescomp_mode"] = q.ResCompMode.ToString().ToLowerInvariant(); }
+        }
+        var layers = new JsonArray();
+        foreach (var r in reports)
+        {
+            var l = new JsonObject { ["name"] = r.Name, ["quantized"] = r.Quantized, ["in_features"] = r.InFeatures, ["out_features"] = r.OutFeatures };
+            if (r.Quantized)
+            {
+                l["bits"] = r.Bits;
+                l["group_size"] = r.GroupSize;
+                if (double.IsFinite(r.Loss)) l["loss"] = r.Loss;
+                if (r.Damp > 0) l["damp"] = r.Damp;
+            }
+            else if (skipReasons.TryGetValue(r.Name, out var why)) l["reason"] = why;
+            layers.Add(l);
+        }
+        var info = new JsonObject
+        {
+            ["format"] = "dotquant",
+            ["format_version"] = QuantizedPackage.FormatVersion,
+            ["engine_version"] = EngineVersion,
+            ["model_type"] = config.ModelType,
+            ["source_model"] = Path.GetFileName(m.ModelPath.TrimEnd('/', '\\')),
+            ["scheme"] = scheme,
+            ["input_fingerprint"] = Fingerprint(m, scheme),
+            ["layers"] = layers,
+        };
+        if (m.Calibration is { } c && sequences.Count > 0)
+            info["calibration"] = new JsonObject
+            {
+                ["data"] = Path.GetFileName(c.Data),
+                ["samples"] = sequences.Count,
+                ["sequence_length"] = sequences[0].Length,
+                ["seed"] = c.Seed,
+            };
+        if (before is not null && after is not null)
+            info["evaluation"] = new JsonObject
+            {
+                ["perplexity"] = new JsonObject
+                {
+                    ["data"] = Path.GetFileName(m.Evaluate!.Perplexity!.Data),
+                    ["windows"] = after.Windows,
+                    ["sequence_length"] = m.Evaluate.Perplexity.SequenceLength,
+                    ["before"] = before.Perplexity,
+                    ["after"] = after.Perplexity,
+                },
+            };
+        return info;
+    }
+
+    /// <summary>SHA-256 over everything that determines the output: engine version, scheme, model
+    /// files, calibration data and the manifest's layer rules.</summary>
+    static string Fingerprint(QuantManifest m, JsonObject scheme)
+    {
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        void AddText(string s) { var b = Encoding.UTF8.GetBytes(s); hash.AppendData(BitConverter.GetBytes(b.Length)); hash.AppendData(b); }
+        void AddFile(string path)
+        {
+            AddText(Path.GetFileName(path));
+            using var fs = File.OpenRead(path);
+            var buffer = new byte[1 << 20];
+            int n;
+            while ((n = fs.Read(buffer, 0, buffer.Length)) > 0) hash.AppendData(buffer, 0, n);
+        }
+        AddText(EngineVersion);
+        AddText(scheme.ToJsonString());
+        foreach (var r in m.Quantize.Layers) AddText($"{r.Match}|{r.Bits}|{r.GroupSize}|{r.Skip}");
+        foreach (var f in Directory.EnumerateFiles(m.ModelPath).Order(StringComparer.Ordinal))
+        {
+            string name = Path.GetFileName(f);
+            if (name.EndsWith(".safetensors", StringComparison.Ordinal) || name.EndsWith(".json", StringComparison.Ordinal))
+                AddFile(f);
+        }
+        if (m.Calibration is { } c)
+        {
+            AddText($"{c.Samples}|{c.SequenceLength}|{c.Seed}");
+            AddFile(c.Data);
+        }
+        return "sha256:" + Convert.ToHexStringLower(hash.GetHashAndReset());
+    }
+}

@@ -1,0 +1,217 @@
+using System.Diagnostics;
+using DotQuant.Engine.Diagnostics;
+using DotQuant.Engine.Hessians;
+using DotQuant.Engine.Models;
+using DotQuant.Engine.Quantizers;
+using static TorchSharp.torch;
+
+namespace DotQuant.Engine.Calibration;
+
+/// <summary>What happened to one linear.</summary>
+public sealed record LayerReport(string Name, int Block, long InFeatures, long OutFeatures, bool Quantized, int Bits, int GroupSize, double Loss, double Seconds, double Damp);
+
+/// <summary>How a run treats each linear, and who hears about progress.</summary>
+public sealed class CalibrationPlan
+{
+    /// <summary>Solver options for a linear, or null to keep it in full precision.</summary>
+    public required Func<NamedLinear, SolverOptions?> OptionsFor { get; init; }
+    /// <summary>RTN needs no statistics and no forward passes.</summary>
+    public bool RoundToNearest { get; init; }
+    /// <summary>GPTAQ: run the float stream and accumulate D.</summary>
+    public bool FloatStream { get; init; }
+    public Action<LayerReport, int, int>? OnLayer { get; init; }
+    public Action<string>? OnWarning { get; init; }
+}
+
+/// <summary>The sequential pipeline of spec §6: layer-0 inputs are captured once; then, block by
+/// block and group by group in true-sequential order, the group's input statistics are gathered
+/// from the quantized stream (and, for GPTAQ, from the float stream run with the block's original
+/// weights), its linears are solved and replaced, and finally both streams advance through the
+/// block. Only one block's originals and the streams' activations are held at a time, and
+/// inputs are captured one batch at a time (no per-layer input cache), trading forward passes for
+/// memory as spec §6.4 allows.</summary>
+public static class SequentialCalibrator
+{
+    sealed class CaptureComplete : Exception;
+
+    const long TokensPerBatch = 8192;
+
+    public static Dictionary<string, QuantizedLinear> Run(DecoderModel model, IReadOnlyList<long[]> sequences, CalibrationPlan plan, CancellationToken ct = default)
+    {
+        var results = new Dictionary<string, QuantizedLinear>(StringComparer.Ordinal);
+        var linears = Enumerable.Range(0, model.BlockCount)
+            .SelectMany(b => model.LinearGroups(b).SelectMany(g => g).Select(l => (Block: b, Linear: l))).ToList();
+        var planned = linears.ToDictionary(x => x.Linear.Name, x => plan.OptionsFor(x.Linear));
+        int total = planned.Values.Count(o => o is not null), done = 0;
+
+        void Report(LayerReport r)
+        {
+            if (r.Quantized) done++;
+            plan.OnLayer?.Invoke(r, done, total);
+        }
+
+        if (plan.RoundToNearest)
+        {
+            foreach (var (block, lin) in linears)
+            {
+                ct.ThrowIfCancellationRequested();
+                var o = planned[lin.Name];
+                if (o is null) { Report(new LayerReport(lin.Name, block, lin.InFeatures, lin.OutFeatures, false, 16, 0, double.NaN, 0, 0)); continue; }
+                var sw = Stopwatch.StartNew();
+                using var w = lin.Weight.to(ScalarType.Float32);
+                var q = RtnSolver.Solve(w, o);
+                Replace(lin, q, results);
+                Report(new LayerReport(lin.Name, block, lin.InFeatures, lin.OutFeatures, true, o.Bits, o.GroupSize, double.NaN, sw.Elapsed.TotalSeconds, 0));
+            }
+            return results;
+        }
+
+        var batches = Batch(sequences);
+        var contexts = new Dictionary<long, ForwardContext>();
+        ForwardContext Context(long length) => contexts.TryGetValue(length, out var c) ? c : contexts[length] = model.CreateContext(0, length);
+        List<Tensor> xq = batches.Select(b => { using var ids = tensor(b.SelectMany(s => s).ToArray(), [b.Count, b[0].Length]); return model.Embed(ids).DetachFromDisposeScope(); }).ToList();
+        List<Tensor>? xf = plan.FloatStream ? xq.Select(t => t.clone().DetachFromDisposeScope()).ToList() : null;
+        try
+        {
+            for (int b = 0; b < model.BlockCount; b++)
+            {
+                var originals = new Dictionary<NamedLinear, Tensor>();
+                try
+                {
+                    foreach (var group in model.LinearGroups(b))
+                    {
+                        var active = group.Where(l => planned[l.Name] is not null).ToList();
+                        foreach (var l in group.Where(l => planned[l.Name] is null))
+                            Report(new LayerReport(l.Name, b, l.InFeatures, l.OutFeatures, false, 16, 0, double.NaN, 0, 0));
+                        if (active.Count == 0) continue;
+                        ct.ThrowIfCancellationRequested();
+
+                        var sw = Stopwatch.StartNew();
+                        using var stats = new LayerStatistics(group[0].InFeatures, plan.FloatStream);
+                        for (int i = 0; i < xq.Count; i++)
+                        {
+                            using var scope = NewDisposeScope();
+                            var inputQ = Capture(model, b, group[0], xq[i], Context(xq[i].shape[1]));
+                            Tensor? inputF = null;
+                            if (xf is not null)
+                                inputF = WithOriginals(originals, () => Capture(model, b, group[0], xf[i], Context(xf[i].shape[1])));
+                            stats.Add(inputQ, inputF);
+                            inputQ.Dispose();
+                            inputF?.Dispose();
+                        }
+                        var (h, d) = stats.Finish();
+                        double statSeconds = sw.Elapsed.TotalSeconds / active.Count;
+                        try
+                        {
+                            foreach (var lin in active)
+                            {
+                                ct.ThrowIfCancellationRequested();
+                                var solve = Stopwatch.StartNew();
+                                var o = planned[lin.Name]!;
+                                QuantizedLinear q;
+                                using (var w0 = lin.Weight.to(ScalarType.Float32))
+                                    q = ColumnSolver.Solve(w0, h, d, o, lin.Name, plan.OnWarning);
+                                if (xf is not null) originals[lin] = lin.ExchangeWeight(q.Dequantize().DetachFromDisposeScope());
+                                else lin.SetWeight(q.Dequantize());
+                                results[lin.Name] = q;
+                                Report(new LayerReport(lin.Name, b, lin.InFeatures, lin.OutFeatures, true, o.Bits, o.GroupSize, q.Loss, statSeconds + solve.Elapsed.TotalSeconds, q.DampUsed));
+                            }
+                        }
+                        finally
+                        {
+                            h.Dispose();
+                            d?.Dispose();
+                        }
+                    }
+
+                    // Advance the streams: quantized weights for X_q, the originals for X_f.
+                    xq = Advance(model, b, xq, Context);
+                    if (xf is not null)
+                        xf = WithOriginals(originals, () => Advance(model, b, xf, Context));
+                }
+                finally
+                {
+                    foreach (var t in originals.Values) t.Dispose();
+                }
+            }
+            return results;
+        }
+        catch
+        {
+            foreach (var q in results.Values) q.Dispose();
+            throw;
+        }
+        finally
+        {
+            foreach (var t in xq) t.Dispose();
+            foreach (var t in xf ?? []) t.Dispose();
+            foreach (var c in contexts.Values) c.Dispose();
+        }
+    }
+
+    static void Replace(NamedLinear lin, QuantizedLinear q, Dictionary<string, QuantizedLinear> results)
+    {
+        lin.SetWeight(q.Dequantize());
+        results[lin.Name] = q;
+    }
+
+    /// <summary>Runs block b on x until <paramref name="target"/> receives its input; returns that input.</summary>
+    static Tensor Capture(DecoderModel model, int b, NamedLinear target, Tensor x, ForwardContext ctx)
+    {
+        Tensor? captured = null;
+        try
+        {
+            using var output = model.ForwardBlock(b, x, ctx, (lin, input) =>
+            {
+                if (!ReferenceEquals(lin, target)) return;
+                captured = input.clone().DetachFromDisposeScope();
+                throw new CaptureComplete();
+            });
+        }
+        catch (CaptureComplete)
+        {
+        }
+        return captured ?? throw new DotQuantException(ErrorCodes.Internal, $"block {b} never called {target.Name}");
+    }
+
+    static List<Tensor> Advance(DecoderModel model, int b, List<Tensor> stream, Func<long, ForwardContext> context)
+    {
+        var next = new List<Tensor>(stream.Count);
+        foreach (var x in stream)
+        {
+            next.Add(model.ForwardBlock(b, x, context(x.shape[1])).DetachFromDisposeScope());
+            x.Dispose();
+        }
+        return next;
+    }
+
+    /// <summary>Runs <paramref name="action"/> with the block's already-quantized linears holding
+    /// their original weights again.</summary>
+    static T WithOriginals<T>(Dictionary<NamedLinear, Tensor> originals, Func<T> action)
+    {
+        var swapped = originals.ToDictionary(kv => kv.Key, kv => kv.Key.ExchangeWeight(kv.Value));
+        try
+        {
+            return action();
+        }
+        finally
+        {
+            foreach (var (lin, quantized) in swapped) lin.ExchangeWeight(quantized);
+        }
+    }
+
+    /// <summary>Consecutive sequences of equal length, up to ~8k tokens per batch.</summary>
+    static List<List<long[]>> Batch(IReadOnlyList<long[]> sequences)
+    {
+        var batches = new List<List<long[]>>();
+        foreach (var s in sequences)
+        {
+            var last = batches.Count > 0 ? batches[^1] : null;
+            if (last is not null && last[0].Length == s.Length && (last.Count + 1) * (long)s.Length <= TokensPerBatch)
+                last.Add(s);
+            else
+                batches.Add([s]);
+        }
+        return batches;
+    }
+}

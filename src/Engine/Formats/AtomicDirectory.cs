@@ -1,0 +1,73 @@
+using DotQuant.Engine.Diagnostics;
+
+namespace DotQuant.Engine.Formats;
+
+/// <summary>Creates a folder so that readers see either the previous complete folder or the new
+/// complete one: contents are written to a hidden temp folder beside the destination, then the old
+/// folder is moved aside, the new one moved in, and the old one deleted. An exception or a kill
+/// while writing leaves the destination untouched (the temp folder is removed, or swept up by the
+/// next write to the same destination).</summary>
+public static class AtomicDirectory
+{
+    public static void Write(string destination, Action<string> fill)
+    {
+        string full = Path.GetFullPath(destination);
+        string parent = Path.GetDirectoryName(full)!;
+        string name = Path.GetFileName(full);
+        Directory.CreateDirectory(parent);
+        SweepStale(parent, name);
+        string tmp = Path.Combine(parent, $".{name}.tmp-{Environment.ProcessId}-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(tmp);
+        try
+        {
+            fill(tmp);
+            string? old = null;
+            if (Directory.Exists(full))
+            {
+                old = Path.Combine(parent, $".{name}.old-{Environment.ProcessId}-{Guid.NewGuid():N}");
+                Directory.Move(full, old);
+            }
+            try
+            {
+                Directory.Move(tmp, full);
+            }
+            catch
+            {
+                if (old is not null) Directory.Move(old, full);   // put the previous output back
+                throw;
+            }
+            if (old is not null) TryDelete(old);
+        }
+        catch (IOException e)
+        {
+            TryDelete(tmp);
+            throw new DotQuantException(ErrorCodes.OutputWrite, $"could not write {full}: {e.Message}", full, e);
+        }
+        catch
+        {
+            TryDelete(tmp);
+            throw;
+        }
+    }
+
+    /// <summary>Removes temp folders of earlier writes that were killed, and restores a previous
+    /// output that a kill left moved aside.</summary>
+    static void SweepStale(string parent, string name)
+    {
+        foreach (var dir in Directory.EnumerateDirectories(parent, $".{name}.tmp-*"))
+            TryDelete(dir);
+        string full = Path.Combine(parent, name);
+        foreach (var old in Directory.EnumerateDirectories(parent, $".{name}.old-*"))
+        {
+            if (!Directory.Exists(full)) Directory.Move(old, full);
+            else TryDelete(old);
+        }
+    }
+
+    static void TryDelete(string dir)
+    {
+        try { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+    }
+}

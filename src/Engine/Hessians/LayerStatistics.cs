@@ -1,0 +1,49 @@
+using static TorchSharp.torch;
+
+namespace DotQuant.Engine.Hessians;
+
+/// <summary>Per-input statistics of a linear group (spec §2.1): H = (2/N)·X_q X_qᵀ and, when the
+/// float stream is used, D = (2/N)·(X_f − X_q) X_qᵀ, with N counting sequences as the reference
+/// does. Accumulated in fp32 as sums and scaled once at the end.</summary>
+public sealed class LayerStatistics : IDisposable
+{
+    readonly Tensor _h;
+    readonly Tensor? _d;
+    int _sequences;
+
+    public LayerStatistics(long inFeatures, bool withAsymmetry)
+    {
+        _h = zeros(inFeatures, inFeatures).DetachFromDisposeScope();
+        _d = withAsymmetry ? zeros(inFeatures, inFeatures).DetachFromDisposeScope() : null;
+    }
+
+    /// <summary>Adds one sequence's inputs: x_q [.., n] and, with asymmetry, x_f of the same shape.</summary>
+    public void Add(Tensor xq, Tensor? xf = null)
+    {
+        using var scope = NewDisposeScope();
+        var q = xq.reshape(-1, xq.shape[^1]).to(ScalarType.Float32);
+        _h.addmm_(q.t(), q, 1, 1);
+        if (_d is not null)
+        {
+            if (xf is null) throw new ArgumentException("the float-stream input is required for D");
+            var f = xf.reshape(-1, xf.shape[^1]).to(ScalarType.Float32);
+            _d.addmm_((f - q).t(), q, 1, 1);
+        }
+        _sequences += (int)(xq.dim() == 3 ? xq.shape[0] : 1);
+    }
+
+    public int Sequences => _sequences;
+
+    /// <summary>The final (2/N)-scaled H and D (new tensors; the accumulators are left as they are).</summary>
+    public (Tensor H, Tensor? D) Finish()
+    {
+        double scale = 2.0 / Math.Max(1, _sequences);
+        return (_h * scale, _d is null ? null : _d * scale);
+    }
+
+    public void Dispose()
+    {
+        _h.Dispose();
+        _d?.Dispose();
+    }
+}

@@ -1,0 +1,326 @@
+using System.Globalization;
+using DotQuant.Engine.Diagnostics;
+using DotQuant.Engine.Quantizers;
+using YamlDotNet.Core;
+using YamlDotNet.RepresentationModel;
+
+namespace DotQuant.Engine.Manifest;
+
+/// <summary>Parses and validates quant.yaml v1 (DESIGN.md §3). Every diagnostic names the file,
+/// line and column of the offending node. The checks are strict on purpose: an unknown key is
+/// an error (a typo must not silently fall back to a default).</summary>
+public sealed class ManifestParser
+{
+    readonly string _file;
+    readonly string _dir;
+
+    ManifestParser(string file)
+    {
+        _file = Path.GetFullPath(file);
+        _dir = Path.GetDirectoryName(_file)!;
+    }
+
+    public static QuantManifest Load(string path)
+    {
+        if (!File.Exists(path))
+            throw new DotQuantException(ErrorCodes.FileNotFound, $"manifest not found: {path}", path);
+        return Parse(File.ReadAllText(path), path);
+    }
+
+    public static QuantManifest Parse(string yaml, string path)
+    {
+        var p = new ManifestParser(path);
+        var stream = new YamlStream();
+        try
+        {
+            stream.Load(new StringReader(yaml));
+        }
+        catch (YamlException e)
+        {
+            throw p.Error(ErrorCodes.ManifestSyntax, $"malformed YAML: {Inner(e).Message}", (int)e.Start.Line, (int)e.Start.Column);
+        }
+        if (stream.Documents.Count == 0 || stream.Documents[0].RootNode is not YamlMappingNode root)
+            throw p.Error(ErrorCodes.ManifestSyntax, "the manifest must be a YAML mapping (version, model, quantize, ...)", 1, 1);
+        return p.Read(root);
+    }
+
+    static Exception Inner(YamlException e) => e.InnerException is YamlException i ? Inner(i) : e;
+
+    QuantManifest Read(YamlMappingNode root)
+    {
+        var top = Keys(root, "manifest", "version", "model", "calibration", "quantize", "output", "evaluate");
+        var versionNode = top.GetValueOrDefault("version") ?? throw Error(ErrorCodes.ManifestVersion, "missing 'version: 1'", root);
+        if (Int(versionNode, "version") != 1)
+            throw Error(ErrorCodes.ManifestVersion, "unsupported manifest version (this DotQuant reads version 1)", versionNode);
+
+        string model = ReadModel(top.GetValueOrDefault("model") ?? throw Error(ErrorCodes.ManifestMissing, "missing 'model' (a Hugging Face model folder)", root));
+        var quantize = ReadQuantize(top.GetValueOrDefault("quantize") as YamlNode ?? throw Error(ErrorCodes.ManifestMissing, "missing 'quantize' section", root));
+        CalibrationSpec? calibration = top.TryGetValue("calibration", out var c) ? ReadCalibration(c) : null;
+        if (calibration is null && quantize.Method != QuantMethod.Rtn)
+            throw Error(ErrorCodes.ManifestMissing, $"method '{Name(quantize.Method)}' needs a 'calibration' section with 'data'", root);
+        var output = ReadOutput(top.GetValueOrDefault("output"), model, quantize, root);
+        EvaluateSpec? evaluate = top.TryGetValue("evaluate", out var ev) ? ReadEvaluate(ev) : null;
+        return new QuantManifest { Path = _file, ModelPath = model, Calibration = calibration, Quantize = quantize, Output = output, Evaluate = evaluate };
+    }
+
+    string ReadModel(YamlNode node)
+    {
+        if (node is YamlScalarNode)
+            return ResolvePath(Str(node, "model"));
+        var m = Keys(node, "model", "package", "version", "source");
+        if (m.ContainsKey("package"))
+            throw Error(ErrorCodes.ManifestNotAvailable, "models from NuGet packages are not supported yet; give a Hugging Face folder path", node);
+        throw Error(ErrorCodes.ManifestMissing, "model must be a folder path", node);
+    }
+
+    CalibrationSpec ReadCalibration(YamlNode node)
+    {
+        var m = Keys(node, "calibration", "data", "samples", "sequence_length", "seed");
+        var data = m.GetValueOrDefault("data") ?? throw Error(ErrorCodes.ManifestMissing, "calibration needs 'data' (.txt, .jsonl or .ids)", node);
+        string path = ResolvePath(Str(data, "calibration.data"));
+        string ext = Path.GetExtension(path).ToLowerInvariant();
+        if (ext is not (".txt" or ".jsonl" or ".ids" or ".tokens" or ".raw"))
+            throw Error(ErrorCodes.ManifestValue, $"calibration.data must be a .txt, .jsonl or .ids file (got '{ext}')", data);
+        int samples = m.TryGetValue("samples", out var s) ? Positive(s, "calibration.samples") : 128;
+        int length = m.TryGetValue("sequence_length", out var l) ? Positive(l, "calibration.sequence_length") : 2048;
+        long seed = m.TryGetValue("seed", out var sd) ? Long(sd, "calibration.seed") : 0;
+        if (length < 2) throw Error(ErrorCodes.ManifestValue, "calibration.sequence_length must be at least 2", l!);
+        return new CalibrationSpec(path, samples, length, seed);
+    }
+
+    QuantizeSpec ReadQuantize(YamlNode node)
+    {
+        var m = Keys(node, "quantize", "method", "hessian", "compensation_aware", "rotate", "bits", "group_size", "symmetric",
+            "act_order", "static_groups", "damp", "mse_clip", "outliers", "layers", "grid", "block_size", "alpha", "alpha2", "rescomp_mode");
+        var q = new QuantizeSpec();
+        if (m.TryGetValue("method", out var method))
+            q = q with { Method = Enum(method, "quantize.method", ("rtn", QuantMethod.Rtn), ("gptq", QuantMethod.Gptq), ("gptaq", QuantMethod.Gptaq), ("spqr", QuantMethod.SpQR), ("billm", QuantMethod.BiLLM)) };
+        if (q.Method is QuantMethod.SpQR or QuantMethod.BiLLM)
+            throw Error(ErrorCodes.ManifestNotAvailable, $"method '{Name(q.Method)}' is not available in this version (rtn, gptq, gptaq are)", method!);
+        if (m.TryGetValue("hessian", out var hess) && Enum(hess, "quantize.hessian", ("layer", false), ("output_adaptive", true)))
+            throw Error(ErrorCodes.ManifestNotAvailable, "hessian 'output_adaptive' (OAC) is not available in this version", hess);
+        if (m.TryGetValue("rotate", out var rot) && Enum(rot, "quantize.rotate", ("none", false), ("hadamard", true)))
+            throw Error(ErrorCodes.ManifestNotAvailable, "rotate 'hadamard' (QuaRot) is not available in this version", rot);
+        if (m.TryGetValue("outliers", out var outl))
+            throw Error(ErrorCodes.ManifestCombination, "outliers apply to method 'spqr' only", outl);
+        if (m.TryGetValue("compensation_aware", out var ca)) q = q with { CompensationAware = Bool(ca, "quantize.compensation_aware") };
+        if (q.CompensationAware && q.Method == QuantMethod.Rtn)
+            throw Error(ErrorCodes.ManifestCombination, "compensation_aware (ResComp) needs a compensating method (gptq or gptaq), not rtn", ca!);
+        if (m.TryGetValue("bits", out var bits)) q = q with { Bits = Bits(bits, "quantize.bits") };
+        if (m.TryGetValue("group_size", out var gs)) q = q with { GroupSize = GroupSize(gs, "quantize.group_size") };
+        if (m.TryGetValue("symmetric", out var sym)) q = q with { Symmetric = Bool(sym, "quantize.symmetric") };
+        if (m.TryGetValue("act_order", out var ao)) q = q with { ActOrder = Bool(ao, "quantize.act_order") };
+        if (m.TryGetValue("static_groups", out var sg)) q = q with { StaticGroups = Bool(sg, "quantize.static_groups") };
+        if (q.StaticGroups && q.GroupSize == -1)
+            throw Error(ErrorCodes.ManifestCombination, "static_groups needs a group_size (not -1)", sg!);
+        if (m.TryGetValue("damp", out var damp))
+        {
+            double d = Double(damp, "quantize.damp");
+            if (d < 0 || d >= 1) throw Error(ErrorCodes.ManifestValue, "quantize.damp must be in [0, 1) (a fraction of the mean Hessian diagonal)", damp);
+            q = q with { Damp = d };
+        }
+        if (m.TryGetValue("mse_clip", out var mse)) q = q with { MseClip = Bool(mse, "quantize.mse_clip") };
+        if (m.TryGetValue("grid", out var grid))
+            q = q with { Grid = Enum(grid, "quantize.grid", ("gptq", GridConvention.Gptq), ("quarot", GridConvention.QuaRot)) };
+        if (m.TryGetValue("block_size", out var bs)) q = q with { BlockSize = Positive(bs, "quantize.block_size") };
+        if (m.TryGetValue("alpha", out var alpha))
+        {
+            if (q.Method != QuantMethod.Gptaq) throw Error(ErrorCodes.ManifestCombination, "alpha (GPTAQ's P scale) applies to method 'gptaq' only", alpha);
+            q = q with { Alpha = Double(alpha, "quantize.alpha") };
+        }
+        if (m.TryGetValue("alpha2", out var alpha2))
+        {
+            if (!q.CompensationAware) throw Error(ErrorCodes.ManifestCombination, "alpha2 (ResComp's R scale) needs compensation_aware: true", alpha2);
+            q = q with { Alpha2 = Double(alpha2, "quantize.alpha2") };
+        }
+        if (m.TryGetValue("rescomp_mode", out var rm))
+        {
+            if (!q.CompensationAware) throw Error(ErrorCodes.ManifestCombination, "rescomp_mode needs compensation_aware: true", rm);
+            q = q with { ResCompMode = Enum(rm, "quantize.rescomp_mode", ("auto", ResCompMode.Auto), ("org", ResCompMode.Org), ("allw", ResCompMode.AllW)) };
+        }
+        if (q.Method == QuantMethod.Rtn)
+        {
+            foreach (var key in new[] { "act_order", "static_groups", "damp", "block_size" })
+                if (m.TryGetValue(key, out var n))
+                    throw Error(ErrorCodes.ManifestCombination, $"{key} has no effect with method 'rtn' (no Hessian); remove it", n);
+        }
+        if (m.TryGetValue("layers", out var layers)) q = q with { Layers = ReadLayers(layers) };
+        return q;
+    }
+
+    List<LayerRule> ReadLayers(YamlNode node)
+    {
+        if (node is not YamlSequenceNode seq) throw Error(ErrorCodes.ManifestType, "quantize.layers must be a list of { match, bits, group_size, skip }", node);
+        var rules = new List<LayerRule>();
+        foreach (var item in seq)
+        {
+            var m = Keys(item, "layer rule", "match", "bits", "group_size", "skip");
+            var match = m.GetValueOrDefault("match") ?? throw Error(ErrorCodes.ManifestMissing, "a layer rule needs 'match' (a glob on module names)", item);
+            string pattern = Str(match, "match");
+            int? bits = m.TryGetValue("bits", out var b) ? Bits(b, "bits") : null;
+            int? gs = m.TryGetValue("group_size", out var g) ? GroupSize(g, "group_size") : null;
+            bool skip = m.TryGetValue("skip", out var s) && Bool(s, "skip");
+            if (!skip && (pattern == "lm_head" || pattern.Contains("embed")))
+                throw Error(ErrorCodes.ManifestNotAvailable, "quantizing lm_head or embeddings is not supported; they stay in full precision", match);
+            rules.Add(new LayerRule(pattern, bits, gs, skip, Span(item)));
+        }
+        return rules;
+    }
+
+    OutputSpec ReadOutput(YamlNode? node, string model, QuantizeSpec q, YamlNode root)
+    {
+        string defaultName = $"{Path.GetFileName(model.TrimEnd('/', '\\'))}-{Name(q.Method)}-w{q.Bits}";
+        if (node is null) return new OutputSpec(defaultName, OutputFormat.DotQuant, false, null, null, null);
+        var m = Keys(node, "output", "name", "format", "embed", "package");
+        string name = m.TryGetValue("name", out var n) ? Str(n, "output.name") : defaultName;
+        if (name.Length == 0 || name.IndexOfAny(Path.GetInvalidFileNameChars()) >= 0 || name is "." or "..")
+            throw Error(ErrorCodes.ManifestValue, $"output.name '{name}' is not a valid folder name", n!);
+        var format = m.TryGetValue("format", out var f) ? Enum(f, "output.format", ("dotquant", OutputFormat.DotQuant), ("gptq", OutputFormat.Gptq)) : OutputFormat.DotQuant;
+        if (format == OutputFormat.Gptq)
+        {
+            if (q.Bits is not (2 or 3 or 4 or 8) || q.Layers.Any(r => r.Bits is int b && b is not (2 or 3 or 4 or 8)))
+                throw Error(ErrorCodes.ManifestCombination, "format 'gptq' stores int2/3/4/8 only", f!);
+            if (q.Layers.Any(r => r.Bits is not null && r.Bits != q.Bits) || q.Layers.Any(r => r.GroupSize is not null && r.GroupSize != q.GroupSize))
+                throw Error(ErrorCodes.ManifestCombination, "format 'gptq' needs uniform bits and group size (per-layer overrides other than skip are not representable)", f!);
+        }
+        bool embed = m.TryGetValue("embed", out var e) && Bool(e, "output.embed");
+        string? id = null, version = null, authors = null;
+        if (m.TryGetValue("package", out var pkg))
+        {
+            var pm = Keys(pkg, "output.package", "id", "version", "authors");
+            id = pm.TryGetValue("id", out var i) ? Str(i, "output.package.id") : throw Error(ErrorCodes.ManifestMissing, "output.package needs 'id'", pkg);
+            version = pm.TryGetValue("version", out var v) ? Str(v, "output.package.version") : throw Error(ErrorCodes.ManifestMissing, "output.package needs 'version'", pkg);
+            authors = pm.TryGetValue("authors", out var a) ? Str(a, "output.package.authors") : null;
+        }
+        return new OutputSpec(name, format, embed, id, version, authors);
+    }
+
+    EvaluateSpec ReadEvaluate(YamlNode node)
+    {
+        var m = Keys(node, "evaluate", "perplexity", "gate");
+        PerplexitySpec? ppl = null;
+        if (m.TryGetValue("perplexity", out var p))
+        {
+            var pm = Keys(p, "evaluate.perplexity", "data", "sequence_length", "max_sequences");
+            var data = pm.GetValueOrDefault("data") ?? throw Error(ErrorCodes.ManifestMissing, "evaluate.perplexity needs 'data'", p);
+            ppl = new PerplexitySpec(ResolvePath(Str(data, "evaluate.perplexity.data")),
+                pm.TryGetValue("sequence_length", out var l) ? Positive(l, "evaluate.perplexity.sequence_length") : null,
+                pm.TryGetValue("max_sequences", out var ms) ? Positive(ms, "evaluate.perplexity.max_sequences") : null);
+        }
+        GateSpec? gate = null;
+        if (m.TryGetValue("gate", out var g))
+        {
+            if (ppl is null) throw Error(ErrorCodes.ManifestCombination, "a gate needs evaluate.perplexity", g);
+            var gm = Keys(g, "evaluate.gate", "max_perplexity_increase");
+            var inc = gm.GetValueOrDefault("max_perplexity_increase") ?? throw Error(ErrorCodes.ManifestMissing, "gate needs 'max_perplexity_increase' (e.g. 10% or 0.5)", g);
+            string text = Str(inc, "max_perplexity_increase").Trim();
+            bool relative = text.EndsWith('%');
+            if (!double.TryParse(relative ? text[..^1] : text, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) || v < 0)
+                throw Error(ErrorCodes.ManifestValue, $"max_perplexity_increase '{text}' must be a non-negative number or percentage", inc);
+            gate = new GateSpec(relative ? v / 100 : v, relative);
+        }
+        return new EvaluateSpec(ppl, gate);
+    }
+
+    // ---------- typed access with positions ----------
+
+    Dictionary<string, YamlNode> Keys(YamlNode node, string what, params string[] known)
+    {
+        if (node is not YamlMappingNode map)
+            throw Error(ErrorCodes.ManifestType, $"{what} must be a mapping of keys", node);
+        var result = new Dictionary<string, YamlNode>(StringComparer.Ordinal);
+        foreach (var (k, v) in map.Children)
+        {
+            string key = k is YamlScalarNode s ? s.Value ?? "" : throw Error(ErrorCodes.ManifestType, "keys must be plain names", k);
+            if (!known.Contains(key))
+            {
+                string hint = known.OrderBy(c => Distance(c, key)).First();
+                throw Error(ErrorCodes.ManifestUnknownKey, $"unknown key '{key}' in {what}" + (Distance(hint, key) <= 3 ? $" (did you mean '{hint}'?)" : $" (known: {string.Join(", ", known)})"), k);
+            }
+            if (!result.TryAdd(key, v)) throw Error(ErrorCodes.ManifestSyntax, $"key '{key}' appears twice", k);
+        }
+        return result;
+    }
+
+    string Str(YamlNode node, string key) =>
+        node is YamlScalarNode { Value: { } v } ? v : throw Error(ErrorCodes.ManifestType, $"{key} must be a string", node);
+
+    string Scalar(YamlNode node, string key, string expected) =>
+        node is YamlScalarNode { Value: { } v } && !(v.Length == 0 && ((YamlScalarNode)node).Style == ScalarStyle.Plain)
+            ? v
+            : throw Error(ErrorCodes.ManifestType, $"{key} must be {expected}", node);
+
+    long Long(YamlNode node, string key)
+    {
+        string v = Scalar(node, key, "an integer");
+        return long.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out long r) ? r : throw Error(ErrorCodes.ManifestType, $"{key} must be an integer (got '{v}')", node);
+    }
+
+    int Int(YamlNode node, string key)
+    {
+        long v = Long(node, key);
+        return v is >= int.MinValue and <= int.MaxValue ? (int)v : throw Error(ErrorCodes.ManifestValue, $"{key} is out of range", node);
+    }
+
+    int Positive(YamlNode node, string key)
+    {
+        int v = Int(node, key);
+        return v > 0 ? v : throw Error(ErrorCodes.ManifestValue, $"{key} must be positive (got {v})", node);
+    }
+
+    int Bits(YamlNode node, string key)
+    {
+        int v = Int(node, key);
+        return v is >= 2 and <= 8 ? v : throw Error(ErrorCodes.ManifestValue, $"{key} must be between 2 and 8 (got {v})", node);
+    }
+
+    int GroupSize(YamlNode node, string key)
+    {
+        int v = Int(node, key);
+        return v == -1 || v >= 2 ? v : throw Error(ErrorCodes.ManifestValue, $"{key} must be -1 (per output channel) or at least 2 (got {v})", node);
+    }
+
+    double Double(YamlNode node, string key)
+    {
+        string v = Scalar(node, key, "a number");
+        return double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double r) && double.IsFinite(r)
+            ? r : throw Error(ErrorCodes.ManifestType, $"{key} must be a number (got '{v}')", node);
+    }
+
+    bool Bool(YamlNode node, string key) => Scalar(node, key, "true or false") switch
+    {
+        "true" or "True" or "TRUE" => true,
+        "false" or "False" or "FALSE" => false,
+        var v => throw Error(ErrorCodes.ManifestType, $"{key} must be true or false (got '{v}')", node),
+    };
+
+    T Enum<T>(YamlNode node, string key, params (string Name, T Value)[] options)
+    {
+        string v = Scalar(node, key, "one of " + string.Join(", ", options.Select(o => o.Name)));
+        foreach (var (name, value) in options)
+            if (name == v) return value;
+        throw Error(ErrorCodes.ManifestValue, $"{key} '{v}' is not one of: {string.Join(", ", options.Select(o => o.Name))}", node);
+    }
+
+    static string Name(QuantMethod m) => m.ToString().ToLowerInvariant();
+
+    string ResolvePath(string p) => Path.GetFullPath(Path.IsPathRooted(p) ? p : Path.Combine(_dir, p));
+
+    SourceSpan Span(YamlNode node) => new(_file, (int)node.Start.Line, (int)node.Start.Column);
+
+    DotQuantException Error(string code, string message, YamlNode node) => Error(code, message, (int)node.Start.Line, (int)node.Start.Column);
+
+    DotQuantException Error(string code, string message, int line, int column) =>
+        new(code, message, _file, line: Math.Max(1, line), column: Math.Max(1, column));
+
+    static int Distance(string a, string b)
+    {
+        var d = new int[a.Length + 1, b.Length + 1];
+        for (int i = 0; i <= a.Length; i++) d[i, 0] = i;
+        for (int j = 0; j <= b.Length; j++) d[0, j] = j;
+        for (int i = 1; i <= a.Length; i++)
+            for (int j = 1; j <= b.Length; j++)
+                d[i, j] = Math.Min(Math.Min(d[i - 1, j] + 1, d[i, j - 1] + 1), d[i - 1, j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1));
+        return d[a.Length, b.Length];
+    }
+}

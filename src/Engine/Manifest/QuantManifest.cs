@@ -1,0 +1,95 @@
+using DotQuant.Engine.Quantizers;
+
+namespace DotQuant.Engine.Manifest;
+
+public enum QuantMethod { Rtn, Gptq, Gptaq, SpQR, BiLLM }
+public enum OutputFormat { DotQuant, Gptq }
+
+/// <summary>Where a setting came from in quant.yaml, for diagnostics raised after parsing.</summary>
+public readonly record struct SourceSpan(string File, int Line, int Column);
+
+/// <summary>A per-layer override (first match wins). Null fields inherit the quantize section.</summary>
+public sealed record LayerRule(string Match, int? Bits, int? GroupSize, bool Skip, SourceSpan Where)
+{
+    public bool Matches(string name) => Glob.IsMatch(name, Match);
+}
+
+public sealed record CalibrationSpec(string Data, int Samples, int SequenceLength, long Seed);
+
+public sealed record QuantizeSpec
+{
+    public QuantMethod Method { get; init; } = QuantMethod.Gptq;
+    public bool OutputAdaptiveHessian { get; init; }
+    public bool CompensationAware { get; init; }
+    public bool RotateHadamard { get; init; }
+    public int Bits { get; init; } = 4;
+    public int GroupSize { get; init; } = 128;
+    public bool Symmetric { get; init; }
+    public bool ActOrder { get; init; }
+    public bool StaticGroups { get; init; }
+    public double Damp { get; init; } = 0.01;
+    public bool MseClip { get; init; }
+    public GridConvention Grid { get; init; } = GridConvention.Gptq;
+    public int BlockSize { get; init; } = 128;
+    /// <summary>GPTAQ's P scale (0.25 in every reference implementation; the paper has none).</summary>
+    public double Alpha { get; init; } = 0.25;
+    /// <summary>ResComp's R scale (0.25, hard-coded in the reference).</summary>
+    public double Alpha2 { get; init; } = 0.25;
+    public ResCompMode ResCompMode { get; init; } = ResCompMode.Auto;
+    public IReadOnlyList<LayerRule> Layers { get; init; } = [];
+
+    /// <summary>The plan for one linear: null when it stays unquantized.</summary>
+    public SolverOptions? PlanFor(string linearName)
+    {
+        var rule = Layers.FirstOrDefault(r => r.Matches(linearName));
+        if (rule is { Skip: true }) return null;
+        return new SolverOptions
+        {
+            Bits = rule?.Bits ?? Bits,
+            GroupSize = rule?.GroupSize ?? GroupSize,
+            Symmetric = Symmetric,
+            Convention = Grid,
+            MseClip = MseClip,
+            ActOrder = ActOrder,
+            StaticGroups = StaticGroups,
+            Damp = Damp,
+            BlockSize = BlockSize,
+            Alpha = Method == QuantMethod.Gptaq ? Alpha : 0,
+            Alpha2 = CompensationAware ? Alpha2 : 0,
+            ResCompMode = ResCompMode,
+        };
+    }
+
+    /// <summary>GPTAQ needs the float stream (X_f); GPTQ+ResComp does not (D = 0, spec §5.3).</summary>
+    public bool NeedsFloatStream => Method == QuantMethod.Gptaq;
+}
+
+public sealed record OutputSpec(string Name, OutputFormat Format, bool Embed, string? PackageId, string? PackageVersion, string? PackageAuthors);
+
+public sealed record PerplexitySpec(string Data, int? SequenceLength, int? MaxSequences);
+
+/// <summary>The quality gate: relative (10%) or absolute increase of perplexity allowed.</summary>
+public sealed record GateSpec(double MaxIncrease, bool Relative);
+
+public sealed record EvaluateSpec(PerplexitySpec? Perplexity, GateSpec? Gate);
+
+/// <summary>quant.yaml v1, validated, with paths resolved against the manifest's folder.</summary>
+public sealed record QuantManifest
+{
+    public required string Path { get; init; }
+    public required string ModelPath { get; init; }
+    public CalibrationSpec? Calibration { get; init; }
+    public required QuantizeSpec Quantize { get; init; }
+    public required OutputSpec Output { get; init; }
+    public EvaluateSpec? Evaluate { get; init; }
+}
+
+/// <summary>Globs on module names: <c>*</c> any run of characters, <c>?</c> one character.</summary>
+public static class Glob
+{
+    public static bool IsMatch(string name, string pattern)
+    {
+        var regex = "^" + System.Text.RegularExpressions.Regex.Escape(pattern).Replace("\\*", ".*").Replace("\\?", ".") + "$";
+        return System.Text.RegularExpressions.Regex.IsMatch(name, regex);
+    }
+}

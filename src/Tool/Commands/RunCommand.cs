@@ -1,0 +1,104 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json.Nodes;
+using DotQuant.Engine.Calibration;
+using DotQuant.Engine.Manifest;
+
+namespace DotQuant.Tool.Commands;
+
+/// <summary><c>dotnet-quantize run quant.yaml</c>: quantize the model the manifest names.</summary>
+public static class RunCommand
+{
+    public static Command Create(TextWriter stdout, bool interactive)
+    {
+        var manifest = new Argument<string>("MANIFEST") { Description = "quant.yaml" };
+        var output = new Option<string?>("--output") { Description = "folder that receives the output folder (default: the manifest's folder)" };
+        var format = OutputFormat.Create();
+        var cmd = new Command("run", "Quantize a model as a quant.yaml manifest describes") { manifest, output, format };
+        cmd.SetAction((parse, ct) =>
+        {
+            var m = ManifestParser.Load(parse.GetValue(manifest)!);
+            string outDir = Path.GetFullPath(parse.GetValue(output) ?? Path.GetDirectoryName(m.Path)!);
+            bool json = parse.GetValue(format) == "json";
+            string verbosity = parse.GetValue(Cli.Verbosity) ?? "n";
+            bool quiet = verbosity is "q" or "quiet";
+            var progress = new Progress(stdout, json, quiet, interactive && !json);
+
+            var result = QuantizeJob.Run(m, outDir, progress.Report, ct);
+            progress.Finish(result);
+            return Task.FromResult(result.GatePassed ? ExitCodes.Ok : ExitCodes.GateFailed);
+        });
+        return cmd;
+    }
+
+    /// <summary>Plain lines (or a live line on a terminal) in text mode; one JSON object per
+    /// event with --format json, then a summary object last.</summary>
+    sealed class Progress(TextWriter stdout, bool json, bool quiet, bool live)
+    {
+        readonly DateTime _start = DateTime.UtcNow;
+        bool _lineOpen;
+
+        public void Report(JobEvent e)
+        {
+            if (json)
+            {
+                var o = new JsonObject { ["event"] = e.Kind, ["message"] = e.Message };
+                if (e.Layer is { } l)
+                {
+                    o["layer"] = l.Name;
+                    o["index"] = e.Done;
+                    o["total"] = e.Total;
+                    o["bits"] = l.Bits;
+                    if (double.IsFinite(l.Loss)) o["loss"] = l.Loss;
+                    o["seconds"] = Math.Round(l.Seconds, 4);
+                    o["eta_seconds"] = Math.Round(Eta(e), 1);
+                }
+                if (e.Perplexity is double p) o["perplexity"] = p;
+                OutputFormat.WriteJson(stdout, o);
+                return;
+            }
+            if (quiet && e.Kind != "warning") return;
+            string text = e.Layer is { } layer
+                ? $"[{e.Done,3}/{e.Total}] {layer.Name,-40} {(double.IsFinite(layer.Loss) ? $"loss {layer.Loss.ToString("0.###e+0", CultureInfo.InvariantCulture)}" : ""),-16} {layer.Seconds,6:F2} s  ETA {Eta(e),5:F0} s"
+                : e.Kind == "warning" ? $"warning: {e.Message}" : e.Message;
+            if (live && e.Layer is not null)
+            {
+                stdout.Write("\r" + text.PadRight(Console.IsOutputRedirected ? 0 : Math.Max(0, Console.WindowWidth - 1)));
+                _lineOpen = true;
+            }
+            else
+            {
+                if (_lineOpen) { stdout.WriteLine(); _lineOpen = false; }
+                stdout.WriteLine(text);
+            }
+        }
+
+        double Eta(JobEvent e) =>
+            e.Done == 0 ? 0 : (DateTime.UtcNow - _start).TotalSeconds / e.Done * (e.Total - e.Done);
+
+        public void Finish(JobResult r)
+        {
+            if (_lineOpen) { stdout.WriteLine(); _lineOpen = false; }
+            if (json)
+            {
+                var o = new JsonObject
+                {
+                    ["event"] = "summary",
+                    ["output"] = r.Output,
+                    ["seconds"] = Math.Round(r.Seconds, 3),
+                    ["layers"] = r.Layers.Count(l => l.Quantized),
+                };
+                if (r.Before is not null && r.After is not null)
+                {
+                    o["perplexity"] = new JsonObject { ["before"] = r.Before.Perplexity, ["after"] = r.After.Perplexity };
+                    o["gate"] = r.GatePassed ? "passed" : "failed";
+                }
+                OutputFormat.WriteJson(stdout, o);
+                return;
+            }
+            stdout.WriteLine($"wrote {r.Output} ({r.Layers.Count(l => l.Quantized)} linears quantized) in {r.Seconds:F1} s");
+            if (r.Before is not null && r.After is not null)
+                stdout.WriteLine($"perplexity {r.Before.Perplexity:F4} -> {r.After.Perplexity:F4}{(r.GatePassed ? "" : "  QUALITY GATE FAILED")}");
+        }
+    }
+}
