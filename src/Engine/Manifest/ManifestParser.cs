@@ -66,7 +66,12 @@ public sealed class ManifestParser
     string ReadModel(YamlNode node)
     {
         if (node is YamlScalarNode)
-            return ResolvePath(Str(node, "model"));
+        {
+            string dir = ResolvePath(Str(node, "model"));
+            if (!Directory.Exists(dir))
+                throw Error(ErrorCodes.FileNotFound, $"model folder not found: {dir}", node);
+            return dir;
+        }
         var m = Keys(node, "model", "package", "version", "source");
         if (m.ContainsKey("package"))
             throw Error(ErrorCodes.ManifestNotAvailable, "models from NuGet packages are not supported yet; give a Hugging Face folder path", node);
@@ -78,6 +83,8 @@ public sealed class ManifestParser
         var m = Keys(node, "calibration", "data", "samples", "sequence_length", "seed");
         var data = m.GetValueOrDefault("data") ?? throw Error(ErrorCodes.ManifestMissing, "calibration needs 'data' (.txt, .jsonl or .ids)", node);
         string path = ResolvePath(Str(data, "calibration.data"));
+        if (!File.Exists(path))
+            throw Error(ErrorCodes.CalibrationData, $"calibration data not found: {path}", data);
         string ext = Path.GetExtension(path).ToLowerInvariant();
         if (ext is not (".txt" or ".jsonl" or ".ids" or ".tokens" or ".raw"))
             throw Error(ErrorCodes.ManifestValue, $"calibration.data must be a .txt, .jsonl or .ids file (got '{ext}')", data);
@@ -203,7 +210,10 @@ public sealed class ManifestParser
         {
             var pm = Keys(p, "evaluate.perplexity", "data", "sequence_length", "max_sequences");
             var data = pm.GetValueOrDefault("data") ?? throw Error(ErrorCodes.ManifestMissing, "evaluate.perplexity needs 'data'", p);
-            ppl = new PerplexitySpec(ResolvePath(Str(data, "evaluate.perplexity.data")),
+            string evalPath = ResolvePath(Str(data, "evaluate.perplexity.data"));
+            if (!File.Exists(evalPath))
+                throw Error(ErrorCodes.EvalData, $"evaluation data not found: {evalPath}", data);
+            ppl = new PerplexitySpec(evalPath,
                 pm.TryGetValue("sequence_length", out var l) ? Positive(l, "evaluate.perplexity.sequence_length") : null,
                 pm.TryGetValue("max_sequences", out var ms) ? Positive(ms, "evaluate.perplexity.max_sequences") : null);
         }

@@ -1,0 +1,124 @@
+using DotQuant.Engine.Diagnostics;
+using DotQuant.Engine.Manifest;
+using DotQuant.Tests;
+
+namespace DotQuant.Engine.Tests;
+
+public class ManifestTests
+{
+    static readonly string Model = SharedPaths.Stories260K;
+    static readonly string Calib = SharedPaths.Data("wikitext2-tokenized", "valid.tokens");
+
+    static string Valid(string quantize = "  method: gptq\n  bits: 4\n  group_size: 16\n") =>
+        $"version: 1\nmodel: {Model}\ncalibration:\n  data: {Calib}\n  samples: 8\n  sequence_length: 64\nquantize:\n{quantize}output:\n  name: out\n";
+
+    static DotQuantException Fails(string yaml) =>
+        Assert.Throws<DotQuantException>(() => ManifestParser.Parse(yaml, "/work/app/quant.yaml"));
+
+    [Fact]
+    public void ParsesAValidManifestWithDefaults()
+    {
+        var m = ManifestParser.Parse(Valid(), "/work/app/quant.yaml");
+        Assert.Equal(QuantMethod.Gptq, m.Quantize.Method);
+        Assert.Equal(16, m.Quantize.GroupSize);
+        Assert.Equal(0.01, m.Quantize.Damp);
+        Assert.False(m.Quantize.Symmetric);
+        Assert.Equal(8, m.Calibration!.Samples);
+        Assert.Equal(0L, m.Calibration.Seed);
+        Assert.Equal(OutputFormat.DotQuant, m.Output.Format);
+    }
+
+    [Fact]
+    public void RelativePathsResolveAgainstTheManifestFolder()
+    {
+        using var dir = new TempDir();
+        Directory.CreateDirectory(Path.Combine(dir.Path, "models"));
+        File.WriteAllText(dir.File("calib.txt"), "text");
+        var yaml = "version: 1\nmodel: ./models\ncalibration:\n  data: calib.txt\nquantize:\n  method: gptq\n";
+        var m = ManifestParser.Parse(yaml, dir.File("quant.yaml"));
+        Assert.Equal(Path.Combine(dir.Path, "models"), m.ModelPath);
+        Assert.Equal(dir.File("calib.txt"), m.Calibration!.Data);
+    }
+
+    [Fact]
+    public void UnknownKeyNamesLineColumnAndSuggestion()
+    {
+        var e = Fails(Valid("  method: gptq\n  grop_size: 16\n"));
+        Assert.Equal(ErrorCodes.ManifestUnknownKey, e.Code);
+        Assert.Equal((9, 3), (e.Line, e.Column));
+        Assert.Contains("did you mean 'group_size'", e.Message);
+        Assert.StartsWith("/work/app/quant.yaml(9,3): error DQ0002:", e.Format());
+    }
+
+    [Fact]
+    public void MalformedYamlIsASyntaxErrorWithPosition()
+    {
+        var e = Fails("version: 1\nquantize:\n  method: [gptq\n");
+        Assert.Equal(ErrorCodes.ManifestSyntax, e.Code);
+        Assert.True(e.Line >= 3);
+    }
+
+    [Theory]
+    [InlineData("  method: gptq\n  bits: four\n", "DQ0003")]
+    [InlineData("  method: gptq\n  bits: 12\n", "DQ0004")]
+    [InlineData("  method: gptq\n  group_size: 0\n", "DQ0004")]
+    [InlineData("  method: gptq\n  damp: 1.5\n", "DQ0004")]
+    [InlineData("  method: spiral\n", "DQ0004")]
+    [InlineData("  method: rtn\n  compensation_aware: true\n", "DQ0006")]
+    [InlineData("  method: rtn\n  act_order: true\n", "DQ0006")]
+    [InlineData("  method: gptq\n  alpha: 0.5\n", "DQ0006")]
+    [InlineData("  method: gptq\n  group_size: -1\n  static_groups: true\n", "DQ0006")]
+    [InlineData("  method: spqr\n", "DQ0007")]
+    [InlineData("  method: gptq\n  hessian: output_adaptive\n", "DQ0007")]
+    [InlineData("  method: gptq\n  symmetric: maybe\n", "DQ0003")]
+    public void BadValuesAndImpossibleCombinations(string quantize, string code)
+    {
+        var e = Fails(Valid(quantize));
+        Assert.Equal(code, e.Code);
+        Assert.True(e.Line >= 8, $"line {e.Line}");
+        Assert.True(e.Column >= 1);
+    }
+
+    [Fact]
+    public void MissingCalibrationFileAndModelPointAtTheirLines()
+    {
+        var e = Fails(Valid().Replace(Calib, "/nonexistent/calib.txt"));
+        Assert.Equal(ErrorCodes.CalibrationData, e.Code);
+        Assert.Equal((4, 9), (e.Line, e.Column));
+        var m = Fails(Valid().Replace(Model, "/nonexistent/model"));
+        Assert.Equal(ErrorCodes.FileNotFound, m.Code);
+        Assert.Equal(2, m.Line);
+    }
+
+    [Fact]
+    public void GptqFormatNeedsUniformSupportedBits()
+    {
+        var e = Fails(Valid("  method: gptq\n  bits: 5\n").Replace("  name: out\n", "  name: out\n  format: gptq\n"));
+        Assert.Equal(ErrorCodes.ManifestCombination, e.Code);
+    }
+
+    [Fact]
+    public void VersionIsRequired()
+    {
+        Assert.Equal(ErrorCodes.ManifestVersion, Fails(Valid().Replace("version: 1\n", "")).Code);
+        Assert.Equal(ErrorCodes.ManifestVersion, Fails(Valid().Replace("version: 1\n", "version: 2\n")).Code);
+    }
+
+    [Fact]
+    public void LayerRulesFirstMatchWins()
+    {
+        var m = ManifestParser.Parse(Valid("  method: gptq\n  bits: 4\n  layers:\n    - { match: \"model.layers.0.*\", skip: true }\n    - { match: \"model.layers.*.mlp.down_proj\", bits: 8 }\n    - { match: \"*\", group_size: 32 }\n"), "/work/app/quant.yaml");
+        Assert.Null(m.Quantize.PlanFor("model.layers.0.mlp.down_proj"));
+        Assert.Equal(8, m.Quantize.PlanFor("model.layers.1.mlp.down_proj")!.Bits);
+        Assert.Equal(128, m.Quantize.PlanFor("model.layers.1.mlp.down_proj")!.GroupSize);
+        Assert.Equal(32, m.Quantize.PlanFor("model.layers.1.self_attn.q_proj")!.GroupSize);
+        Assert.Equal(4, m.Quantize.PlanFor("model.layers.1.self_attn.q_proj")!.Bits);
+    }
+
+    [Fact]
+    public void QuantizingLmHeadIsRefused()
+    {
+        var e = Fails(Valid("  method: gptq\n  layers:\n    - { match: lm_head, bits: 8 }\n"));
+        Assert.Equal(ErrorCodes.ManifestNotAvailable, e.Code);
+    }
+}
