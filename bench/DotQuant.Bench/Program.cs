@@ -18,8 +18,14 @@ if (args.Length >= 3 && args[0] == "rss-load")
     return RssLoad.Child(args[1], args[2]);
 
 string shared = Option("--shared") ?? Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "../../../../../../shared"));
-string outFile = Option("--out") ?? Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "../../../../results.md"));
+string benchDir = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "../../../.."));
 bool quick = args.Contains("--quick");
+if (args.Length > 0 && args[0] == "quality")
+{
+    Quality.Run(shared, benchDir, Option("--out") ?? Path.Combine(benchDir, "quality.md"), quick);
+    return 0;
+}
+string outFile = Option("--out") ?? Path.Combine(benchDir, "results.md");
 string command = "dotnet run -c Release --project bench/DotQuant.Bench -- all" + (quick ? " --quick" : "");
 
 var report = new StringBuilder();
@@ -91,6 +97,29 @@ foreach (var mode in new[] { "mmap", "readall" })
 }
 report.AppendLine();
 report.AppendLine("Baseline is the process's VmRSS after libtorch is initialised and before the checkpoint is opened.");
+
+// 5. Calibration cost: one big linear, and the whole of stories260K.
+report.AppendLine();
+report.AppendLine("## GPTQ time per layer");
+report.AppendLine();
+var layer = LayerTiming.Measure(sequences: quick ? 16 : 128);
+report.AppendLine($"Synthetic 4096×4096 linear, H from {(quick ? 16 : 128)}×2048 correlated tokens, 4-bit, group 128 (`LayerTiming.cs`):");
+report.AppendLine();
+report.AppendLine("| phase | seconds |");
+report.AppendLine("|---|---|");
+report.AppendLine($"| statistics (H += XᵀX, fp32; {layer.Gflops:F0} GFLOP/s) | {layer.Statistics:F2} |");
+report.AppendLine($"| factorization (damped Cholesky, inverse, Cholesky) | {layer.Factorization:F2} |");
+report.AppendLine($"| column loop (quantize, error feedback, lazy 128-column updates) | {layer.ColumnLoop:F2} |");
+report.AppendLine();
+{
+    string yaml = Path.Combine(Path.GetTempPath(), "dotquant-bench-stories.yaml");
+    File.WriteAllText(yaml, $"version: 1\nmodel: {stories}\ncalibration:\n  data: {Path.Combine(shared, "data", "wikitext2-tokenized", "valid.tokens")}\n  samples: 128\n  sequence_length: 256\nquantize:\n  method: gptq\n  bits: 4\n  group_size: 16\noutput:\n  name: stories-gptq-w4\n");
+    var sw = Stopwatch.StartNew();
+    var result = DotQuant.Engine.Calibration.QuantizeJob.Run(DotQuant.Engine.Manifest.ManifestParser.Load(yaml), Path.GetTempPath());
+    report.AppendLine($"Whole stories260K, GPTQ W4 g16, 128×256 calibration tokens, 35 linears, output written: **{sw.Elapsed.TotalSeconds:F1} s** (`dotnet quantize run` of the same manifest).");
+    Directory.Delete(result.Output, true);
+    File.Delete(yaml);
+}
 
 Directory.Delete(synth, true);
 Directory.Delete(big, true);

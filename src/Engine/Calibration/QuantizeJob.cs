@@ -150,6 +150,7 @@ public static class QuantizeJob
                 l["bits"] = r.Bits;
                 l["group_size"] = r.GroupSize;
                 if (double.IsFinite(r.Loss)) l["loss"] = r.Loss;
+                if (double.IsFinite(r.RtnLoss)) l["rtn_loss"] = r.RtnLoss;
                 if (r.Damp > 0) l["damp"] = r.Damp;
             }
             else if (skipReasons.TryGetValue(r.Name, out var why)) l["reason"] = why;

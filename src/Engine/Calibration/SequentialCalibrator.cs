@@ -8,7 +8,10 @@ using static TorchSharp.torch;
 namespace DotQuant.Engine.Calibration;
 
 /// <summary>What happened to one linear.</summary>
-public sealed record LayerReport(string Name, int Block, long InFeatures, long OutFeatures, bool Quantized, int Bits, int GroupSize, double Loss, double Seconds, double Damp);
+/// <param name="Loss">tr(ΔW H_λ ΔWᵀ) of the solver's result on the calibration statistics.</param>
+/// <param name="RtnLoss">The same objective for round-to-nearest on the same grid: how much the calibrator gained.</param>
+public sealed record LayerReport(string Name, int Block, long InFeatures, long OutFeatures, bool Quantized, int Bits, int GroupSize,
+    double Loss, double Seconds, double Damp, double RtnLoss = double.NaN);
 
 /// <summary>How a run treats each linear, and who hears about progress.</summary>
 public sealed class CalibrationPlan
@@ -109,12 +112,16 @@ public static class SequentialCalibrator
                                 var solve = Stopwatch.StartNew();
                                 var o = planned[lin.Name]!;
                                 QuantizedLinear q;
+                                double rtnLoss;
                                 using (var w0 = lin.Weight.to(ScalarType.Float32))
+                                {
                                     q = ColumnSolver.Solve(w0, h, d, o, lin.Name, plan.OnWarning);
+                                    rtnLoss = RtnObjective(w0, h, o, q.DampUsed);
+                                }
                                 if (xf is not null) originals[lin] = lin.ExchangeWeight(q.Dequantize().DetachFromDisposeScope());
                                 else lin.SetWeight(q.Dequantize());
                                 results[lin.Name] = q;
-                                Report(new LayerReport(lin.Name, b, lin.InFeatures, lin.OutFeatures, true, o.Bits, o.GroupSize, q.Loss, statSeconds + solve.Elapsed.TotalSeconds, q.DampUsed));
+                                Report(new LayerReport(lin.Name, b, lin.InFeatures, lin.OutFeatures, true, o.Bits, o.GroupSize, q.Loss, statSeconds + solve.Elapsed.TotalSeconds, q.DampUsed, rtnLoss));
                             }
                         }
                         finally
@@ -147,6 +154,20 @@ public static class SequentialCalibrator
             foreach (var t in xf ?? []) t.Dispose();
             foreach (var c in contexts.Values) c.Dispose();
         }
+    }
+
+    /// <summary>tr(ΔW H_λ ΔWᵀ) for round-to-nearest, with dead channels handled as the solver does,
+    /// so it is directly comparable with the solver's loss (spec V-4, V-12).</summary>
+    static double RtnObjective(Tensor w0, Tensor h, SolverOptions o, double damp)
+    {
+        using var scope = NewDisposeScope();
+        using var rtn = RtnSolver.Solve(w0, o);
+        var hd = h.clone();
+        var dead = hd.diagonal().eq(0);
+        hd.diagonal().masked_fill_(dead, 1);
+        hd.diagonal().add_(damp * hd.diagonal().mean().item<float>());
+        var dw = w0.masked_fill(dead.unsqueeze(0), 0) - rtn.Dequantize();
+        return dw.matmul(hd).mul_(dw).sum().to(ScalarType.Float64).item<double>();
     }
 
     static void Replace(NamedLinear lin, QuantizedLinear q, Dictionary<string, QuantizedLinear> results)

@@ -50,6 +50,7 @@ public static class RunCommand
                     o["total"] = e.Total;
                     o["bits"] = l.Bits;
                     if (double.IsFinite(l.Loss)) o["loss"] = l.Loss;
+                    if (double.IsFinite(l.RtnLoss)) o["rtn_loss"] = l.RtnLoss;
                     o["seconds"] = Math.Round(l.Seconds, 4);
                     o["eta_seconds"] = Math.Round(Eta(e), 1);
                 }
@@ -59,7 +60,7 @@ public static class RunCommand
             }
             if (quiet && e.Kind != "warning") return;
             string text = e.Layer is { } layer
-                ? $"[{e.Done,3}/{e.Total}] {layer.Name,-40} {(double.IsFinite(layer.Loss) ? $"loss {layer.Loss.ToString("0.###e+0", CultureInfo.InvariantCulture)}" : ""),-16} {layer.Seconds,6:F2} s  ETA {Eta(e),5:F0} s"
+                ? $"[{e.Done,3}/{e.Total}] {layer.Name,-40} {(double.IsFinite(layer.Loss) ? $"loss {Sci(layer.Loss)}" + (double.IsFinite(layer.RtnLoss) ? $" (RTN {Sci(layer.RtnLoss)})" : "") : ""),-30} {layer.Seconds,6:F2} s  ETA {Eta(e),5:F0} s"
                 : e.Kind == "warning" ? $"warning: {e.Message}" : e.Message;
             if (live && e.Layer is not null)
             {
@@ -72,6 +73,8 @@ public static class RunCommand
                 stdout.WriteLine(text);
             }
         }
+
+        static string Sci(double v) => v.ToString("0.00e+0", CultureInfo.InvariantCulture);
 
         double Eta(JobEvent e) =>
             e.Done == 0 ? 0 : (DateTime.UtcNow - _start).TotalSeconds / e.Done * (e.Total - e.Done);
