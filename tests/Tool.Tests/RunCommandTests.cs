@@ -123,7 +123,14 @@ public class RunCommandTests
             Evaluate.Replace("WIKI", Wiki) + "  gate: { max_perplexity_increase: 1% }\n");
         var r = CliRunner.Run("run", manifest, "--format", "json");
         Assert.Equal(2, r.ExitCode);
-        Assert.Equal("failed", r.LastJson().GetProperty("gate").GetString());
+        var summary = r.LastJson();
+        Assert.Equal("failed", summary.GetProperty("gate").GetString());
+
+        // The package is still written, and eval of it reproduces the "after" figure exactly.
+        var eval = CliRunner.Run("eval", summary.GetProperty("output").GetString()!, "--data", Wiki, "--sequence-length", "512", "--max-windows", "8", "--format", "json");
+        Assert.Equal(0, eval.ExitCode);
+        Assert.Equal(summary.GetProperty("perplexity").GetProperty("after").GetDouble(), eval.LastJson().GetProperty("perplexity").GetDouble());
+        Assert.True(summary.GetProperty("perplexity").GetProperty("after").GetDouble() > summary.GetProperty("perplexity").GetProperty("before").GetDouble());
     }
 
     [Fact]
