@@ -201,6 +201,46 @@ public class SolverTests
     }
 
     [Fact]
+    public void MseClipShrinksTheGridWhenItLowersTheError()
+    {
+        // Heavy-tailed rows: one outlier per row stretches the min–max grid; the clip search
+        // shrinks the range where resolution on the bulk outweighs the clipped outlier (|·|^2.4
+        // error), never does worse than min–max, and keeps min–max where it is best.
+        var g = new TorchSharp.torch.Generator(5);
+        var w = randn(8, 64, dtype: ScalarType.Float64, generator: g) * 0.02;
+        w[TensorIndex.Colon, 0] = full(8, 0.5, dtype: ScalarType.Float64);
+        var plain = new GridOptions(3, false, Fp16Scales: false).Find(w);
+        var clipped = new GridOptions(3, false, MseClip: true, Fp16Scales: false).Find(w);
+        double Err(QuantGrid q) => (q.QuantizeDequantize(w) - w).abs().pow(2.4).sum().item<double>();
+        Assert.True(Err(clipped) < Err(plain), $"{Err(clipped)} vs {Err(plain)}");
+        Assert.True((clipped.Scale <= plain.Scale).all().item<bool>());   // only ever shrinks
+        Assert.True((clipped.Scale < plain.Scale).any().item<bool>());
+    }
+
+    [Fact]
+    public void GroupIndexFollowsTheSpecRules()
+    {
+        var (w, h, _) = Layer();
+        var o = new SolverOptions { Bits = 4, GroupSize = 8, DType = ScalarType.Float64, Fp16Scales = false };
+        var expectedPlain = Enumerable.Range(0, 40).Select(k => k / 8).ToArray();
+        using var plain = ColumnSolver.Solve(w, h, null, o);
+        Assert.Equal(expectedPlain, plain.GIdx.data<int>().ToArray());
+        // act order + static groups: groups stay contiguous in the original order.
+        using var stat = ColumnSolver.Solve(w, h, null, o with { ActOrder = true, StaticGroups = true });
+        Assert.Equal(expectedPlain, stat.GIdx.data<int>().ToArray());
+        // act order + dynamic groups: channel k belongs to the group in which it was processed.
+        using var dyn = ColumnSolver.Solve(w, h, null, o with { ActOrder = true });
+        var order = h.diagonal().sort(0, descending: true, stable: true).Indices.data<long>().ToArray();
+        var gidx = dyn.GIdx.data<int>().ToArray();
+        for (int position = 0; position < 40; position++)
+            Assert.Equal(position / 8, gidx[order[position]]);
+        Assert.NotEqual(expectedPlain, gidx);
+        Assert.Equal(5, dyn.Scales.shape[0]);
+        // Dequantization through g_idx reproduces the solver's result in every case.
+        Assert.True(dyn.Dequantize(ScalarType.Float64).isfinite().all().item<bool>());
+    }
+
+    [Fact]
     public void SingularHessianRetriesWithMoreDampingThenFailsClearly()
     {
         // Rank-1 H: positive semi-definite; with damp 0 the factorization fails and is retried.
