@@ -33,7 +33,8 @@ public static class Cli
         var root = new RootCommand("dotnet-quantize: post-training quantization of LLMs for .NET");
         root.Options.Add(Verbosity);
         root.Options.Add(Threads);
-        root.Subcommands.Add(RunCommand.Create(stdout, ReferenceEquals(stdout, Console.Out) && !Console.IsOutputRedirected));
+        root.Subcommands.Add(RunCommand.Create(stdout, stderr, ReferenceEquals(stdout, Console.Out) && !Console.IsOutputRedirected));
+        root.Subcommands.Add(FingerprintCommand.Create(stdout));
         root.Subcommands.Add(EvalCommand.Create(stdout));
         root.Subcommands.Add(InspectCommand.Create(stdout));
 

@@ -125,12 +125,36 @@ public class RunCommandTests
         Assert.Equal(2, r.ExitCode);
         var summary = r.LastJson();
         Assert.Equal("failed", summary.GetProperty("gate").GetString());
+        Assert.Matches(@"quant\.yaml: error DQ0170: quality gate failed: perplexity \d+\.\d+ \(float\) -> \d+\.\d+ \(quantized\) exceeds the allowed \+1%", r.Stderr);
 
         // The package is still written, and eval of it reproduces the "after" figure exactly.
         var eval = CliRunner.Run("eval", summary.GetProperty("output").GetString()!, "--data", Wiki, "--sequence-length", "512", "--max-windows", "8", "--format", "json");
         Assert.Equal(0, eval.ExitCode);
         Assert.Equal(summary.GetProperty("perplexity").GetProperty("after").GetDouble(), eval.LastJson().GetProperty("perplexity").GetDouble());
         Assert.True(summary.GetProperty("perplexity").GetProperty("after").GetDouble() > summary.GetProperty("perplexity").GetProperty("before").GetDouble());
+    }
+
+    [Fact]
+    public void CacheHitSkipsWorkAndKeepsTheGateVerdict()
+    {
+        using var dir = new TempDir();
+        string cache = dir.File("cache");
+        string manifest = Manifest(dir, "  method: rtn\n  bits: 2\n  group_size: -1\n", extra:
+            Evaluate.Replace("WIKI", Wiki) + "  gate: { max_perplexity_increase: 1% }\n");
+        var first = CliRunner.Run("run", manifest, "--cache-dir", cache, "--format", "json");
+        Assert.Equal(2, first.ExitCode);
+        Assert.False(first.LastJson().GetProperty("cached").GetBoolean());
+        var second = CliRunner.Run("run", manifest, "--cache-dir", cache, "--format", "json");
+        Assert.Equal(2, second.ExitCode);                  // a cached failure still fails
+        Assert.True(second.LastJson().GetProperty("cached").GetBoolean());
+        Assert.Contains("DQ0170", second.Stderr);
+        Assert.Equal(first.LastJson().GetProperty("output").GetString(), second.LastJson().GetProperty("output").GetString());
+
+        // A changed input is a different entry; with --require-cache it is an error, not work.
+        File.WriteAllText(manifest, File.ReadAllText(manifest).Replace("bits: 2", "bits: 3"));
+        var miss = CliRunner.Run("run", manifest, "--cache-dir", cache, "--require-cache");
+        Assert.Equal(1, miss.ExitCode);
+        Assert.Contains("error DQ0160", miss.Stderr);
     }
 
     [Fact]

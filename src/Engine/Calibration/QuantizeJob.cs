@@ -24,7 +24,9 @@ public static class QuantizeJob
 {
     public static string EngineVersion => typeof(QuantizeJob).Assembly.GetName().Version?.ToString(3) ?? "0.0.0";
 
-    public static JobResult Run(QuantManifest m, string outputDir, Action<JobEvent>? onEvent = null, CancellationToken ct = default)
+    /// <param name="contentAddressed">The output folder is a cache entry keyed by the fingerprint:
+    /// if another process completes it first, its (identical) folder is kept.</param>
+    public static JobResult Run(QuantManifest m, string outputDir, Action<JobEvent>? onEvent = null, CancellationToken ct = default, bool contentAddressed = false)
     {
         var total = Stopwatch.StartNew();
         void Emit(JobEvent e) => onEvent?.Invoke(e);
@@ -105,10 +107,12 @@ public static class QuantizeJob
             }
 
             var info = Describe(m, config, reports, skipReasons, sequences, before, after);
+            if (info["evaluation"] is JsonObject evaluation && m.Evaluate?.Gate is not null)
+                evaluation["gate"] = gatePassed ? "passed" : "failed";
             string destination = Path.Combine(outputDir, m.Output.Name);
             ct.ThrowIfCancellationRequested();
             QuantizedPackage.Write(destination, gptq, m.ModelPath, source, quantized, info,
-                new QuantizeSettings(q.Bits, q.GroupSize, q.Symmetric, q.ActOrder, q.StaticGroups, q.Damp));
+                new QuantizeSettings(q.Bits, q.GroupSize, q.Symmetric, q.ActOrder, q.StaticGroups, q.Damp), contentAddressed);
             Emit(new JobEvent("output", destination));
             return new JobResult(destination, total.Elapsed.TotalSeconds, before, after, gatePassed, reports);
         }
@@ -121,26 +125,7 @@ public static class QuantizeJob
     static JsonObject Describe(QuantManifest m, ModelConfig config, List<LayerReport> reports, Dictionary<string, string> skipReasons,
         IReadOnlyList<long[]> sequences, PerplexityResult? before, PerplexityResult? after)
     {
-        var q = m.Quantize;
-        var scheme = new JsonObject
-        {
-            ["method"] = q.Method.ToString().ToLowerInvariant(),
-            ["bits"] = q.Bits,
-            ["group_size"] = q.GroupSize,
-            ["symmetric"] = q.Symmetric,
-            ["grid"] = q.Grid.ToString().ToLowerInvariant(),
-            ["mse_clip"] = q.MseClip,
-        };
-        if (q.Method != QuantMethod.Rtn)
-        {
-            scheme["act_order"] = q.ActOrder;
-            scheme["static_groups"] = q.StaticGroups;
-            scheme["damp"] = q.Damp;
-            scheme["block_size"] = q.BlockSize;
-            scheme["compensation_aware"] = q.CompensationAware;
-            if (q.Method == QuantMethod.Gptaq) scheme["alpha"] = q.Alpha;
-            if (q.CompensationAware) { scheme["alpha2"] = q.Alpha2; scheme["rescomp_mode"] = q.ResCompMode.ToString().ToLowerInvariant(); }
-        }
+        var scheme = Scheme(m.Quantize);
         var layers = new JsonArray();
         foreach (var r in reports)
         {
@@ -164,7 +149,7 @@ public static class QuantizeJob
             ["model_type"] = config.ModelType,
             ["source_model"] = Path.GetFileName(m.ModelPath.TrimEnd('/', '\\')),
             ["scheme"] = scheme,
-            ["input_fingerprint"] = Fingerprint(m, scheme),
+            ["input_fingerprint"] = Fingerprint(m),
             ["layers"] = layers,
         };
         if (m.Calibration is { } c && sequences.Count > 0)
@@ -190,10 +175,62 @@ public static class QuantizeJob
         return info;
     }
 
-    /// <summary>SHA-256 over everything that determines the output: engine version, scheme, model
-    /// files, calibration data and the manifest's layer rules.</summary>
-    static string Fingerprint(QuantManifest m, JsonObject scheme)
+    /// <summary>Whether a finished output folder recorded a failed quality gate (a cached result
+    /// must fail the build again, not pass silently). Returns the before/after figures too.</summary>
+    public static (bool Failed, double Before, double After) RecordedGate(string folder)
     {
+        JsonNode? info = null;
+        string native = Path.Combine(folder, QuantizedPackage.ManifestFile);
+        string config = Path.Combine(folder, "config.json");
+        if (File.Exists(native)) info = JsonNode.Parse(File.ReadAllText(native));
+        else if (File.Exists(config)) info = JsonNode.Parse(File.ReadAllText(config))?["quantization_config"]?["meta"];
+        var evaluation = info?["evaluation"];
+        bool failed = (string?)evaluation?["gate"] == "failed";
+        return (failed, (double?)evaluation?["perplexity"]?["before"] ?? double.NaN, (double?)evaluation?["perplexity"]?["after"] ?? double.NaN);
+    }
+
+    /// <summary>The scheme part of dotquant.json (also hashed into the fingerprint).</summary>
+    public static JsonObject Scheme(QuantizeSpec q)
+    {
+        var scheme = new JsonObject
+        {
+            ["method"] = q.Method.ToString().ToLowerInvariant(),
+            ["bits"] = q.Bits,
+            ["group_size"] = q.GroupSize,
+            ["symmetric"] = q.Symmetric,
+            ["grid"] = q.Grid.ToString().ToLowerInvariant(),
+            ["mse_clip"] = q.MseClip,
+        };
+        if (q.Method != QuantMethod.Rtn)
+        {
+            scheme["act_order"] = q.ActOrder;
+            scheme["static_groups"] = q.StaticGroups;
+            scheme["damp"] = q.Damp;
+            scheme["block_size"] = q.BlockSize;
+            scheme["compensation_aware"] = q.CompensationAware;
+            if (q.Method == QuantMethod.Gptaq) scheme["alpha"] = q.Alpha;
+            if (q.CompensationAware) { scheme["alpha2"] = q.Alpha2; scheme["rescomp_mode"] = q.ResCompMode.ToString().ToLowerInvariant(); }
+        }
+        return scheme;
+    }
+
+    /// <summary>The files a run reads: model folder (*.json, *.safetensors), calibration data and
+    /// evaluation data. The build integration watches exactly these.</summary>
+    public static IReadOnlyList<string> InputFiles(QuantManifest m)
+    {
+        var files = Directory.EnumerateFiles(m.ModelPath)
+            .Where(f => f.EndsWith(".safetensors", StringComparison.Ordinal) || f.EndsWith(".json", StringComparison.Ordinal))
+            .Order(StringComparer.Ordinal).ToList();
+        if (m.Calibration is { } c) files.Add(c.Data);
+        if (m.Evaluate?.Perplexity is { } p) files.Add(p.Data);
+        return files;
+    }
+
+    /// <summary>SHA-256 over everything that determines the output: engine version, scheme, layer
+    /// rules, output settings, evaluation settings and the content of every input file.</summary>
+    public static string Fingerprint(QuantManifest m)
+    {
+        var scheme = Scheme(m.Quantize);
         using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         void AddText(string s) { var b = Encoding.UTF8.GetBytes(s); hash.AppendData(BitConverter.GetBytes(b.Length)); hash.AppendData(b); }
         void AddFile(string path)
@@ -207,17 +244,10 @@ public static class QuantizeJob
         AddText(EngineVersion);
         AddText(scheme.ToJsonString());
         foreach (var r in m.Quantize.Layers) AddText($"{r.Match}|{r.Bits}|{r.GroupSize}|{r.Skip}");
-        foreach (var f in Directory.EnumerateFiles(m.ModelPath).Order(StringComparer.Ordinal))
-        {
-            string name = Path.GetFileName(f);
-            if (name.EndsWith(".safetensors", StringComparison.Ordinal) || name.EndsWith(".json", StringComparison.Ordinal))
-                AddFile(f);
-        }
-        if (m.Calibration is { } c)
-        {
-            AddText($"{c.Samples}|{c.SequenceLength}|{c.Seed}");
-            AddFile(c.Data);
-        }
+        AddText($"{m.Output.Name}|{m.Output.Format}");
+        if (m.Calibration is { } c) AddText($"{c.Samples}|{c.SequenceLength}|{c.Seed}");
+        if (m.Evaluate?.Perplexity is { } p) AddText($"{p.SequenceLength}|{p.MaxSequences}");
+        foreach (var f in InputFiles(m)) AddFile(f);
         return "sha256:" + Convert.ToHexStringLower(hash.GetHashAndReset());
     }
 }

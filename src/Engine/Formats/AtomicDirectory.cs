@@ -9,7 +9,10 @@ namespace DotQuant.Engine.Formats;
 /// next write to the same destination).</summary>
 public static class AtomicDirectory
 {
-    public static void Write(string destination, Action<string> fill)
+    /// <param name="keepExisting">For content-addressed destinations: when another writer finished
+    /// the same folder first, keep theirs (identical by construction) and discard ours, so a
+    /// concurrent reader never sees the folder disappear.</param>
+    public static void Write(string destination, Action<string> fill, bool keepExisting = false)
     {
         string full = Path.GetFullPath(destination);
         string parent = Path.GetDirectoryName(full)!;
@@ -21,6 +24,11 @@ public static class AtomicDirectory
         try
         {
             fill(tmp);
+            if (keepExisting && Directory.Exists(full))
+            {
+                TryDelete(tmp);
+                return;
+            }
             string? old = null;
             if (Directory.Exists(full))
             {
@@ -54,13 +62,33 @@ public static class AtomicDirectory
     /// output that a kill left moved aside.</summary>
     static void SweepStale(string parent, string name)
     {
+        // Another live process may be writing the same destination (two builds sharing a cache):
+        // only folders whose writer has died are removed.
         foreach (var dir in Directory.EnumerateDirectories(parent, $".{name}.tmp-*"))
-            TryDelete(dir);
+            if (!WriterAlive(dir)) TryDelete(dir);
         string full = Path.Combine(parent, name);
         foreach (var old in Directory.EnumerateDirectories(parent, $".{name}.old-*"))
         {
             if (!Directory.Exists(full)) Directory.Move(old, full);
             else TryDelete(old);
+        }
+    }
+
+    static bool WriterAlive(string dir)
+    {
+        string suffix = Path.GetFileName(dir);
+        int at = suffix.LastIndexOf(".tmp-", StringComparison.Ordinal) + 5;
+        int dash = suffix.IndexOf('-', at);
+        if (dash < 0 || !int.TryParse(suffix[at..dash], out int pid)) return false;
+        if (pid == Environment.ProcessId) return false;
+        try
+        {
+            using var p = System.Diagnostics.Process.GetProcessById(pid);
+            return !p.HasExited;
+        }
+        catch (ArgumentException)
+        {
+            return false;
         }
     }
 

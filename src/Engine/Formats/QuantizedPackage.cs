@@ -31,7 +31,7 @@ public static class QuantizedPackage
     /// <summary>Writes <paramref name="destination"/> atomically. <paramref name="info"/> becomes dotquant.json
     /// (native) or quantization_config.meta (gptq).</summary>
     public static void Write(string destination, bool gptq, string sourceModelDir, Checkpoint source,
-        IReadOnlyDictionary<string, QuantizedLinear> quantized, JsonObject info, QuantizeSettings settings)
+        IReadOnlyDictionary<string, QuantizedLinear> quantized, JsonObject info, QuantizeSettings settings, bool contentAddressed = false)
     {
         bool v2 = gptq && NeedsV2(quantized.Values);
         AtomicDirectory.Write(destination, tmp =>
@@ -92,7 +92,7 @@ public static class QuantizedPackage
                 File.WriteAllText(Path.Combine(tmp, ManifestFile), info.ToJsonString(Indented));
             }
             File.WriteAllText(Path.Combine(tmp, "config.json"), config.ToJsonString(Indented));
-        });
+        }, keepExisting: contentAddressed);
     }
 
     static void AddQuantized(Dictionary<string, Tensor> tensors, string prefix, QuantizedLinear q, bool gptq, bool v2)

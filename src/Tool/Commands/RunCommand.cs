@@ -9,12 +9,14 @@ namespace DotQuant.Tool.Commands;
 /// <summary><c>dotnet-quantize run quant.yaml</c>: quantize the model the manifest names.</summary>
 public static class RunCommand
 {
-    public static Command Create(TextWriter stdout, bool interactive)
+    public static Command Create(TextWriter stdout, TextWriter stderr, bool interactive)
     {
         var manifest = new Argument<string>("MANIFEST") { Description = "quant.yaml" };
         var output = new Option<string?>("--output") { Description = "folder that receives the output folder (default: the manifest's folder)" };
+        var cacheDir = new Option<string?>("--cache-dir") { Description = "content-addressed cache: reuse CACHE/<fingerprint>/<name> if present, else write it there" };
+        var requireCache = new Option<bool>("--require-cache") { Description = "with --cache-dir: a missing entry is an error instead of a computation (CI)" };
         var format = OutputFormat.Create();
-        var cmd = new Command("run", "Quantize a model as a quant.yaml manifest describes") { manifest, output, format };
+        var cmd = new Command("run", "Quantize a model as a quant.yaml manifest describes") { manifest, output, cacheDir, requireCache, format };
         cmd.SetAction((parse, ct) =>
         {
             var m = ManifestParser.Load(parse.GetValue(manifest)!);
@@ -24,12 +26,43 @@ public static class RunCommand
             bool quiet = verbosity is "q" or "quiet";
             var progress = new Progress(stdout, json, quiet, interactive && !json);
 
-            var result = QuantizeJob.Run(m, outDir, progress.Report, ct);
+            if (parse.GetValue(cacheDir) is { } cache)
+            {
+                string fingerprint = QuantizeJob.Fingerprint(m);
+                outDir = Path.Combine(Path.GetFullPath(cache), CacheKey(fingerprint));
+                string entry = Path.Combine(outDir, m.Output.Name);
+                if (Directory.Exists(entry))
+                {
+                    progress.Report(new JobEvent("cache", $"cache hit: {entry}"));
+                    var (failed, before, after) = QuantizeJob.RecordedGate(entry);
+                    progress.Finish(new JobResult(entry, 0, null, null, !failed, []), cached: true, recorded: (before, after));
+                    if (failed) GateError(stderr, m, before, after);
+                    return Task.FromResult(failed ? ExitCodes.GateFailed : ExitCodes.Ok);
+                }
+                if (parse.GetValue(requireCache))
+                    throw new DotQuant.Engine.Diagnostics.DotQuantException(DotQuant.Engine.Diagnostics.ErrorCodes.CacheMiss,
+                        $"no cache entry for {m.Output.Name} ({fingerprint}) in {cache}, and the cache is required (DotQuantRequireCache); build once without it to fill the cache", m.Path);
+            }
+
+            var result = QuantizeJob.Run(m, outDir, progress.Report, ct, contentAddressed: parse.GetValue(cacheDir) is not null);
             progress.Finish(result);
+            if (!result.GatePassed) GateError(stderr, m, result.Before!.Perplexity, result.After!.Perplexity);
             return Task.FromResult(result.GatePassed ? ExitCodes.Ok : ExitCodes.GateFailed);
         });
         return cmd;
     }
+
+    static void GateError(TextWriter stderr, QuantManifest m, double before, double after)
+    {
+        var gate = m.Evaluate!.Gate!;
+        double allowed = gate.Relative ? before * (1 + gate.MaxIncrease) : before + gate.MaxIncrease;
+        string limit = gate.Relative ? $"+{gate.MaxIncrease * 100:0.##}%" : $"+{gate.MaxIncrease:0.####}";
+        stderr.WriteLine(new DotQuant.Engine.Diagnostics.DotQuantException(DotQuant.Engine.Diagnostics.ErrorCodes.QualityGate,
+            $"quality gate failed: perplexity {before:F4} (float) -> {after:F4} (quantized) exceeds the allowed {limit} ({allowed:F4})", m.Path).Format());
+    }
+
+    /// <summary>The cache folder name of a fingerprint ("sha256:HEX" → first 32 hex digits).</summary>
+    public static string CacheKey(string fingerprint) => fingerprint[(fingerprint.IndexOf(':') + 1)..][..32];
 
     /// <summary>Plain lines (or a live line on a terminal) in text mode; one JSON object per
     /// event with --format json, then a summary object last.</summary>
@@ -79,8 +112,10 @@ public static class RunCommand
         double Eta(JobEvent e) =>
             e.Done == 0 ? 0 : (DateTime.UtcNow - _start).TotalSeconds / e.Done * (e.Total - e.Done);
 
-        public void Finish(JobResult r)
+        public void Finish(JobResult r, bool cached = false, (double Before, double After)? recorded = null)
         {
+            (double Before, double After)? ppl = r.Before is not null && r.After is not null ? (r.Before.Perplexity, r.After.Perplexity) : null;
+            if (recorded is { } rec && double.IsFinite(rec.Before)) ppl = rec;
             if (_lineOpen) { stdout.WriteLine(); _lineOpen = false; }
             if (json)
             {
@@ -90,18 +125,19 @@ public static class RunCommand
                     ["output"] = r.Output,
                     ["seconds"] = Math.Round(r.Seconds, 3),
                     ["layers"] = r.Layers.Count(l => l.Quantized),
+                    ["cached"] = cached,
                 };
-                if (r.Before is not null && r.After is not null)
+                if (ppl is { } p)
                 {
-                    o["perplexity"] = new JsonObject { ["before"] = r.Before.Perplexity, ["after"] = r.After.Perplexity };
+                    o["perplexity"] = new JsonObject { ["before"] = p.Before, ["after"] = p.After };
                     o["gate"] = r.GatePassed ? "passed" : "failed";
                 }
                 OutputFormat.WriteJson(stdout, o);
                 return;
             }
-            stdout.WriteLine($"wrote {r.Output} ({r.Layers.Count(l => l.Quantized)} linears quantized) in {r.Seconds:F1} s");
-            if (r.Before is not null && r.After is not null)
-                stdout.WriteLine($"perplexity {r.Before.Perplexity:F4} -> {r.After.Perplexity:F4}{(r.GatePassed ? "" : "  QUALITY GATE FAILED")}");
+            stdout.WriteLine(cached ? $"up to date: {r.Output}" : $"wrote {r.Output} ({r.Layers.Count(l => l.Quantized)} linears quantized) in {r.Seconds:F1} s");
+            if (ppl is { } q)
+                stdout.WriteLine($"perplexity {q.Before:F4} -> {q.After:F4}{(r.GatePassed ? "" : "  QUALITY GATE FAILED")}");
         }
     }
 }
