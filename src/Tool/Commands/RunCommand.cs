@@ -35,7 +35,7 @@ public static class RunCommand
                 {
                     progress.Report(new JobEvent("cache", $"cache hit: {entry}"));
                     var (failed, before, after) = QuantizeJob.RecordedGate(entry);
-                    progress.Finish(new JobResult(entry, 0, null, null, !failed, []), cached: true, recorded: (before, after));
+                    progress.Finish(new JobResult(entry, 0, null, null, !failed, []), cached: true, recorded: (before, after), manifest: m);
                     if (failed) GateError(stderr, m, before, after);
                     return Task.FromResult(failed ? ExitCodes.GateFailed : ExitCodes.Ok);
                 }
@@ -45,7 +45,7 @@ public static class RunCommand
             }
 
             var result = QuantizeJob.Run(m, outDir, progress.Report, ct, contentAddressed: parse.GetValue(cacheDir) is not null);
-            progress.Finish(result);
+            progress.Finish(result, manifest: m);
             if (!result.GatePassed) GateError(stderr, m, result.Before!.Perplexity, result.After!.Perplexity);
             return Task.FromResult(result.GatePassed ? ExitCodes.Ok : ExitCodes.GateFailed);
         });
@@ -112,7 +112,7 @@ public static class RunCommand
         double Eta(JobEvent e) =>
             e.Done == 0 ? 0 : (DateTime.UtcNow - _start).TotalSeconds / e.Done * (e.Total - e.Done);
 
-        public void Finish(JobResult r, bool cached = false, (double Before, double After)? recorded = null)
+        public void Finish(JobResult r, bool cached = false, (double Before, double After)? recorded = null, QuantManifest? manifest = null)
         {
             (double Before, double After)? ppl = r.Before is not null && r.After is not null ? (r.Before.Perplexity, r.After.Perplexity) : null;
             if (recorded is { } rec && double.IsFinite(rec.Before)) ppl = rec;
@@ -127,6 +127,14 @@ public static class RunCommand
                     ["layers"] = r.Layers.Count(l => l.Quantized),
                     ["cached"] = cached,
                 };
+                if (manifest is not null)
+                {
+                    // What the build integration needs: where the files are, how to ship them,
+                    // and which inputs to watch for the next incremental build.
+                    o["name"] = manifest.Output.Name;
+                    o["embed"] = manifest.Output.Embed;
+                    o["inputs"] = new JsonArray(QuantizeJob.InputFiles(manifest).Select(f => (JsonNode)f).ToArray());
+                }
                 if (ppl is { } p)
                 {
                     o["perplexity"] = new JsonObject { ["before"] = p.Before, ["after"] = p.After };

@@ -1,0 +1,47 @@
+using System.Reflection;
+using System.Security.Cryptography;
+using DotQuant.Engine.Diagnostics;
+
+namespace DotQuant.Engine.Runtime;
+
+/// <summary>Finds a quantized model that the build shipped with an app: files under
+/// <c>models/&lt;name&gt;/</c> beside the app, or manifest resources <c>models/&lt;name&gt;/...</c> in an
+/// assembly (embed: true), which are extracted once to a content-addressed folder under the temp
+/// directory because the engine memory-maps files.</summary>
+public static class ModelLocator
+{
+    public static string Find(string name, Assembly? resourceAssembly = null)
+    {
+        string files = Path.Combine(AppContext.BaseDirectory, "models", name);
+        if (File.Exists(Path.Combine(files, "config.json"))) return files;
+        var asm = resourceAssembly ?? Assembly.GetEntryAssembly();
+        if (asm is not null && TryExtract(asm, name) is { } extracted) return extracted;
+        throw new DotQuantException(ErrorCodes.FileNotFound,
+            $"model '{name}' is neither in {files} nor embedded in {asm?.GetName().Name}; is quant.yaml's output.name '{name}'?");
+    }
+
+    static string? TryExtract(Assembly asm, string name)
+    {
+        string prefix = $"models/{name}/";
+        var resources = asm.GetManifestResourceNames().Where(r => r.StartsWith(prefix, StringComparison.Ordinal)).Order(StringComparer.Ordinal).ToList();
+        if (resources.Count == 0) return null;
+        // Key the extraction by the assembly's identity and resource sizes so a rebuilt app re-extracts.
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        hash.AppendData(System.Text.Encoding.UTF8.GetBytes(asm.FullName + "|" + asm.ManifestModule.ModuleVersionId));
+        string dir = Path.Combine(Path.GetTempPath(), "dotquant-embedded", Convert.ToHexStringLower(hash.GetHashAndReset())[..24], name);
+        if (File.Exists(Path.Combine(dir, ".complete"))) return dir;
+        Formats.AtomicDirectory.Write(dir, tmp =>
+        {
+            foreach (var r in resources)
+            {
+                string target = Path.Combine(tmp, r[prefix.Length..].Replace('/', Path.DirectorySeparatorChar));
+                Directory.CreateDirectory(Path.GetDirectoryName(target)!);
+                using var source = asm.GetManifestResourceStream(r)!;
+                using var file = File.Create(target);
+                source.CopyTo(file);
+            }
+            File.WriteAllText(Path.Combine(tmp, ".complete"), "");
+        }, keepExisting: true);
+        return dir;
+    }
+}
