@@ -36,9 +36,13 @@ public static class Fixtures
     }
 
     /// <summary>Runs a program to completion and captures both streams.</summary>
-    public static async Task<ProcessResult> RunAsync(string file, params string[] args)
+    public static Task<ProcessResult> RunAsync(string file, params string[] args) => RunAsync(file, null, null, args);
+
+    public static async Task<ProcessResult> RunAsync(string file, IDictionary<string, string>? environment, string? workingDirectory, params string[] args)
     {
         var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
+        if (workingDirectory is not null) psi.WorkingDirectory = workingDirectory;
+        foreach (var (k, v) in environment ?? new Dictionary<string, string>()) psi.Environment[k] = v;
         foreach (var a in args) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();

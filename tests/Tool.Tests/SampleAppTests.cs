@@ -16,7 +16,7 @@ public class SampleAppTests
         // Its own cache folder: the test must see the build do the work, not a cache hit.
         using var cache = new TempDir();
         var r = await Fixtures.RunAsync("dotnet", "run", "--project", Path.Combine(SharedPaths.RepoRoot, "samples", "ConsumingApp"), "-c", "Release",
-            $"-p:DotQuantCacheDir={cache.Path}", "--", "Once upon a time");
+            $"--property:DotQuantCacheDir={cache.Path}", "--", "Once upon a time");
         Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
         Assert.StartsWith("Once upon a time, there was a little", r.Stdout.Trim());
         Assert.Matches(@"tokens/s\) from .*models/stories260K-w4", r.Stderr);

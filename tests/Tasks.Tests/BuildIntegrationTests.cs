@@ -1,0 +1,99 @@
+using System.IO.Compression;
+using DotQuant.Tests;
+
+namespace DotQuant.Tasks.Tests;
+
+[Collection("package")]
+public class BuildIntegrationTests(PackageFixture package)
+{
+    static string Manifest(string name, bool embed = false, string quantize = "  method: gptq\n  bits: 4\n  group_size: 16\n") =>
+        $"version: 1\nmodel: {SharedPaths.Stories260K}\ncalibration:\n  data: calib.txt\n  samples: 8\n  sequence_length: 64\n  seed: 0\n" +
+        $"quantize:\n{quantize}output:\n  name: {name}\n  embed: {(embed ? "true" : "false")}\n";
+
+    static void WriteCalibration(TempDir app, int stories) =>
+        File.WriteAllText(app.File("calib.txt"), string.Join("\n\n",
+            File.ReadAllLines(SharedPaths.Data("tinystories", "stories-sample.txt")).Where(l => l.Trim().Length > 0).Take(stories)));
+
+    const string Quantizing = "DotQuant: quantizing as";
+
+    [Fact]
+    public async Task FirstBuildQuantizesSecondSkipsChangedCalibrationRequantizes()
+    {
+        using var app = package.CreateApp(Manifest("tiny"));
+        using var cache = new TempDir();
+        WriteCalibration(app, 10);
+
+        var first = await package.Dotnet(app, cache.Path, "build", "-c", "Release");
+        Assert.True(first.ExitCode == 0, first.Stdout + first.Stderr);
+        Assert.Contains(Quantizing, first.Stdout);
+        string model = Path.Combine(app.Path, "bin", "Release", "net10.0", "models", "tiny");
+        Assert.True(File.Exists(Path.Combine(model, "model.safetensors")));
+        Assert.True(File.Exists(Path.Combine(model, "dotquant.json")));
+        var entries = Directory.GetDirectories(cache.Path);
+        Assert.Single(entries);
+
+        var second = await package.Dotnet(app, cache.Path, "build", "-c", "Release", "-v", "d");
+        Assert.Equal(0, second.ExitCode);
+        Assert.DoesNotContain(Quantizing, second.Stdout);
+        Assert.Contains("Skipping target \"DotQuantQuantize\" because all output files are up-to-date", second.Stdout);
+
+        WriteCalibration(app, 12);
+        var third = await package.Dotnet(app, cache.Path, "build", "-c", "Release");
+        Assert.Equal(0, third.ExitCode);
+        Assert.Contains(Quantizing, third.Stdout);
+        Assert.Equal(2, Directory.GetDirectories(cache.Path).Length);   // a new content-addressed entry
+
+        // dotnet clean removes the copied model; the shared cache stays.
+        var clean = await package.Dotnet(app, cache.Path, "clean", "-c", "Release");
+        Assert.Equal(0, clean.ExitCode);
+        Assert.False(File.Exists(Path.Combine(model, "model.safetensors")));
+        Assert.Equal(2, Directory.GetDirectories(cache.Path).Length);
+    }
+
+    [Fact]
+    public async Task ManifestErrorIsReportedAtItsLineAndColumn()
+    {
+        using var app = package.CreateApp(Manifest("bad", quantize: "  method: gptq\n  bitz: 4\n"));
+        using var cache = new TempDir();
+        WriteCalibration(app, 10);
+        var r = await package.Dotnet(app, cache.Path, "build");
+        Assert.NotEqual(0, r.ExitCode);
+        Assert.Contains($"{app.File("quant.yaml")}(10,3): error DQ0002: unknown key 'bitz'", r.Stdout);
+        Assert.DoesNotContain("MSB6006", r.Stdout);
+    }
+
+    [Fact]
+    public async Task EmbedYieldsManifestResources()
+    {
+        using var app = package.CreateApp(Manifest("embedded", embed: true, quantize: "  method: rtn\n  bits: 4\n  group_size: 16\n"));
+        using var cache = new TempDir();
+        WriteCalibration(app, 10);
+        var build = await package.Dotnet(app, cache.Path, "build");
+        Assert.True(build.ExitCode == 0, build.Stdout + build.Stderr);
+        Assert.False(Directory.Exists(Path.Combine(app.Path, "bin", "Debug", "net10.0", "models")));
+        var run = await package.Dotnet(app, cache.Path, "run", "--no-build");
+        Assert.Equal(0, run.ExitCode);
+        var names = run.Stdout.Trim().Split(',');
+        Assert.Contains("models/embedded/model.safetensors", names);
+        Assert.Contains("models/embedded/dotquant.json", names);
+        Assert.Contains("models/embedded/tokenizer.json", names);
+    }
+
+    [Fact]
+    public async Task PackedAppCarriesTheModelAsContentFiles()
+    {
+        using var app = package.CreateApp(Manifest("packed", quantize: "  method: rtn\n  bits: 4\n  group_size: 16\n"));
+        using var cache = new TempDir();
+        WriteCalibration(app, 10);
+        var pack = await package.Dotnet(app, cache.Path, "pack", "-o", app.File("out"));
+        Assert.True(pack.ExitCode == 0, pack.Stdout + pack.Stderr);
+        using var zip = ZipFile.OpenRead(app.File("out/Contoso.App.1.0.0.nupkg"));
+        var entries = zip.Entries.Select(e => e.FullName).ToList();
+        Assert.Contains("contentFiles/any/any/models/packed/model.safetensors", entries);
+        Assert.Contains("contentFiles/any/any/models/packed/dotquant.json", entries);
+        using var nuspec = new StreamReader(zip.Entries.Single(e => e.FullName.EndsWith(".nuspec")).Open());
+        string text = nuspec.ReadToEnd();
+        Assert.Contains("copyToOutput=\"true\"", text);
+        Assert.DoesNotContain("DotQuant.MSBuild", text);        // a build-time dependency only
+    }
+}
