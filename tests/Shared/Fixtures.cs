@@ -36,9 +36,10 @@ public static class Fixtures
     }
 
     /// <summary>Runs a program to completion and captures both streams.</summary>
-    public static Task<ProcessResult> RunAsync(string file, params string[] args) => RunAsync(file, null, null, args);
+    public static Task<ProcessResult> RunAsync(string file, params string[] args) => RunInAsync(file, null, null, args);
 
-    public static async Task<ProcessResult> RunAsync(string file, IDictionary<string, string>? environment, string? workingDirectory, params string[] args)
+    /// <summary>Runs a program in <paramref name="workingDirectory"/> with extra environment variables.</summary>
+    public static async Task<ProcessResult> RunInAsync(string file, IDictionary<string, string>? environment, string? workingDirectory, params string[] args)
     {
         var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
         if (workingDirectory is not null) psi.WorkingDirectory = workingDirectory;

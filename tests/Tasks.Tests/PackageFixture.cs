@@ -59,7 +59,7 @@ public sealed class PackageFixture : IAsyncLifetime
     public Task<ProcessResult> Dotnet(TempDir app, string cache, params string[] args)
     {
         var env = new Dictionary<string, string> { ["NUGET_PACKAGES"] = Packages, ["DOTQUANT_CACHE"] = cache };
-        return Fixtures.RunAsync("dotnet", env, app.Path, args);
+        return Fixtures.RunInAsync("dotnet", env, app.Path, args);
     }
 }
 

@@ -30,5 +30,18 @@ public class PackedToolTests
         var run = await Fixtures.RunAsync(Path.Combine(tools, "dotnet-quantize"), "inspect", SharedPaths.Stories260K, "--format", "json");
         Assert.Equal(0, run.ExitCode);
         Assert.Contains("\"parameters\":260032", run.Stdout);
+        var help = await Fixtures.RunAsync(Path.Combine(tools, "dotnet-quantize"), "--help");
+        Assert.Equal(0, help.ExitCode);
+        Assert.Contains("run", help.Stdout);
+
+        // As a local tool: a tool manifest makes `dotnet quantize` work in that folder.
+        string local = Path.Combine(dir.Path, "local");
+        Directory.CreateDirectory(local);
+        Assert.Equal(0, (await Fixtures.RunInAsync("dotnet", null, local, "new", "tool-manifest")).ExitCode);
+        var localInstall = await Fixtures.RunInAsync("dotnet", null, local, "tool", "install", "dotnet-quantize", "--add-source", feed, "--version", "0.0.0-test");
+        Assert.True(localInstall.ExitCode == 0, localInstall.Stdout + localInstall.Stderr);
+        var quantizeHelp = await Fixtures.RunInAsync("dotnet", null, local, "quantize", "--help");
+        Assert.True(quantizeHelp.ExitCode == 0, quantizeHelp.Stdout + quantizeHelp.Stderr);
+        Assert.Contains("fingerprint", quantizeHelp.Stdout);
     }
 }
