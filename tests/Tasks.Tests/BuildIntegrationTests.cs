@@ -96,4 +96,46 @@ public class BuildIntegrationTests(PackageFixture package)
         Assert.Contains("copyToOutput=\"true\"", text);
         Assert.DoesNotContain("DotQuant.MSBuild", text);        // a build-time dependency only
     }
+
+    [Fact]
+    public async Task RequireCacheTurnsAMissIntoAnErrorAndTheGateFailsTheBuild()
+    {
+        using var app = package.CreateApp(Manifest("gated", quantize: "  method: rtn\n  bits: 2\n  group_size: -1\n") +
+            $"evaluate:\n  perplexity: {{ data: {SharedPaths.Data("wikitext2", "wiki.test.gptq-joined.txt")}, sequence_length: 256, max_sequences: 4 }}\n" +
+            "  gate: { max_perplexity_increase: 5% }\n");
+        using var cache = new TempDir();
+        WriteCalibration(app, 10);
+        var required = await package.Dotnet(app, cache.Path, "build", "-p:DotQuantRequireCache=true");
+        Assert.NotEqual(0, required.ExitCode);
+        Assert.Contains("error DQ0160", required.Stdout);
+        Assert.Empty(Directory.GetDirectories(cache.Path));
+
+        var gated = await package.Dotnet(app, cache.Path, "build");
+        Assert.NotEqual(0, gated.ExitCode);
+        Assert.Matches(@"quant\.yaml ?: error DQ0170: quality gate failed: perplexity \d+\.\d+ \(float\) -> \d+\.\d+ \(quantized\)", gated.Stdout);
+
+        var disabled = await package.Dotnet(app, cache.Path, "build", "-p:DotQuantEnabled=false");
+        Assert.Equal(0, disabled.ExitCode);
+        Assert.DoesNotContain("DotQuant:", disabled.Stdout);
+    }
+
+    [Fact]
+    public async Task MultiTargetingQuantizesOnce()
+    {
+        using var app = package.CreateApp(Manifest("multi", quantize: "  method: rtn\n  bits: 4\n  group_size: 16\n"));
+        using var cache = new TempDir();
+        WriteCalibration(app, 10);
+        File.WriteAllText(app.File("app.csproj"), File.ReadAllText(app.File("app.csproj"))
+            .Replace("<OutputType>Exe</OutputType>", "")
+            .Replace("<TargetFramework>net10.0</TargetFramework>", "<TargetFrameworks>net10.0;netstandard2.0</TargetFrameworks>"));
+        // netstandard2.0 needs NETStandard.Library from the public feed.
+        File.WriteAllText(app.File("nuget.config"), File.ReadAllText(app.File("nuget.config"))
+            .Replace("</packageSources>", "  <add key=\"nuget.org\" value=\"https://api.nuget.org/v3/index.json\" />\n  </packageSources>"));
+        File.WriteAllText(app.File("Program.cs"), "public static class Library { }\n");
+        var build = await package.Dotnet(app, cache.Path, "build");
+        Assert.True(build.ExitCode == 0, build.Stdout + build.Stderr);
+        Assert.Equal(1, build.Stdout.Split('\n').Count(l => l.Contains("DotQuant: quantizing as")));
+        foreach (var tfm in new[] { "net10.0", "netstandard2.0" })
+            Assert.True(File.Exists(Path.Combine(app.Path, "bin", "Debug", tfm, "models", "multi", "model.safetensors")), tfm);
+    }
 }
