@@ -36,6 +36,7 @@ public static class Cli
         root.Subcommands.Add(RunCommand.Create(stdout, stderr, ReferenceEquals(stdout, Console.Out) && !Console.IsOutputRedirected));
         root.Subcommands.Add(FingerprintCommand.Create(stdout));
         root.Subcommands.Add(PackCommand.Create(stdout));
+        root.Subcommands.Add(PushCommand.Create(stdout));
         root.Subcommands.Add(EvalCommand.Create(stdout));
         root.Subcommands.Add(InspectCommand.Create(stdout));
 

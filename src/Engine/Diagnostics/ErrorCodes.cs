@@ -55,6 +55,7 @@ public static class ErrorCodes
     public const string PackageRead = "DQ0153";
     public const string CacheMiss = "DQ0160";
     public const string QualityGate = "DQ0170";
+    public const string Feed = "DQ0196";
 
     public const string Internal = "DQ0900";
 }

@@ -53,29 +53,31 @@ public sealed class ManifestParser
         if (Int(versionNode, "version") != 1)
             throw Error(ErrorCodes.ManifestVersion, "unsupported manifest version (this DotQuant reads version 1)", versionNode);
 
-        string model = ReadModel(top.GetValueOrDefault("model") ?? throw Error(ErrorCodes.ManifestMissing, "missing 'model' (a Hugging Face model folder)", root));
+        var (model, package) = ReadModel(top.GetValueOrDefault("model") ?? throw Error(ErrorCodes.ManifestMissing, "missing 'model' (a Hugging Face model folder)", root));
         var quantize = ReadQuantize(top.GetValueOrDefault("quantize") as YamlNode ?? throw Error(ErrorCodes.ManifestMissing, "missing 'quantize' section", root));
         CalibrationSpec? calibration = top.TryGetValue("calibration", out var c) ? ReadCalibration(c) : null;
         if (calibration is null && quantize.Method != QuantMethod.Rtn)
             throw Error(ErrorCodes.ManifestMissing, $"method '{Name(quantize.Method)}' needs a 'calibration' section with 'data'", root);
-        var output = ReadOutput(top.GetValueOrDefault("output"), model, quantize, root);
+        var output = ReadOutput(top.GetValueOrDefault("output"), package?.Id ?? model, quantize, root);
         EvaluateSpec? evaluate = top.TryGetValue("evaluate", out var ev) ? ReadEvaluate(ev) : null;
-        return new QuantManifest { Path = _file, ModelPath = model, Calibration = calibration, Quantize = quantize, Output = output, Evaluate = evaluate };
+        return new QuantManifest { Path = _file, ModelPath = model, ModelPackage = package, Calibration = calibration, Quantize = quantize, Output = output, Evaluate = evaluate };
     }
 
-    string ReadModel(YamlNode node)
+    (string Folder, ModelPackageRef? Package) ReadModel(YamlNode node)
     {
         if (node is YamlScalarNode)
         {
             string dir = ResolvePath(Str(node, "model"));
             if (!Directory.Exists(dir))
                 throw Error(ErrorCodes.FileNotFound, $"model folder not found: {dir}", node);
-            return dir;
+            return (dir, null);
         }
         var m = Keys(node, "model", "package", "version", "source");
-        if (m.ContainsKey("package"))
-            throw Error(ErrorCodes.ManifestNotAvailable, "models from NuGet packages are not supported yet; give a Hugging Face folder path", node);
-        throw Error(ErrorCodes.ManifestMissing, "model must be a folder path", node);
+        string id = m.TryGetValue("package", out var p) ? Str(p, "model.package") : throw Error(ErrorCodes.ManifestMissing, "model needs 'package' (a NuGet package id) or a folder path", node);
+        string version = m.TryGetValue("version", out var v) ? Str(v, "model.version") : throw Error(ErrorCodes.ManifestMissing, "model.package needs 'version'", node);
+        string source = m.TryGetValue("source", out var s) ? Str(s, "model.source") : throw Error(ErrorCodes.ManifestMissing, "model.package needs 'source' (a folder feed or an HTTP v3 feed URL)", node);
+        if (!source.Contains("://", StringComparison.Ordinal)) source = ResolvePath(source);
+        return ("", new ModelPackageRef(id, version, source));
     }
 
     CalibrationSpec ReadCalibration(YamlNode node)

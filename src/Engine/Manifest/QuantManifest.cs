@@ -64,6 +64,9 @@ public sealed record QuantizeSpec
     public bool NeedsFloatStream => Method == QuantMethod.Gptaq;
 }
 
+/// <summary>A float model to restore from a NuGet feed instead of a folder.</summary>
+public sealed record ModelPackageRef(string Id, string Version, string Source);
+
 public sealed record OutputSpec(string Name, OutputFormat Format, bool Embed, string? PackageId, string? PackageVersion, string? PackageAuthors);
 
 public sealed record PerplexitySpec(string Data, int? SequenceLength, int? MaxSequences);
@@ -77,7 +80,9 @@ public sealed record EvaluateSpec(PerplexitySpec? Perplexity, GateSpec? Gate);
 public sealed record QuantManifest
 {
     public required string Path { get; init; }
+    /// <summary>The model folder; empty until a <see cref="ModelPackage"/> is resolved.</summary>
     public required string ModelPath { get; init; }
+    public ModelPackageRef? ModelPackage { get; init; }
     public CalibrationSpec? Calibration { get; init; }
     public required QuantizeSpec Quantize { get; init; }
     public required OutputSpec Output { get; init; }

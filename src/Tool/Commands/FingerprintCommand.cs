@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Text.Json.Nodes;
 using DotQuant.Engine.Calibration;
 using DotQuant.Engine.Manifest;
+using DotQuant.Tool.Packaging;
 
 namespace DotQuant.Tool.Commands;
 
@@ -16,7 +17,7 @@ public static class FingerprintCommand
         var cmd = new Command("fingerprint", "Print the content hash of a manifest's inputs (model, calibration data, settings, engine version)") { manifest, format };
         cmd.SetAction(parse =>
         {
-            var m = ManifestParser.Load(parse.GetValue(manifest)!);
+            var m = ModelSource.Resolve(ManifestParser.Load(parse.GetValue(manifest)!), null);
             string fp = QuantizeJob.Fingerprint(m);
             if (parse.GetValue(format) == "json")
                 OutputFormat.WriteJson(stdout, new JsonObject

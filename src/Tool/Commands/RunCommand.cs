@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text.Json.Nodes;
 using DotQuant.Engine.Calibration;
 using DotQuant.Engine.Manifest;
+using DotQuant.Tool.Packaging;
 
 namespace DotQuant.Tool.Commands;
 
@@ -19,7 +20,7 @@ public static class RunCommand
         var cmd = new Command("run", "Quantize a model as a quant.yaml manifest describes") { manifest, output, cacheDir, requireCache, format };
         cmd.SetAction((parse, ct) =>
         {
-            var m = ManifestParser.Load(parse.GetValue(manifest)!);
+            var m = ModelSource.Resolve(ManifestParser.Load(parse.GetValue(manifest)!), parse.GetValue(cacheDir), ct);
             string outDir = Path.GetFullPath(parse.GetValue(output) ?? Path.GetDirectoryName(m.Path)!);
             bool json = parse.GetValue(format) == "json";
             string verbosity = parse.GetValue(Cli.Verbosity) ?? "n";
