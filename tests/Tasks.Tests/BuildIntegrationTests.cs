@@ -98,6 +98,19 @@ public class BuildIntegrationTests(PackageFixture package)
     }
 
     [Fact]
+    public async Task PackModelsTargetProducesTheModelPackage()
+    {
+        using var app = package.CreateApp(Manifest("modelpkg", quantize: "  method: rtn\n  bits: 4\n  group_size: 16\n")
+            .Replace("  embed: false\n", "  embed: false\n  package: { id: Contoso.Models.Tiny, version: 0.3.0 }\n"));
+        using var cache = new TempDir();
+        WriteCalibration(app, 10);
+        var r = await package.Dotnet(app, cache.Path, "build", "-t:DotQuantPackModels", "-p:PackageOutputPath=" + app.File("models-out"), "-p:DotQuantFragmentBytes=200000");
+        Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
+        Assert.True(File.Exists(app.File("models-out/Contoso.Models.Tiny.0.3.0.nupkg")));
+        Assert.True(File.Exists(app.File("models-out/Contoso.Models.Tiny.Fragment1.0.3.0.nupkg")));
+    }
+
+    [Fact]
     public async Task RequireCacheTurnsAMissIntoAnErrorAndTheGateFailsTheBuild()
     {
         using var app = package.CreateApp(Manifest("gated", quantize: "  method: rtn\n  bits: 2\n  group_size: -1\n") +
