@@ -151,4 +151,43 @@ public class BuildIntegrationTests(PackageFixture package)
         foreach (var tfm in new[] { "net10.0", "netstandard2.0" })
             Assert.True(File.Exists(Path.Combine(app.Path, "bin", "Debug", tfm, "models", "multi", "model.safetensors")), tfm);
     }
+
+    [Fact]
+    public async Task CtrlCStopsTheToolAndLeavesNoPartialOutput()
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        using var app = package.CreateApp(Manifest("slow", quantize: "  method: gptaq\n  bits: 4\n  group_size: 16\n")
+            .Replace("samples: 8", "samples: 512").Replace("sequence_length: 64", "sequence_length: 512")
+            .Replace("data: calib.txt", $"data: {SharedPaths.Data("wikitext2-tokenized", "valid.tokens")}"));
+        using var cache = new TempDir();
+        var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = app.Path };
+        foreach (var a in new[] { "build", "-v", "n" }) psi.ArgumentList.Add(a);
+        psi.Environment["NUGET_PACKAGES"] = package.Packages;
+        psi.Environment["DOTQUANT_CACHE"] = cache.Path;
+        using var build = System.Diagnostics.Process.Start(psi)!;
+        var output = new System.Text.StringBuilder();
+        string? line;
+        while ((line = await build.StandardOutput.ReadLineAsync()) is not null)
+        {
+            output.AppendLine(line);
+            if (line.Contains("DotQuant: [")) break;     // the tool is inside the layer loop
+        }
+        Assert.NotNull(line);
+        using (var kill = System.Diagnostics.Process.Start("kill", ["-INT", build.Id.ToString()])) await kill!.WaitForExitAsync();
+        output.Append(await build.StandardOutput.ReadToEndAsync());
+        await build.WaitForExitAsync();
+        Assert.NotEqual(0, build.ExitCode);
+        Assert.Contains("MSB5021", output.ToString());            // MSBuild terminated the tool
+        await Task.Delay(500);
+        Assert.DoesNotContain(System.IO.Directory.GetDirectories("/proc"), d =>
+            int.TryParse(Path.GetFileName(d), out _) && File.Exists(Path.Combine(d, "cmdline")) &&
+            SafeRead(Path.Combine(d, "cmdline")).Contains(package.Packages) && SafeRead(Path.Combine(d, "cmdline")).Contains("dotnet-quantize"));
+        // No output folder (a killed writer only leaves a hidden temp folder, swept by the next run).
+        Assert.Empty(Directory.GetDirectories(cache.Path, "slow", SearchOption.AllDirectories));
+    }
+
+    static string SafeRead(string path)
+    {
+        try { return File.ReadAllText(path); } catch (IOException) { return ""; } catch (UnauthorizedAccessException) { return ""; }
+    }
 }
