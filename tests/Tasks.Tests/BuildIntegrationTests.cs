@@ -77,6 +77,11 @@ public class BuildIntegrationTests(PackageFixture package)
         Assert.Contains("models/embedded/model.safetensors", names);
         Assert.Contains("models/embedded/dotquant.json", names);
         Assert.Contains("models/embedded/tokenizer.json", names);
+
+        // Above the size limit embedding is refused with a clear error.
+        var tooBig = await package.Dotnet(app, cache.Path, "build", "--no-incremental", "-p:DotQuantMaxEmbedBytes=1000");
+        Assert.NotEqual(0, tooBig.ExitCode);
+        Assert.Contains("error DQ0190", tooBig.Stdout);
     }
 
     [Fact]

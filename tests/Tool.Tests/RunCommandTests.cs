@@ -158,6 +158,24 @@ public class RunCommandTests
     }
 
     [Fact]
+    public async Task TwoRunsRacingOnOneCacheEntryBothSucceedWithOneIntactEntry()
+    {
+        using var dir = new TempDir();
+        string manifest = Manifest(dir, "  method: gptq\n  bits: 4\n  group_size: 16\n");
+        string cache = dir.File("cache");
+        string dll = Path.Combine(AppContext.BaseDirectory, "dotnet-quantize.dll");
+        var runs = await Task.WhenAll(Enumerable.Range(0, 2).Select(_ =>
+            Fixtures.RunAsync("dotnet", dll, "run", manifest, "--cache-dir", cache, "--format", "json")));
+        Assert.All(runs, r => Assert.True(r.ExitCode == 0, r.Stderr));
+        var entries = Directory.GetDirectories(cache);
+        Assert.Single(entries);
+        Assert.Equal(new[] { "out" }, Directory.GetDirectories(entries[0]).Select(Path.GetFileName));
+        // The surviving entry is complete and loads.
+        var eval = CliRunner.Run("eval", Path.Combine(entries[0], "out"), "--data", Wiki, "--max-windows", "2", "--format", "json");
+        Assert.Equal(0, eval.ExitCode);
+    }
+
+    [Fact]
     public async Task KilledRunLeavesThePreviousOutputIntact()
     {
         using var dir = new TempDir();
