@@ -83,4 +83,25 @@ public class FormatTests
         File.WriteAllText(dir.File("bad.jsonl"), "{\"text\": \"ok\"}\n{\"body\": 1}\n");
         Assert.Equal(2, Assert.Throws<DotQuantException>(() => CalibrationSet.Load(dir.File("bad.jsonl"), tok, 512, 1, 2, 0)).Line);
     }
+
+    [Fact]
+    public void FileDigestsAreMemoizedBySizeAndTimestamp()
+    {
+        using var dir = new TempDir();
+        File.WriteAllText(dir.File("a.bin"), "first");
+        var stamp = new DateTime(2025, 1, 1, 0, 0, 0, DateTimeKind.Utc);
+        File.SetLastWriteTimeUtc(dir.File("a.bin"), stamp);
+        var digests = new FileDigests(dir.File("cache"));
+        string first = digests.Of(dir.File("a.bin"));
+        digests.Save();
+        Assert.True(File.Exists(dir.File("cache/file-digests.json")));
+
+        // Same size and timestamp: the memo answers without reading (documented trade-off).
+        File.WriteAllText(dir.File("a.bin"), "fir5t");
+        File.SetLastWriteTimeUtc(dir.File("a.bin"), stamp);
+        Assert.Equal(first, new FileDigests(dir.File("cache")).Of(dir.File("a.bin")));
+        // A new timestamp re-hashes.
+        File.SetLastWriteTimeUtc(dir.File("a.bin"), stamp.AddSeconds(1));
+        Assert.NotEqual(first, new FileDigests(dir.File("cache")).Of(dir.File("a.bin")));
+    }
 }

@@ -228,18 +228,16 @@ public static class QuantizeJob
 
     /// <summary>SHA-256 over everything that determines the output: engine version, scheme, layer
     /// rules, output settings, evaluation settings and the content of every input file.</summary>
-    public static string Fingerprint(QuantManifest m)
+    public static string Fingerprint(QuantManifest m, FileDigests? digests = null)
     {
+        digests ??= new FileDigests(null);
         var scheme = Scheme(m.Quantize);
         using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         void AddText(string s) { var b = Encoding.UTF8.GetBytes(s); hash.AppendData(BitConverter.GetBytes(b.Length)); hash.AppendData(b); }
         void AddFile(string path)
         {
             AddText(Path.GetFileName(path));
-            using var fs = File.OpenRead(path);
-            var buffer = new byte[1 << 20];
-            int n;
-            while ((n = fs.Read(buffer, 0, buffer.Length)) > 0) hash.AppendData(buffer, 0, n);
+            AddText(digests.Of(path));
         }
         AddText(EngineVersion);
         AddText(scheme.ToJsonString());

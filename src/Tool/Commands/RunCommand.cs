@@ -29,7 +29,9 @@ public static class RunCommand
 
             if (parse.GetValue(cacheDir) is { } cache)
             {
-                string fingerprint = QuantizeJob.Fingerprint(m);
+                var digests = new FileDigests(Path.GetFullPath(cache));
+                string fingerprint = QuantizeJob.Fingerprint(m, digests);
+                digests.Save();
                 outDir = Path.Combine(Path.GetFullPath(cache), CacheKey(fingerprint));
                 string entry = Path.Combine(outDir, m.Output.Name);
                 if (Directory.Exists(entry))
