@@ -25,6 +25,11 @@ if (args.Length > 0 && args[0] == "quality")
     Quality.Run(shared, benchDir, Option("--out") ?? Path.Combine(benchDir, "quality.md"), quick);
     return 0;
 }
+if (args.Length > 0 && args[0] == "build")
+{
+    BuildTiming.Run(Path.GetFullPath(Path.Combine(benchDir, "..")), Option("--out") ?? Path.Combine(benchDir, "build.md"));
+    return 0;
+}
 string outFile = Option("--out") ?? Path.Combine(benchDir, "results.md");
 string command = "dotnet run -c Release --project bench/DotQuant.Bench -- all" + (quick ? " --quick" : "");
 
