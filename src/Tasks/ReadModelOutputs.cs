@@ -13,6 +13,10 @@ namespace DotQuant.MSBuild
     {
         [Required] public string StateFile { get; set; } = "";
         [Output] public ITaskItem[] Files { get; set; } = Array.Empty<ITaskItem>();
+        /// <summary>False: a recorded folder that no longer exists is not an error but sets <see cref="Stale"/>.</summary>
+        public bool ReportMissing { get; set; } = true;
+        /// <summary>Some recorded folder is gone (or the state is unreadable): quantize again.</summary>
+        [Output] public bool Stale { get; set; }
         /// <summary>One item per model folder, with ModelName, Embed and Manifest.</summary>
         [Output] public ITaskItem[] Models { get; set; } = Array.Empty<ITaskItem>();
 
@@ -24,10 +28,12 @@ namespace DotQuant.MSBuild
             foreach (var line in File.ReadAllLines(StateFile))
             {
                 var parts = line.Split(new[] { '|' }, 4);
-                if (parts.Length != 4) continue;
+                if (parts.Length != 4) { Stale = true; continue; }
                 string name = parts[0], embed = parts[1], manifest = parts[2], folder = parts[3];
                 if (!Directory.Exists(folder))
                 {
+                    Stale = true;
+                    if (!ReportMissing) continue;
                     Log.LogError(null, "DQ0191", null, StateFile, 0, 0, 0, 0,
                         "the quantized model '{0}' is no longer in the cache ({1}); delete obj/dotquant or rebuild with --no-incremental", name, folder);
                     continue;

@@ -43,11 +43,18 @@ public class BuildIntegrationTests(PackageFixture package)
         Assert.Contains(Quantizing, third.Stdout);
         Assert.Equal(2, Directory.GetDirectories(cache.Path).Length);   // a new content-addressed entry
 
+        // A cleared cache is noticed: the next build quantizes again instead of failing.
+        Directory.Delete(cache.Path, true);
+        var afterClear = await package.Dotnet(app, cache.Path, "build", "-c", "Release");
+        Assert.True(afterClear.ExitCode == 0, afterClear.Stdout + afterClear.Stderr);
+        Assert.Contains(Quantizing, afterClear.Stdout);
+        Assert.Single(Directory.GetDirectories(cache.Path));
+
         // dotnet clean removes the copied model; the shared cache stays.
         var clean = await package.Dotnet(app, cache.Path, "clean", "-c", "Release");
         Assert.Equal(0, clean.ExitCode);
         Assert.False(File.Exists(Path.Combine(model, "model.safetensors")));
-        Assert.Equal(2, Directory.GetDirectories(cache.Path).Length);
+        Assert.Single(Directory.GetDirectories(cache.Path));
     }
 
     [Fact]
