@@ -118,9 +118,13 @@ public static class SequentialCalibrator
                                     q = ColumnSolver.Solve(w0, h, d, o, lin.Name, plan.OnWarning);
                                     rtnLoss = RtnObjective(w0, h, o, q.DampUsed);
                                 }
-                                if (xf is not null) originals[lin] = lin.ExchangeWeight(q.Dequantize().DetachFromDisposeScope());
-                                else lin.SetWeight(q.Dequantize());
-                                results[lin.Name] = q;
+                                if (xf is null) Replace(lin, q, results);
+                                else
+                                {
+                                    // GPTAQ keeps the original for the float stream of this block.
+                                    originals[lin] = lin.ExchangeWeight(q.Dequantize().DetachFromDisposeScope());
+                                    results[lin.Name] = q;
+                                }
                                 Report(new LayerReport(lin.Name, b, lin.InFeatures, lin.OutFeatures, true, o.Bits, o.GroupSize, q.Loss, statSeconds + solve.Elapsed.TotalSeconds, q.DampUsed, rtnLoss));
                             }
                         }

@@ -98,38 +98,17 @@ public static class Feeds
                 throw new DotQuantException(ErrorCodes.Feed, $"fragment {k} of {id} fails its SHA-256 check");
         }
         var streams = Enumerable.Range(1, parts.Count).Select(k => Path.Combine(partsDir, "fragments", $"part{k}.bin")).ToList();
-        using var all = new ConcatenatedFiles(streams);
+        using var all = new ConcatenatedStream(streams);
         foreach (var f in manifest["files"]!.AsArray())
         {
             string target = Path.Combine(into, "models", name, (string)f!["path"]!);
             Directory.CreateDirectory(Path.GetDirectoryName(target)!);
             long size = (long)f["size"]!;
-            using (var o = File.Create(target)) all.CopyTo(o, size);
+            using (var o = File.Create(target)) ConcatenatedStream.CopyExactly(all, o, size);
             using var check = File.OpenRead(target);
             if (Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(check)) != (string)f["sha256"]!)
                 throw new DotQuantException(ErrorCodes.Feed, $"{f["path"]} of {id} fails its SHA-256 check after reassembly");
         }
         Directory.Delete(partsDir, true);
-    }
-
-    sealed class ConcatenatedFiles(List<string> files) : IDisposable
-    {
-        int _index = -1;
-        FileStream? _current;
-
-        public void CopyTo(Stream to, long count)
-        {
-            var buffer = new byte[1 << 20];
-            while (count > 0)
-            {
-                if (_current is null) _current = File.OpenRead(files[++_index]);
-                int n = _current.Read(buffer, 0, (int)Math.Min(buffer.Length, count));
-                if (n == 0) { _current.Dispose(); _current = null; continue; }
-                to.Write(buffer, 0, n);
-                count -= n;
-            }
-        }
-
-        public void Dispose() => _current?.Dispose();
     }
 }

@@ -62,7 +62,7 @@ public static class ModelPackageWriter
                 using (var sha = SHA256.Create())
                 using (var crypto = new CryptoStream(part, sha, CryptoStreamMode.Write))
                 {
-                    CopyExactly(stream, crypto, size);
+                    ConcatenatedStream.CopyExactly(stream, crypto, size);
                     crypto.FlushFinalBlock();
                     hash = Convert.ToHexStringLower(sha.Hash!);
                 }
@@ -148,18 +148,6 @@ public static class ModelPackageWriter
     {
         using var fs = File.OpenRead(file);
         return Convert.ToHexStringLower(SHA256.HashData(fs));
-    }
-
-    static void CopyExactly(Stream from, Stream to, long count)
-    {
-        var buffer = new byte[1 << 20];
-        while (count > 0)
-        {
-            int n = from.Read(buffer, 0, (int)Math.Min(buffer.Length, count));
-            if (n == 0) throw new EndOfStreamException();
-            to.Write(buffer, 0, n);
-            count -= n;
-        }
     }
 
     /// <summary>The consumer-side targets of a fragmented model package (see the class comment).</summary>
@@ -258,43 +246,4 @@ Log.LogMessage(MessageImportance.High, "DotQuant: reassembled {{name}} from " + 
     }
 
     static string Safe(string id) => new(id.Select(c => char.IsLetterOrDigit(c) ? c : '_').ToArray());
-
-    /// <summary>Reads several files as one stream.</summary>
-    sealed class ConcatenatedStream(List<string> files) : Stream
-    {
-        int _index = -1;
-        Stream? _current;
-
-        public override int Read(byte[] buffer, int offset, int count)
-        {
-            while (true)
-            {
-                if (_current is null)
-                {
-                    if (++_index >= files.Count) return 0;
-                    _current = File.OpenRead(files[_index]);
-                }
-                int n = _current.Read(buffer, offset, count);
-                if (n > 0) return n;
-                _current.Dispose();
-                _current = null;
-            }
-        }
-
-        protected override void Dispose(bool disposing)
-        {
-            _current?.Dispose();
-            base.Dispose(disposing);
-        }
-
-        public override bool CanRead => true;
-        public override bool CanSeek => false;
-        public override bool CanWrite => false;
-        public override long Length => throw new NotSupportedException();
-        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
-        public override void Flush() { }
-        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-        public override void SetLength(long value) => throw new NotSupportedException();
-        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
-    }
 }
