@@ -40,6 +40,11 @@ public sealed record ModelConfig
     /// <summary>Set when config.json describes a GPTQ checkpoint (quantization_config).</summary>
     public GptqConfig? Gptq { get; init; }
 
+    /// <summary>QuaRot's R4 (spec §5.5): the down_proj input is multiplied online by a normalised
+    /// Hadamard matrix, whose transpose is fused into down_proj. Set by DotQuant's rotated packages
+    /// (config.json key <c>dotquant_rotation.down_proj_input = "hadamard"</c>).</summary>
+    public bool DownProjHadamard { get; init; }
+
     public int KvGroups => NumHeads / NumKvHeads;
 
     public static readonly string[] SupportedModelTypes = ["llama", "qwen2", "mistral"];
@@ -134,6 +139,21 @@ public sealed record ModelConfig
             EosTokenIds = r.IntOrInts("eos_token_id"),
             TorchDtype = r.String("torch_dtype") ?? r.String("dtype"),
             Gptq = gptq,
+            DownProjHadamard = ParseRotation(root, path),
+        };
+    }
+
+    static bool ParseRotation(JsonElement root, string path)
+    {
+        if (!root.TryGetProperty("dotquant_rotation", out var rot) || rot.ValueKind == JsonValueKind.Null) return false;
+        if (rot.ValueKind != JsonValueKind.Object)
+            throw new DotQuantException(ErrorCodes.ConfigKey, "dotquant_rotation must be an object", path);
+        string? down = new Reader(rot, path, "dotquant_rotation.").String("down_proj_input");
+        return down switch
+        {
+            null or "none" => false,
+            "hadamard" => true,
+            _ => throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"dotquant_rotation.down_proj_input '{down}' is not supported (hadamard, none)", path),
         };
     }
 

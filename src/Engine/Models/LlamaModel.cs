@@ -1,5 +1,6 @@
 using DotQuant.Engine.Diagnostics;
 using DotQuant.Engine.IO;
+using DotQuant.Engine.Rotation;
 using static TorchSharp.torch;
 
 namespace DotQuant.Engine.Models;
@@ -29,6 +30,7 @@ public sealed class LlamaModel : DecoderModel
     readonly Tensor _finalNorm;
     readonly Block[] _blocks;
     readonly Rope _rope;
+    readonly Hadamard.Transform? _downRotation;   // QuaRot R4, online part
 
     public override ModelConfig Config => _config;
     public override int BlockCount => _blocks.Length;
@@ -37,6 +39,7 @@ public sealed class LlamaModel : DecoderModel
     {
         _config = config; _embed = embed; _lmHead = lmHead; _finalNorm = finalNorm; _blocks = blocks;
         _rope = new Rope(config);
+        if (config.DownProjHadamard) _downRotation = new Hadamard.Transform(Hadamard.Plan(config.IntermediateSize));
     }
 
     /// <summary>Loads the weights named by transformers' LlamaForCausalLM / Qwen2ForCausalLM /
@@ -121,6 +124,8 @@ public sealed class LlamaModel : DecoderModel
         x = RmsNorm(h, b.PostAttentionNorm);
         Observe(observer, [b.Gate, b.Up], x);
         var act = nn.functional.silu(b.Gate.Forward(x)) * b.Up.Forward(x);
+        // Statistics are taken after the online rotation: that is what down_proj's weights see.
+        if (_downRotation is not null) act = _downRotation.Apply(act);
         Observe(observer, [b.Down], act);
         var output = h + b.Down.Forward(act);
         return scope.MoveToOuter(output);
@@ -175,5 +180,6 @@ public sealed class LlamaModel : DecoderModel
         _lmHead?.Dispose();
         _finalNorm.Dispose();
         _rope.Dispose();
+        _downRotation?.Dispose();
     }
 }

@@ -1,0 +1,147 @@
+using DotQuant.Engine.Calibration;
+using DotQuant.Engine.Diagnostics;
+using DotQuant.Engine.IO;
+using DotQuant.Engine.Models;
+using static TorchSharp.torch;
+
+namespace DotQuant.Engine.Rotation;
+
+/// <summary>Which QuaRot rotations to apply (weight-only, spec §5.2–§5.5).</summary>
+/// <param name="Seed">Seeds the random signs of R1 (SplitMix64, so the same on every machine).</param>
+/// <param name="DownProj">R4: fuse a Hadamard into down_proj and apply it online in the runtime.</param>
+/// <param name="SubtractEmbeddingMean">QuaRot's code does it for every model; it breaks exact
+/// invariance for RMSNorm models (spec §5.2), so it is off unless asked for.</param>
+public sealed record RotationOptions(long Seed = 0, bool Heads = true, bool DownProj = true, bool SubtractEmbeddingMean = false);
+
+/// <summary>A rotated copy of a Llama-family model's floating-point weights, held in memory
+/// (in the source dtypes), with the config it must be run with: untied head, scale-free norms
+/// and, with R4, the online Hadamard before down_proj.</summary>
+public sealed class RotatedWeights(string directory, ModelConfig config, Dictionary<string, Tensor> tensors, IReadOnlyList<string> names, HadamardPlan residual, HadamardPlan? down)
+    : IWeightSource, IDisposable
+{
+    public string Directory => directory;
+    public ModelConfig Config => config;
+    /// <summary>Every tensor of the rotated model, in the source checkpoint's order (+ lm_head when it was tied).</summary>
+    public IReadOnlyList<string> Names => names;
+    public HadamardPlan Residual => residual;
+    public HadamardPlan? DownProj => down;
+
+    public bool Contains(string name) => tensors.ContainsKey(name);
+
+    public Tensor Load(string name, params long[] expectedShape)
+    {
+        if (!tensors.TryGetValue(name, out var t))
+            throw new DotQuantException(ErrorCodes.WeightMissing, $"rotated model has no '{name}'", directory);
+        if (expectedShape.Length > 0 && !t.shape.SequenceEqual(expectedShape))
+            throw new DotQuantException(ErrorCodes.WeightShape, $"'{name}' is [{string.Join(", ", t.shape)}], expected [{string.Join(", ", expectedShape)}]", directory);
+        return t.clone();
+    }
+
+    public void Dispose()
+    {
+        foreach (var t in tensors.Values) t.Dispose();
+    }
+}
+
+/// <summary>QuaRot's computational invariance (spec §5): fold every RMSNorm scale into the linears
+/// that read it, untie the head, rotate the residual stream by Q = diag(±1)·H/√d (R1), rotate each
+/// attention head's V/O pair by H_hd/√hd (R2, per head, so any head count and GQA work without an
+/// online op), and fuse H_f/√f into down_proj with the matching online transform (R4). All products
+/// are done in fp64 and cast back once; the function of the float model does not change.</summary>
+public static class QuaRot
+{
+    public static RotatedWeights Apply(ModelConfig c, Checkpoint source, RotationOptions o)
+    {
+        if (c.ModelType is not ("llama" or "qwen2" or "mistral"))
+            throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"rotate: hadamard supports the Llama family, not '{c.ModelType}'", source.Directory);
+        if (c.DownProjHadamard)
+            throw new DotQuantException(ErrorCodes.UnsupportedModelType, "the model is already rotated", source.Directory);
+        int d = c.HiddenSize, hd = c.HeadDim, f = c.IntermediateSize;
+        if (o.Heads && !Hadamard.IsPowerOfTwo(hd))
+            throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"rotate: head_dim {hd} is not a power of two (R2 needs a Sylvester matrix)", source.Directory);
+
+        var tensors = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        var names = source.Tensors.Select(t => t.Name).ToList();
+        var dtypes = source.Tensors.ToDictionary(t => t.Name, t => t.DType.ToTorch(), StringComparer.Ordinal);
+
+        var residualPlan = Hadamard.Plan(d);
+        var downPlan = o.DownProj ? Hadamard.Plan(f) : null;
+        using var scope = NewDisposeScope();
+        var q = ResidualRotation(residualPlan, o.Seed);                 // [d, d] fp64
+        var hHead = Hadamard.Sylvester(hd) / Math.Sqrt(hd);
+        var hDown = downPlan is null ? null : Hadamard.Matrix(downPlan) / downPlan.Norm;
+
+        Tensor Get(string name) => source.Load(name).to(ScalarType.Float64);
+        void Put(string name, Tensor t) => tensors[name] = t.to(dtypes.GetValueOrDefault(name, ScalarType.Float32)).DetachFromDisposeScope();
+
+        for (int i = 0; i < c.NumLayers; i++)
+        {
+            using var layer = NewDisposeScope();
+            string p = $"model.layers.{i}.";
+            var gIn = Get(p + "input_layernorm.weight");
+            var gPost = Get(p + "post_attention_layernorm.weight");
+            foreach (var name in new[] { "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj" })
+            {
+                var w = (Get(p + name + ".weight") * gIn).matmul(q);          // fold, then x ← x Q on the input side
+                if (name.EndsWith("v_proj", StringComparison.Ordinal) && o.Heads)
+                    w = PerHeadRows(w, hHead, c.NumKvHeads, hd);
+                Put(p + name + ".weight", w);
+                if (c.QkvBias && name.EndsWith("v_proj", StringComparison.Ordinal) && o.Heads)
+                    Put(p + name + ".bias", PerHeadRows(Get(p + name + ".bias").unsqueeze(1), hHead, c.NumKvHeads, hd).squeeze(1));
+            }
+            var wo = q.t().matmul(Get(p + "self_attn.o_proj.weight"));          // output side: W ← Qᵀ W
+            if (o.Heads) wo = PerHeadColumns(wo, hHead, c.NumHeads, hd);
+            Put(p + "self_attn.o_proj.weight", wo);
+            if (c.OutputBias) Put(p + "self_attn.o_proj.bias", q.t().matmul(Get(p + "self_attn.o_proj.bias")));
+            foreach (var name in new[] { "mlp.gate_proj", "mlp.up_proj" })
+                Put(p + name + ".weight", (Get(p + name + ".weight") * gPost).matmul(q));
+            var wd = q.t().matmul(Get(p + "mlp.down_proj.weight"));
+            if (hDown is not null) wd = wd.matmul(hDown);                      // online a ← a·T, so W ← W·T
+            Put(p + "mlp.down_proj.weight", wd);
+            if (c.MlpBias) Put(p + "mlp.down_proj.bias", q.t().matmul(Get(p + "mlp.down_proj.bias")));
+            Put(p + "input_layernorm.weight", ones_like(gIn));
+            Put(p + "post_attention_layernorm.weight", ones_like(gPost));
+        }
+
+        var embed = Get("model.embed_tokens.weight");
+        var head = c.TieWordEmbeddings ? embed.clone() : Get("lm_head.weight");
+        if (o.SubtractEmbeddingMean) embed = embed - embed.mean([1], keepdim: true);
+        var gFinal = Get("model.norm.weight");
+        Put("model.embed_tokens.weight", embed.matmul(q));
+        if (c.TieWordEmbeddings) dtypes["lm_head.weight"] = dtypes["model.embed_tokens.weight"];
+        Put("lm_head.weight", (head * gFinal).matmul(q));
+        Put("model.norm.weight", ones_like(gFinal));
+        if (c.TieWordEmbeddings) names.Add("lm_head.weight");
+
+        // Anything else (buffers some exporters keep) passes through untouched.
+        foreach (var n in names.Where(n => !tensors.ContainsKey(n)))
+            tensors[n] = source.Load(n).DetachFromDisposeScope();
+
+        var config = c with { TieWordEmbeddings = false, DownProjHadamard = downPlan is not null };
+        return new RotatedWeights(source.Directory, config, tensors, names, residualPlan, downPlan);
+    }
+
+    /// <summary>R1 = diag(s)·H_d/√d with seeded random signs s (QuaRot's randomized Hadamard).</summary>
+    public static Tensor ResidualRotation(HadamardPlan plan, long seed)
+    {
+        using var scope = NewDisposeScope();
+        var rng = new SplitMix64(seed);
+        var signs = Enumerable.Range(0, plan.Size).Select(_ => (rng.Next() >> 63) == 0 ? 1.0 : -1.0).ToArray();
+        var q = tensor(signs).unsqueeze(1) * Hadamard.Matrix(plan) / plan.Norm;
+        return scope.MoveToOuter(q);
+    }
+
+    /// <summary>Each head's block of output rows: W[h] ← H W[h].</summary>
+    static Tensor PerHeadRows(Tensor w, Tensor h, int heads, int hd)
+    {
+        var blocks = w.reshape(heads, hd, -1);
+        return h.matmul(blocks).reshape(w.shape);
+    }
+
+    /// <summary>Each head's block of input columns: W[:, h] ← W[:, h] Hᵀ (its input became z_h Hᵀ).</summary>
+    static Tensor PerHeadColumns(Tensor w, Tensor h, int heads, int hd)
+    {
+        var blocks = w.reshape(w.shape[0], heads, hd);
+        return blocks.matmul(h.t()).reshape(w.shape);
+    }
+}
