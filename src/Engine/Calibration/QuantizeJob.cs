@@ -9,6 +9,7 @@ using DotQuant.Engine.IO;
 using DotQuant.Engine.Manifest;
 using DotQuant.Engine.Models;
 using DotQuant.Engine.Quantizers;
+using DotQuant.Engine.Rotation;
 using DotQuant.Engine.Tokenization;
 
 namespace DotQuant.Engine.Calibration;
@@ -37,7 +38,18 @@ public static class QuantizeJob
         var tokenizer = HfTokenizer.Load(m.ModelPath);
 
         using var source = Checkpoint.Open(m.ModelPath);
-        using var model = ModelLoader.Load(config, source);
+        // QuaRot: the float model is rotated first (its function unchanged) and everything after —
+        // evaluation, calibration, the package's float tensors — works on the rotated weights.
+        RotatedWeights? rotated = null;
+        if (q.Rotation is { } rotation)
+        {
+            var sw = Stopwatch.StartNew();
+            rotated = QuaRot.Apply(config, source, rotation);
+            Emit(new JobEvent("rotate", $"Hadamard rotation: residual {rotated.Residual}, heads H{config.HeadDim}, down_proj {(rotated.DownProj?.ToString() ?? "none")} ({sw.Elapsed.TotalSeconds:F1} s)"));
+        }
+        using var rotatedScope = rotated;
+        IWeightSource weights = rotated is null ? source : rotated;
+        using var model = ModelLoader.Load(rotated?.Config ?? config, weights);
 
         PerplexityResult? before = null, after = null;
         int[]? evalIds = null;
@@ -83,6 +95,7 @@ public static class QuantizeJob
             OptionsFor = Plan,
             RoundToNearest = q.Method == QuantMethod.Rtn,
             FloatStream = q.NeedsFloatStream,
+            OutputAdaptive = q.Oac,
             OnLayer = (r, done, count) =>
             {
                 reports.Add(r);
@@ -106,13 +119,24 @@ public static class QuantizeJob
                 gatePassed = after.Perplexity <= allowed;
             }
 
-            var info = Describe(m, config, reports, skipReasons, sequences, before, after);
+            var info = Describe(m, config, reports, skipReasons, sequences, before, after, quantized);
             if (info["evaluation"] is JsonObject evaluation && m.Evaluate?.Gate is not null)
                 evaluation["gate"] = gatePassed ? "passed" : "failed";
             string destination = Path.Combine(outputDir, m.Output.Name);
             ct.ThrowIfCancellationRequested();
-            QuantizedPackage.Write(destination, gptq, m.ModelPath, source, quantized, info,
-                new QuantizeSettings(q.Bits, q.GroupSize, q.Symmetric, q.ActOrder, q.StaticGroups, q.Damp), contentAddressed);
+            var names = rotated?.Names ?? source.Tensors.Select(t => t.Name).ToList();
+            Action<JsonObject>? patch = rotated is null ? null : c =>
+            {
+                c["tie_word_embeddings"] = false;
+                c["dotquant_rotation"] = new JsonObject
+                {
+                    ["down_proj_input"] = rotated.DownProj is null ? "none" : "hadamard",
+                    ["residual"] = rotated.Residual.ToString(),
+                    ["seed"] = q.Rotation!.Seed,
+                };
+            };
+            QuantizedPackage.Write(destination, gptq, m.ModelPath, weights, names, quantized, info,
+                new QuantizeSettings(q.Bits, q.GroupSize, q.Symmetric, q.ActOrder, q.StaticGroups, q.Damp), contentAddressed, patch);
             Emit(new JobEvent("output", destination));
             return new JobResult(destination, total.Elapsed.TotalSeconds, before, after, gatePassed, reports);
         }
@@ -123,7 +147,7 @@ public static class QuantizeJob
     }
 
     static JsonObject Describe(QuantManifest m, ModelConfig config, List<LayerReport> reports, Dictionary<string, string> skipReasons,
-        IReadOnlyList<long[]> sequences, PerplexityResult? before, PerplexityResult? after)
+        IReadOnlyList<long[]> sequences, PerplexityResult? before, PerplexityResult? after, IReadOnlyDictionary<string, SolvedLinear> quantized)
     {
         var scheme = Scheme(m.Quantize);
         var layers = new JsonArray();
@@ -137,6 +161,11 @@ public static class QuantizeJob
                 if (double.IsFinite(r.Loss)) l["loss"] = r.Loss;
                 if (double.IsFinite(r.RtnLoss)) l["rtn_loss"] = r.RtnLoss;
                 if (r.Damp > 0) l["damp"] = r.Damp;
+                l["kind"] = r.Kind;
+                l["paper_bits"] = Math.Round(r.PaperBits, 6);
+                l["stored_bits"] = Math.Round(r.StoredBits, 6);
+                if (quantized.TryGetValue(r.Name, out var solved))
+                    foreach (var (k, v) in solved.Describe()) l[k] = v?.DeepClone();
             }
             else if (skipReasons.TryGetValue(r.Name, out var why)) l["reason"] = why;
             layers.Add(l);
@@ -152,6 +181,15 @@ public static class QuantizeJob
             ["input_fingerprint"] = Fingerprint(m),
             ["layers"] = layers,
         };
+        var done = reports.Where(r => r.Quantized).ToList();
+        double weightsQ = done.Sum(r => (double)r.InFeatures * r.OutFeatures);
+        if (weightsQ > 0)
+            info["bits"] = new JsonObject
+            {
+                ["paper"] = Math.Round(done.Sum(r => r.PaperBits * r.InFeatures * r.OutFeatures) / weightsQ, 6),
+                ["stored"] = Math.Round(done.Sum(r => r.StoredBits * r.InFeatures * r.OutFeatures) / weightsQ, 6),
+                ["quantized_weights"] = weightsQ,
+            };
         if (m.Calibration is { } c && sequences.Count > 0)
             info["calibration"] = new JsonObject
             {
@@ -211,6 +249,39 @@ public static class QuantizeJob
             if (q.Method == QuantMethod.Gptaq) scheme["alpha"] = q.Alpha;
             if (q.CompensationAware) { scheme["alpha2"] = q.Alpha2; scheme["rescomp_mode"] = q.ResCompMode.ToString().ToLowerInvariant(); }
         }
+        if (q.Method == QuantMethod.SpQR)
+            scheme["spqr"] = new JsonObject
+            {
+                ["relative_threshold"] = double.IsFinite(q.Spqr.OutlierThreshold) ? q.Spqr.OutlierThreshold : null,
+                ["scale_bits"] = q.Spqr.ScaleBits,
+                ["zero_bits"] = q.Spqr.ZeroBits,
+                ["stat_group_size"] = q.Spqr.StatGroupSize,
+            };
+        if (q.Method == QuantMethod.BiLLM)
+            scheme["billm"] = new JsonObject
+            {
+                ["metric"] = q.Billm.Metric.ToString().ToLowerInvariant(),
+                ["search_on"] = q.Billm.SearchOnSalience ? "salience" : "weights",
+                ["max_salient"] = q.Billm.MaxSalient,
+            };
+        scheme["hessian"] = q.Oac is null ? "layer" : "output_adaptive";
+        if (q.Oac is { } oac)
+            scheme["output_adaptive"] = new JsonObject
+            {
+                ["fisher"] = oac.Fisher.ToString().ToLowerInvariant(),
+                ["labels"] = oac.Labels.ToString().ToLowerInvariant(),
+                ["schedule"] = oac.Schedule.ToString().ToLowerInvariant(),
+                ["seed"] = oac.Seed,
+            };
+        if (q.Rotation is { } rot)
+            scheme["rotation"] = new JsonObject
+            {
+                ["kind"] = "hadamard",
+                ["seed"] = rot.Seed,
+                ["heads"] = rot.Heads,
+                ["down_proj"] = rot.DownProj,
+                ["subtract_embedding_mean"] = rot.SubtractEmbeddingMean,
+            };
         return scheme;
     }
 

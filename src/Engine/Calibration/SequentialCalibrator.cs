@@ -10,8 +10,11 @@ namespace DotQuant.Engine.Calibration;
 /// <summary>What happened to one linear.</summary>
 /// <param name="Loss">tr(ΔW H_λ ΔWᵀ) of the solver's result on the calibration statistics.</param>
 /// <param name="RtnLoss">The same objective for round-to-nearest on the same grid: how much the calibrator gained.</param>
+/// <param name="PaperBits">Average bits per weight as the method's paper counts them.</param>
+/// <param name="StoredBits">Every bit the native format stores for the layer, per weight.</param>
 public sealed record LayerReport(string Name, int Block, long InFeatures, long OutFeatures, bool Quantized, int Bits, int GroupSize,
-    double Loss, double Seconds, double Damp, double RtnLoss = double.NaN);
+    double Loss, double Seconds, double Damp, double RtnLoss = double.NaN, double PaperBits = double.NaN, double StoredBits = double.NaN,
+    string Kind = "grid", long Outliers = 0, long SalientColumns = 0);
 
 /// <summary>How a run treats each linear, and who hears about progress.</summary>
 public sealed class CalibrationPlan
@@ -22,6 +25,8 @@ public sealed class CalibrationPlan
     public bool RoundToNearest { get; init; }
     /// <summary>GPTAQ: run the float stream and accumulate D.</summary>
     public bool FloatStream { get; init; }
+    /// <summary>OAC: each linear gets its own output-adaptive Hessian instead of the layer-wise one.</summary>
+    public OacOptions? OutputAdaptive { get; init; }
     public Action<LayerReport, int, int>? OnLayer { get; init; }
     public Action<string>? OnWarning { get; init; }
 }
@@ -39,9 +44,11 @@ public static class SequentialCalibrator
 
     const long TokensPerBatch = 8192;
 
-    public static Dictionary<string, QuantizedLinear> Run(DecoderModel model, IReadOnlyList<long[]> sequences, CalibrationPlan plan, CancellationToken ct = default)
+    public static Dictionary<string, SolvedLinear> Run(DecoderModel model, IReadOnlyList<long[]> sequences, CalibrationPlan plan, CancellationToken ct = default)
     {
-        var results = new Dictionary<string, QuantizedLinear>(StringComparer.Ordinal);
+        var results = new Dictionary<string, SolvedLinear>(StringComparer.Ordinal);
+        if (plan.OutputAdaptive is not null && plan.FloatStream)
+            throw new DotQuantException(ErrorCodes.Internal, "the output-adaptive Hessian has no asymmetric (GPTAQ) term");
         var linears = Enumerable.Range(0, model.BlockCount)
             .SelectMany(b => model.LinearGroups(b).SelectMany(g => g).Select(l => (Block: b, Linear: l))).ToList();
         var planned = linears.ToDictionary(x => x.Linear.Name, x => plan.OptionsFor(x.Linear));
@@ -64,7 +71,7 @@ public static class SequentialCalibrator
                 using var w = lin.Weight.to(ScalarType.Float32);
                 var q = RtnSolver.Solve(w, o);
                 Replace(lin, q, results);
-                Report(new LayerReport(lin.Name, block, lin.InFeatures, lin.OutFeatures, true, o.Bits, o.GroupSize, double.NaN, sw.Elapsed.TotalSeconds, 0));
+                Report(Describe(lin, block, o, q, sw.Elapsed.TotalSeconds, double.NaN));
             }
             return results;
         }
@@ -74,13 +81,24 @@ public static class SequentialCalibrator
         ForwardContext Context(long length) => contexts.TryGetValue(length, out var c) ? c : contexts[length] = model.CreateContext(0, length);
         List<Tensor> xq = batches.Select(b => { using var ids = tensor(b.SelectMany(s => s).ToArray(), [b.Count, b[0].Length]); return model.Embed(ids).DetachFromDisposeScope(); }).ToList();
         List<Tensor>? xf = plan.FloatStream ? xq.Select(t => t.clone().DetachFromDisposeScope()).ToList() : null;
+        var ids = batches.Select(b => b.ToArray()).ToList();
+        var oac = new Dictionary<NamedLinear, Tensor>();
+        List<NamedLinear> Planned(int block) => model.LinearGroups(block).SelectMany(g => g).Where(l => planned[l.Name] is not null).ToList();
         try
         {
+            if (plan.OutputAdaptive is { Schedule: OacSchedule.Once } once)
+                oac = OutputAdaptiveHessian.Compute(model, 0, xq, ids, Enumerable.Range(0, model.BlockCount).SelectMany(Planned).ToList(), once, Context, ct);
             for (int b = 0; b < model.BlockCount; b++)
             {
                 var originals = new Dictionary<NamedLinear, Tensor>();
                 try
                 {
+                    if (plan.OutputAdaptive is { Schedule: OacSchedule.Sequential } seq)
+                    {
+                        var sw = Stopwatch.StartNew();
+                        foreach (var (k, v) in OutputAdaptiveHessian.Compute(model, b, xq, ids, Planned(b), seq, Context, ct)) oac[k] = v;
+                        plan.OnWarning?.Invoke($"block {b}: output-adaptive Hessians in {sw.Elapsed.TotalSeconds:F1} s");
+                    }
                     foreach (var group in model.LinearGroups(b))
                     {
                         var active = group.Where(l => planned[l.Name] is not null).ToList();
@@ -91,7 +109,7 @@ public static class SequentialCalibrator
 
                         var sw = Stopwatch.StartNew();
                         using var stats = new LayerStatistics(group[0].InFeatures, plan.FloatStream);
-                        for (int i = 0; i < xq.Count; i++)
+                        for (int i = 0; i < xq.Count && plan.OutputAdaptive is null; i++)
                         {
                             using var scope = NewDisposeScope();
                             var inputQ = Capture(model, b, group[0], xq[i], Context(xq[i].shape[1]));
@@ -111,13 +129,15 @@ public static class SequentialCalibrator
                                 ct.ThrowIfCancellationRequested();
                                 var solve = Stopwatch.StartNew();
                                 var o = planned[lin.Name]!;
-                                QuantizedLinear q;
+                                SolvedLinear q;
                                 double rtnLoss;
+                                var hl = oac.TryGetValue(lin, out var hOac) ? hOac : h;
                                 using (var w0 = lin.Weight.to(ScalarType.Float32))
                                 {
-                                    q = ColumnSolver.Solve(w0, h, d, o, lin.Name, plan.OnWarning);
-                                    rtnLoss = RtnObjective(w0, h, o, q.DampUsed);
+                                    q = Solvers.Solve(w0, hl, d, o, lin.Name, plan.OnWarning);
+                                    rtnLoss = Solvers.RtnBaseline(o) is { } rtn ? RtnObjective(w0, hl, rtn, q.DampUsed) : double.NaN;
                                 }
+                                if (oac.Remove(lin, out var used)) used.Dispose();
                                 if (xf is null) Replace(lin, q, results);
                                 else
                                 {
@@ -125,7 +145,7 @@ public static class SequentialCalibrator
                                     originals[lin] = lin.ExchangeWeight(q.Dequantize().DetachFromDisposeScope());
                                     results[lin.Name] = q;
                                 }
-                                Report(new LayerReport(lin.Name, b, lin.InFeatures, lin.OutFeatures, true, o.Bits, o.GroupSize, q.Loss, statSeconds + solve.Elapsed.TotalSeconds, q.DampUsed, rtnLoss));
+                                Report(Describe(lin, b, o, q, statSeconds + solve.Elapsed.TotalSeconds, rtnLoss));
                             }
                         }
                         finally
@@ -157,7 +177,20 @@ public static class SequentialCalibrator
             foreach (var t in xq) t.Dispose();
             foreach (var t in xf ?? []) t.Dispose();
             foreach (var c in contexts.Values) c.Dispose();
+            foreach (var t in oac.Values) t.Dispose();
         }
+    }
+
+    static LayerReport Describe(NamedLinear lin, int block, SolverOptions o, SolvedLinear q, double seconds, double rtnLoss)
+    {
+        var (bits, group) = o.Kind switch
+        {
+            SolverKind.SpQR => (o.Spqr!.Bits, o.Spqr.GroupSize),
+            SolverKind.BiLLM => (1, o.Billm!.BlockSize),
+            _ => (o.Bits, o.GroupSize),
+        };
+        return new LayerReport(lin.Name, block, lin.InFeatures, lin.OutFeatures, true, bits, group, q.Loss, seconds, q.DampUsed, rtnLoss,
+            q.PaperBits, q.StoredBits, q.Kind, (q as SpqrLinear)?.OutlierCount ?? 0, (q as BinaryLinear)?.SalientColumns ?? 0);
     }
 
     /// <summary>tr(ΔW H_λ ΔWᵀ) for round-to-nearest, with dead channels handled as the solver does,
@@ -174,7 +207,7 @@ public static class SequentialCalibrator
         return dw.matmul(hd).mul_(dw).sum().to(ScalarType.Float64).item<double>();
     }
 
-    static void Replace(NamedLinear lin, QuantizedLinear q, Dictionary<string, QuantizedLinear> results)
+    static void Replace(NamedLinear lin, SolvedLinear q, Dictionary<string, SolvedLinear> results)
     {
         lin.SetWeight(q.Dequantize());
         results[lin.Name] = q;

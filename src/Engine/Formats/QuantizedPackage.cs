@@ -2,6 +2,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using DotQuant.Engine.Diagnostics;
 using DotQuant.Engine.IO;
+using DotQuant.Engine.Models;
 using DotQuant.Engine.Quantizers;
 using static TorchSharp.torch;
 
@@ -25,27 +26,36 @@ public static class QuantizedPackage
     static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
 
     /// <summary>True when any zero point is 0 and therefore cannot be stored as GPTQ v1 (zero − 1 wraps).</summary>
-    static bool NeedsV2(IEnumerable<QuantizedLinear> layers) =>
-        layers.Any(q => q.Zeros.min().item<int>() == 0);
+    static bool NeedsV2(IEnumerable<SolvedLinear> layers) =>
+        layers.OfType<QuantizedLinear>().Any(q => q.Zeros.min().item<int>() == 0);
 
     /// <summary>Writes <paramref name="destination"/> atomically. <paramref name="info"/> becomes dotquant.json
     /// (native) or quantization_config.meta (gptq).</summary>
-    public static void Write(string destination, bool gptq, string sourceModelDir, Checkpoint source,
-        IReadOnlyDictionary<string, QuantizedLinear> quantized, JsonObject info, QuantizeSettings settings, bool contentAddressed = false)
+    /// <param name="weights">The float weights the package keeps (the source checkpoint, or its rotated copy).</param>
+    /// <param name="names">Every tensor name of the model, in the order to write.</param>
+    /// <param name="configPatch">Changes to config.json (e.g. a rotated model's untied head and online Hadamard).</param>
+    public static void Write(string destination, bool gptq, string sourceModelDir, IWeightSource weights, IReadOnlyList<string> names,
+        IReadOnlyDictionary<string, SolvedLinear> quantized, JsonObject info, QuantizeSettings settings, bool contentAddressed = false,
+        Action<JsonObject>? configPatch = null)
     {
+        if (gptq && quantized.Values.FirstOrDefault(q => q is not QuantizedLinear) is { } other)
+            throw new DotQuantException(ErrorCodes.ManifestCombination, $"format 'gptq' cannot store {other.Kind} layers; use format 'dotquant'");
         bool v2 = gptq && NeedsV2(quantized.Values);
         AtomicDirectory.Write(destination, tmp =>
         {
             var tensors = new Dictionary<string, Tensor>(StringComparer.Ordinal);
             try
             {
-                foreach (var t in source.Tensors)
+                foreach (var name in names)
                 {
-                    string? prefix = t.Name.EndsWith(".weight", StringComparison.Ordinal) ? t.Name[..^7] : null;
+                    string? prefix = name.EndsWith(".weight", StringComparison.Ordinal) ? name[..^7] : null;
                     if (prefix is not null && quantized.TryGetValue(prefix, out var q))
-                        AddQuantized(tensors, prefix, q, gptq, v2);
+                    {
+                        if (gptq) AddGptq(tensors, prefix, (QuantizedLinear)q, v2);
+                        else q.Pack(tensors, prefix);
+                    }
                     else
-                        tensors[t.Name] = source.Load(t.Name);
+                        tensors[name] = weights.LoadStored(name);
                 }
                 SafeTensorsWriter.Write(Path.Combine(tmp, "model.safetensors"), tensors,
                     new Dictionary<string, string> { ["format"] = "pt", ["quantized_by"] = "dotquant" });
@@ -60,6 +70,7 @@ public static class QuantizedPackage
                     File.Copy(Path.Combine(sourceModelDir, f), Path.Combine(tmp, f));
 
             var config = JsonNode.Parse(File.ReadAllText(Path.Combine(sourceModelDir, "config.json")))!.AsObject();
+            configPatch?.Invoke(config);
             if (gptq)
             {
                 var qc = new JsonObject
@@ -95,23 +106,15 @@ public static class QuantizedPackage
         }, keepExisting: contentAddressed);
     }
 
-    static void AddQuantized(Dictionary<string, Tensor> tensors, string prefix, QuantizedLinear q, bool gptq, bool v2)
+    static void AddGptq(Dictionary<string, Tensor> tensors, string prefix, QuantizedLinear q, bool v2)
     {
         int m = (int)q.Codes.shape[0], n = (int)q.Codes.shape[1], groups = (int)q.Scales.shape[0];
         var packed = BitPacking.PackColumns(q.Codes.data<byte>().ToArray(), m, n, q.Bits);
         tensors[prefix + ".qweight"] = tensor(packed, [BitPacking.Words(n, q.Bits), m]);
         tensors[prefix + ".scales"] = q.Scales.to(ScalarType.Float16);
         tensors[prefix + ".g_idx"] = q.GIdx.clone();
-        var zeros = q.Zeros.data<int>().ToArray();
-        if (gptq)
-        {
-            var stored = zeros.Select(z => (byte)(v2 ? z : (z - 1) & ((1 << q.Bits) - 1))).ToArray();
-            tensors[prefix + ".qzeros"] = tensor(BitPacking.PackRows(stored, groups, m, q.Bits), [groups, BitPacking.Words(m, q.Bits)]);
-        }
-        else
-        {
-            tensors[prefix + ".zeros"] = tensor(zeros.Select(z => (byte)z).ToArray(), [groups, m]);
-        }
+        var stored = q.Zeros.data<int>().ToArray().Select(z => (byte)(v2 ? z : (z - 1) & ((1 << q.Bits) - 1))).ToArray();
+        tensors[prefix + ".qzeros"] = tensor(BitPacking.PackRows(stored, groups, m, q.Bits), [groups, BitPacking.Words(m, q.Bits)]);
     }
 
     /// <summary>Opens a native package or a GPTQ folder as a weight source (null for a float folder).</summary>
@@ -141,7 +144,10 @@ public static class QuantizedPackage
         {
             if (l is null || !(bool)(l["quantized"] ?? false)) continue;
             string name = (string)l["name"]!;
-            layouts[name] = new QuantizedLayout(name, (int)l["bits"]!, (int)l["group_size"]!, (long)l["in_features"]!, (long)l["out_features"]!, 0, false);
+            string kind = (string?)l["kind"] ?? "grid";
+            if (kind is not ("grid" or "spqr" or "billm"))
+                throw new DotQuantException(ErrorCodes.PackageRead, $"layer '{name}' has kind '{kind}', which this engine cannot read (grid, spqr, billm)", manifest);
+            layouts[name] = new QuantizedLayout(name, (int)l["bits"]!, (int)l["group_size"]!, (long)l["in_features"]!, (long)l["out_features"]!, 0, false, kind, l);
         }
         return new QuantizedWeights(Checkpoint.Open(dir), layouts);
     }

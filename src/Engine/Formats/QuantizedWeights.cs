@@ -9,7 +9,10 @@ namespace DotQuant.Engine.Formats;
 /// <summary>How one quantized linear is stored.</summary>
 /// <param name="ZeroOffset">Added to stored zeros on read: 1 for GPTQ v1 (which stores zero − 1), else 0.</param>
 /// <param name="PackedZeros">GPTQ packs zeros along the output dimension (qzeros); the native format stores U8.</param>
-public sealed record QuantizedLayout(string Prefix, int Bits, int GroupSize, long InFeatures, long OutFeatures, int ZeroOffset, bool PackedZeros);
+/// <param name="Kind">grid (RTN/GPTQ/GPTAQ codes + scales), spqr or billm.</param>
+/// <param name="Layer">The layer's dotquant.json entry (scheme-specific fields).</param>
+public sealed record QuantizedLayout(string Prefix, int Bits, int GroupSize, long InFeatures, long OutFeatures, int ZeroOffset, bool PackedZeros,
+    string Kind = "grid", System.Text.Json.Nodes.JsonNode? Layer = null);
 
 /// <summary>A checkpoint whose listed linears are stored as codes + grids: <c>PREFIX.weight</c>
 /// is synthesized by dequantizing, exactly as the solver computed it (fp16 scales, fp32 math).</summary>
@@ -24,13 +27,20 @@ public sealed class QuantizedWeights(Checkpoint checkpoint, IReadOnlyDictionary<
     public bool Contains(string name) =>
         PrefixOf(name) is { } p && layouts.ContainsKey(p) || checkpoint.Contains(name);
 
+    public Tensor LoadStored(string name) => checkpoint.Load(name);
+
     public Tensor Load(string name, params long[] expectedShape)
     {
         if (PrefixOf(name) is not { } p || !layouts.TryGetValue(p, out var layout))
             return checkpoint.Load(name, expectedShape);
         if (expectedShape.Length != 2 || expectedShape[0] != layout.OutFeatures || expectedShape[1] != layout.InFeatures)
             throw new DotQuantException(ErrorCodes.WeightShape, $"quantized '{p}' is [{layout.OutFeatures}, {layout.InFeatures}], config.json implies [{string.Join(", ", expectedShape)}]", Directory);
-        using var q = Read(layout);
+        using SolvedLinear q = layout.Kind switch
+        {
+            "spqr" => SpqrLinear.Read(checkpoint, p, layout.OutFeatures, layout.InFeatures, layout.Bits, layout.Layer!),
+            "billm" => BinaryLinear.Read(checkpoint, p, layout.OutFeatures, layout.InFeatures, layout.Layer!),
+            _ => Read(layout),
+        };
         return q.Dequantize();
     }
 
@@ -70,14 +80,7 @@ public sealed class QuantizedWeights(Checkpoint checkpoint, IReadOnlyDictionary<
         return result;
     }
 
-    Tensor Expect(string name, ScalarType dtype, params long[] shape)
-    {
-        var info = checkpoint.Info(name);
-        if (info.DType.ToTorch() != dtype || !info.Shape.SequenceEqual(shape))
-            throw new DotQuantException(ErrorCodes.PackageRead,
-                $"'{name}' is {info.DType} [{string.Join(", ", info.Shape)}], expected {SafeTensorsDTypes.FromTorch(dtype)} [{string.Join(", ", shape)}]", Directory);
-        return checkpoint.Load(name);
-    }
+    Tensor Expect(string name, ScalarType dtype, params long[] shape) => PackageTensors.Expect(checkpoint, name, dtype, shape);
 
     public void Dispose() => checkpoint.Dispose();
 }

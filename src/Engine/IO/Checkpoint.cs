@@ -133,6 +133,8 @@ public sealed class Checkpoint : IWeightSource, IDisposable
             ? e.Info
             : throw new DotQuantException(ErrorCodes.WeightMissing, $"weight '{name}' is missing from the checkpoint in {Directory}", Directory);
 
+    public Tensor LoadStored(string name) => Load(name);
+
     /// <summary>Loads a tensor in its stored dtype.</summary>
     public Tensor Load(string name)
     {

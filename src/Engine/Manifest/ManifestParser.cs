@@ -1,6 +1,8 @@
 using System.Globalization;
 using DotQuant.Engine.Diagnostics;
+using DotQuant.Engine.Hessians;
 using DotQuant.Engine.Quantizers;
+using DotQuant.Engine.Rotation;
 using YamlDotNet.Core;
 using YamlDotNet.RepresentationModel;
 
@@ -100,21 +102,84 @@ public sealed class ManifestParser
     QuantizeSpec ReadQuantize(YamlNode node)
     {
         var m = Keys(node, "quantize", "method", "hessian", "compensation_aware", "rotate", "bits", "group_size", "symmetric",
-            "act_order", "static_groups", "damp", "mse_clip", "outliers", "layers", "grid", "block_size", "alpha", "alpha2", "rescomp_mode");
+            "act_order", "static_groups", "damp", "mse_clip", "outliers", "layers", "grid", "block_size", "alpha", "alpha2", "rescomp_mode",
+            "output_adaptive", "rotation", "billm");
         var q = new QuantizeSpec();
         if (m.TryGetValue("method", out var method))
             q = q with { Method = Enum(method, "quantize.method", ("rtn", QuantMethod.Rtn), ("gptq", QuantMethod.Gptq), ("gptaq", QuantMethod.Gptaq), ("spqr", QuantMethod.SpQR), ("billm", QuantMethod.BiLLM)) };
-        if (q.Method is QuantMethod.SpQR or QuantMethod.BiLLM)
-            throw Error(ErrorCodes.ManifestNotAvailable, $"method '{Name(q.Method)}' is not available in this version (rtn, gptq, gptaq are)", method!);
+        // SpQR's README configuration and BiLLM's defaults differ from GPTQ's.
+        if (q.Method == QuantMethod.SpQR) q = q with { GroupSize = 16, Bits = 2, ActOrder = true, Damp = 1.0 };
+        if (q.Method == QuantMethod.BiLLM) q = q with { Bits = 1, GroupSize = 128 };
         if (m.TryGetValue("hessian", out var hess) && Enum(hess, "quantize.hessian", ("layer", false), ("output_adaptive", true)))
-            throw Error(ErrorCodes.ManifestNotAvailable, "hessian 'output_adaptive' (OAC) is not available in this version", hess);
+        {
+            if (q.Method == QuantMethod.Rtn)
+                throw Error(ErrorCodes.ManifestCombination, "hessian 'output_adaptive' needs a Hessian-based method (gptq, spqr, billm), not rtn", hess);
+            if (q.Method == QuantMethod.Gptaq)
+                throw Error(ErrorCodes.ManifestCombination, "hessian 'output_adaptive' has no asymmetric term: GPTAQ's D is a layer-wise quantity (use gptq, spqr or billm)", hess);
+            q = q with { Oac = new OacOptions() };
+        }
+        if (m.TryGetValue("output_adaptive", out var oacNode))
+        {
+            if (q.Oac is null) throw Error(ErrorCodes.ManifestCombination, "output_adaptive settings need hessian: output_adaptive", oacNode);
+            var om = Keys(oacNode, "quantize.output_adaptive", "fisher", "labels", "schedule", "seed");
+            var oo = q.Oac;
+            if (om.TryGetValue("fisher", out var fs)) oo = oo with { Fisher = Enum(fs, "output_adaptive.fisher", ("sequence", FisherSample.Sequence), ("token", FisherSample.Token)) };
+            if (om.TryGetValue("labels", out var lb)) oo = oo with { Labels = Enum(lb, "output_adaptive.labels", ("empirical", FisherLabels.Empirical), ("sampled", FisherLabels.Sampled)) };
+            if (om.TryGetValue("schedule", out var sc)) oo = oo with { Schedule = Enum(sc, "output_adaptive.schedule", ("sequential", OacSchedule.Sequential), ("once", OacSchedule.Once)) };
+            if (om.TryGetValue("seed", out var se)) oo = oo with { Seed = Long(se, "output_adaptive.seed") };
+            q = q with { Oac = oo };
+        }
         if (m.TryGetValue("rotate", out var rot) && Enum(rot, "quantize.rotate", ("none", false), ("hadamard", true)))
-            throw Error(ErrorCodes.ManifestNotAvailable, "rotate 'hadamard' (QuaRot) is not available in this version", rot);
+            q = q with { RotateHadamard = true, Rotation = new RotationOptions() };
+        if (m.TryGetValue("rotation", out var rotNode))
+        {
+            if (q.Rotation is null) throw Error(ErrorCodes.ManifestCombination, "rotation settings need rotate: hadamard", rotNode);
+            var rm2 = Keys(rotNode, "quantize.rotation", "seed", "heads", "down_proj", "subtract_embedding_mean");
+            var ro = q.Rotation;
+            if (rm2.TryGetValue("seed", out var rs)) ro = ro with { Seed = Long(rs, "rotation.seed") };
+            if (rm2.TryGetValue("heads", out var rh)) ro = ro with { Heads = Bool(rh, "rotation.heads") };
+            if (rm2.TryGetValue("down_proj", out var rd)) ro = ro with { DownProj = Bool(rd, "rotation.down_proj") };
+            if (rm2.TryGetValue("subtract_embedding_mean", out var re)) ro = ro with { SubtractEmbeddingMean = Bool(re, "rotation.subtract_embedding_mean") };
+            q = q with { Rotation = ro };
+        }
         if (m.TryGetValue("outliers", out var outl))
-            throw Error(ErrorCodes.ManifestCombination, "outliers apply to method 'spqr' only", outl);
+        {
+            if (q.Method != QuantMethod.SpQR) throw Error(ErrorCodes.ManifestCombination, "outliers apply to method 'spqr' only", outl);
+            var om = Keys(outl, "quantize.outliers", "relative_threshold", "scale_bits", "zero_bits", "group_size");
+            var so = q.Spqr;
+            if (om.TryGetValue("relative_threshold", out var rt))
+            {
+                string text = Scalar(rt, "outliers.relative_threshold", "a number or 'none'");
+                double tau = text is "none" or "inf" ? double.PositiveInfinity : Double(rt, "outliers.relative_threshold");
+                if (!(tau > 0)) throw Error(ErrorCodes.ManifestValue, "outliers.relative_threshold must be positive (or 'none')", rt);
+                so = so with { OutlierThreshold = tau };
+            }
+            if (om.TryGetValue("scale_bits", out var sb)) so = so with { ScaleBits = StatBits(sb, "outliers.scale_bits") };
+            if (om.TryGetValue("zero_bits", out var zb)) so = so with { ZeroBits = StatBits(zb, "outliers.zero_bits") };
+            if (om.TryGetValue("group_size", out var sg2)) so = so with { StatGroupSize = Positive(sg2, "outliers.group_size") };
+            q = q with { Spqr = so };
+        }
+        if (m.TryGetValue("billm", out var bnode))
+        {
+            if (q.Method != QuantMethod.BiLLM) throw Error(ErrorCodes.ManifestCombination, "billm settings apply to method 'billm' only", bnode);
+            var bm = Keys(bnode, "quantize.billm", "metric", "search_on", "max_salient");
+            var bo = q.Billm;
+            if (bm.TryGetValue("metric", out var me)) bo = bo with { Metric = Enum(me, "billm.metric", ("hessian", SalienceMetric.Hessian), ("hessian_inverse_diagonal", SalienceMetric.HessianInverseDiagonal), ("magnitude", SalienceMetric.Magnitude)) };
+            if (bm.TryGetValue("search_on", out var so2)) bo = bo with { SearchOnSalience = Enum(so2, "billm.search_on", ("salience", true), ("weights", false)) };
+            if (bm.TryGetValue("max_salient", out var ms)) bo = bo with { MaxSalient = Positive(ms, "billm.max_salient") };
+            q = q with { Billm = bo };
+        }
+        if (q.Method == QuantMethod.BiLLM)
+        {
+            foreach (var key in new[] { "bits", "group_size", "act_order", "static_groups", "symmetric", "grid", "mse_clip" })
+                if (m.TryGetValue(key, out var n))
+                    throw Error(ErrorCodes.ManifestCombination, $"{key} has no effect with method 'billm' (1-bit residual binarization; the block_size is the group)", n);
+        }
         if (m.TryGetValue("compensation_aware", out var ca)) q = q with { CompensationAware = Bool(ca, "quantize.compensation_aware") };
-        if (q.CompensationAware && q.Method == QuantMethod.Rtn)
-            throw Error(ErrorCodes.ManifestCombination, "compensation_aware (ResComp) needs a compensating method (gptq or gptaq), not rtn", ca!);
+        if (q.CompensationAware && q.Method is not (QuantMethod.Gptq or QuantMethod.Gptaq))
+            throw Error(ErrorCodes.ManifestCombination, $"compensation_aware (ResComp) needs gptq or gptaq, not {Name(q.Method)}", ca!);
+        if (q.CompensationAware && q.Oac is not null)
+            throw Error(ErrorCodes.ManifestCombination, "compensation_aware (ResComp) is defined on the layer-wise objective; it cannot be combined with hessian: output_adaptive", ca!);
         if (m.TryGetValue("bits", out var bits)) q = q with { Bits = Bits(bits, "quantize.bits") };
         if (m.TryGetValue("group_size", out var gs)) q = q with { GroupSize = GroupSize(gs, "quantize.group_size") };
         if (m.TryGetValue("symmetric", out var sym)) q = q with { Symmetric = Bool(sym, "quantize.symmetric") };
@@ -125,7 +190,7 @@ public sealed class ManifestParser
         if (m.TryGetValue("damp", out var damp))
         {
             double d = Double(damp, "quantize.damp");
-            if (d < 0 || d >= 1) throw Error(ErrorCodes.ManifestValue, "quantize.damp must be in [0, 1) (a fraction of the mean Hessian diagonal)", damp);
+            if (d < 0 || d > 10) throw Error(ErrorCodes.ManifestValue, "quantize.damp must be in [0, 10] (a fraction of the mean Hessian diagonal; SpQR's README uses 1)", damp);
             q = q with { Damp = d };
         }
         if (m.TryGetValue("mse_clip", out var mse)) q = q with { MseClip = Bool(mse, "quantize.mse_clip") };
@@ -187,6 +252,10 @@ public sealed class ManifestParser
         var format = m.TryGetValue("format", out var f) ? Enum(f, "output.format", ("dotquant", OutputFormat.DotQuant), ("gptq", OutputFormat.Gptq)) : OutputFormat.DotQuant;
         if (format == OutputFormat.Gptq)
         {
+            if (q.Method is QuantMethod.SpQR or QuantMethod.BiLLM)
+                throw Error(ErrorCodes.ManifestCombination, $"format 'gptq' cannot store {Name(q.Method)} ({(q.Method == QuantMethod.SpQR ? "bilevel statistics and sparse outliers" : "binary groups and salient columns")}); use format 'dotquant'", f!);
+            if (q.RotateHadamard)
+                throw Error(ErrorCodes.ManifestCombination, "format 'gptq' cannot carry a rotated model (the online Hadamard before down_proj and the untied head are DotQuant runtime features); use format 'dotquant'", f!);
             if (q.Bits is not (2 or 3 or 4 or 8) || q.Layers.Any(r => r.Bits is int b && b is not (2 or 3 or 4 or 8)))
                 throw Error(ErrorCodes.ManifestCombination, "format 'gptq' stores int2/3/4/8 only", f!);
             if (q.Layers.Any(r => r.Bits is not null && r.Bits != q.Bits) || q.Layers.Any(r => r.GroupSize is not null && r.GroupSize != q.GroupSize))
@@ -284,6 +353,12 @@ public sealed class ManifestParser
     {
         int v = Int(node, key);
         return v is >= 2 and <= 8 ? v : throw Error(ErrorCodes.ManifestValue, $"{key} must be between 2 and 8 (got {v})", node);
+    }
+
+    int StatBits(YamlNode node, string key)
+    {
+        int v = Int(node, key);
+        return v is >= 1 and <= 8 ? v : throw Error(ErrorCodes.ManifestValue, $"{key} must be between 1 and 8 (got {v})", node);
     }
 
     int GroupSize(YamlNode node, string key)

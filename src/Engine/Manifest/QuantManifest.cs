@@ -1,4 +1,6 @@
+using DotQuant.Engine.Hessians;
 using DotQuant.Engine.Quantizers;
+using DotQuant.Engine.Rotation;
 
 namespace DotQuant.Engine.Manifest;
 
@@ -37,16 +39,28 @@ public sealed record QuantizeSpec
     public double Alpha2 { get; init; } = 0.25;
     public ResCompMode ResCompMode { get; init; } = ResCompMode.Auto;
     public IReadOnlyList<LayerRule> Layers { get; init; } = [];
+    /// <summary>SpQR's statistics and outlier settings (bits and β1 come from bits/group_size).</summary>
+    public SpqrOptions Spqr { get; init; } = new();
+    public BillmOptions Billm { get; init; } = new();
+    /// <summary>Set when hessian: output_adaptive.</summary>
+    public OacOptions? Oac { get; init; }
+    /// <summary>Set when rotate: hadamard.</summary>
+    public RotationOptions? Rotation { get; init; }
 
     /// <summary>The plan for one linear: null when it stays unquantized.</summary>
     public SolverOptions? PlanFor(string linearName)
     {
         var rule = Layers.FirstOrDefault(r => r.Matches(linearName));
         if (rule is { Skip: true }) return null;
+        int bits = rule?.Bits ?? Bits;
+        int group = rule?.GroupSize ?? GroupSize;
         return new SolverOptions
         {
-            Bits = rule?.Bits ?? Bits,
-            GroupSize = rule?.GroupSize ?? GroupSize,
+            Kind = Method switch { QuantMethod.SpQR => SolverKind.SpQR, QuantMethod.BiLLM => SolverKind.BiLLM, _ => SolverKind.Gptq },
+            Spqr = Method == QuantMethod.SpQR ? Spqr with { Bits = bits, GroupSize = group, ActOrder = ActOrder, Damp = Damp, BlockSize = BlockSize } : null,
+            Billm = Method == QuantMethod.BiLLM ? Billm with { BlockSize = BlockSize, Damp = Damp } : null,
+            Bits = bits,
+            GroupSize = group,
             Symmetric = Symmetric,
             Convention = Grid,
             MseClip = MseClip,

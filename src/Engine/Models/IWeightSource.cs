@@ -10,4 +10,6 @@ public interface IWeightSource
     bool Contains(string name);
     /// <summary>A floating-point weight with the expected shape (DQ0124/DQ0125 otherwise).</summary>
     Tensor Load(string name, params long[] expectedShape);
+    /// <summary>A tensor as stored (any dtype, no shape check): what a writer copies through.</summary>
+    Tensor LoadStored(string name);
 }

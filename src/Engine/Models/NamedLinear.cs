@@ -41,9 +41,16 @@ public sealed class NamedLinear : IDisposable
         return old;
     }
 
+    /// <summary>Sees each output while set (OAC reads the output gradients through it).</summary>
+    public Action<Tensor>? OutputObserver { get; set; }
+
     /// <summary>y = x Wᵀ + b in fp32; temporaries belong to the caller's dispose scope.</summary>
-    public Tensor Forward(Tensor x) =>
-        nn.functional.linear(x, Weight.to(ScalarType.Float32), Bias?.to(ScalarType.Float32));
+    public Tensor Forward(Tensor x)
+    {
+        var y = nn.functional.linear(x, Weight.to(ScalarType.Float32), Bias?.to(ScalarType.Float32));
+        OutputObserver?.Invoke(y);
+        return y;
+    }
 
     public void Dispose()
     {

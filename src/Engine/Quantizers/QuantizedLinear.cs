@@ -1,10 +1,11 @@
+using DotQuant.Engine.Formats;
 using static TorchSharp.torch;
 
 namespace DotQuant.Engine.Quantizers;
 
 /// <summary>A solved linear: integer codes with their per-group grids, in the layout every
 /// checkpoint format derives from, and the dequantized weight the engine evaluates.</summary>
-public sealed class QuantizedLinear : IDisposable
+public sealed class QuantizedLinear : SolvedLinear
 {
     /// <summary>Codes [out, in] (uint8, original column order).</summary>
     public required Tensor Codes { get; init; }
@@ -16,14 +17,26 @@ public sealed class QuantizedLinear : IDisposable
     public required Tensor GIdx { get; init; }
     public required int Bits { get; init; }
     public required int GroupSize { get; init; }
-    /// <summary>Σ‖e_j‖² = tr(ΔW H_λ ΔWᵀ) (spec V-4); NaN when no statistics were used (RTN).</summary>
-    public double Loss { get; init; } = double.NaN;
-    /// <summary>The damping fraction that made H_λ factorizable (after retries).</summary>
-    public double DampUsed { get; init; }
+
+    public override string Kind => "grid";
+    public override long OutFeatures => Codes.shape[0];
+    public override long InFeatures => Codes.shape[1];
+    public override double PaperBits => Bits;
+
+    /// <summary>Native layout: .qweight (I32, codes packed along the input), .scales (F16 [G, out]),
+    /// .zeros (U8 [G, out], unshifted), .g_idx (I32 [in]).</summary>
+    public override void Pack(IDictionary<string, Tensor> tensors, string prefix)
+    {
+        int m = (int)Codes.shape[0], n = (int)Codes.shape[1], groups = (int)Scales.shape[0];
+        tensors[prefix + ".qweight"] = tensor(BitPacking.PackColumns(Codes.data<byte>().ToArray(), m, n, Bits), [BitPacking.Words(n, Bits), m]);
+        tensors[prefix + ".scales"] = Scales.to(ScalarType.Float16);
+        tensors[prefix + ".zeros"] = Zeros.to(ScalarType.Byte);
+        tensors[prefix + ".g_idx"] = GIdx.clone();
+    }
 
     /// <summary>scale[g_idx[k], r] · (code[r, k] − zero[g_idx[k], r]), computed in the scales'
     /// dtype exactly as the solver computed it, returned as <paramref name="dtype"/> (fp32 default).</summary>
-    public Tensor Dequantize(ScalarType dtype = ScalarType.Float32)
+    public override Tensor Dequantize(ScalarType dtype = ScalarType.Float32)
     {
         using var scope = NewDisposeScope();
         var sd = Scales.dtype;
@@ -34,7 +47,7 @@ public sealed class QuantizedLinear : IDisposable
         return scope.MoveToOuter(w);
     }
 
-    public void Dispose()
+    public override void Dispose()
     {
         Codes.Dispose();
         Scales.Dispose();

@@ -13,9 +13,16 @@ public enum ResCompMode
     AllW,
 }
 
+/// <summary>Which solver turns a Hessian into quantized weights.</summary>
+public enum SolverKind { Gptq, SpQR, BiLLM }
+
 /// <summary>Everything one linear's solve needs besides its weight and statistics.</summary>
 public sealed record SolverOptions
 {
+    /// <summary>GPTQ covers GPTAQ and ResComp (their terms are options of the same loop).</summary>
+    public SolverKind Kind { get; init; } = SolverKind.Gptq;
+    public SpqrOptions? Spqr { get; init; }
+    public BillmOptions? Billm { get; init; }
     public int Bits { get; init; } = 4;
     /// <summary>Input channels per group; −1 = one group (per output channel).</summary>
     public int GroupSize { get; init; } = -1;

@@ -28,6 +28,8 @@ public sealed class RotatedWeights(string directory, ModelConfig config, Diction
 
     public bool Contains(string name) => tensors.ContainsKey(name);
 
+    public Tensor LoadStored(string name) => Load(name);
+
     public Tensor Load(string name, params long[] expectedShape)
     {
         if (!tensors.TryGetValue(name, out var t))
