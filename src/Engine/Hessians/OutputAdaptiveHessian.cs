@@ -31,6 +31,9 @@ public enum FisherSample
     Sequence,
     /// <summary>One token: H̄ ∝ Σ_s Σ_t ‖δ_t‖² x_t x_tᵀ, a gradient-weighted GPTQ Hessian (baseline).</summary>
     Token,
+    /// <summary>The sequence Fisher computed from hooked inputs X_s and output gradients Δ_s instead of
+    /// W.grad (spec §9.2.1); the same matrix, slower — a check of the autograd path.</summary>
+    SequenceExplicit,
 }
 
 /// <summary>OAC's reconstructed choices, each switchable (spec §2.8).</summary>
@@ -67,7 +70,7 @@ public static class OutputAdaptiveHessian
         // Inputs and outputs of the target linears, for the token Fisher and the explicit-form check.
         var inputs = new Dictionary<NamedLinear, Tensor>();
         var outputs = new Dictionary<NamedLinear, Tensor>();
-        bool perToken = o.Fisher == FisherSample.Token;
+        bool perToken = o.Fisher != FisherSample.Sequence;   // needs X and Δ
         if (perToken)
             foreach (var l in targets)
                 l.OutputObserver = y => { y.retain_grad(); outputs[l] = y.DetachFromDisposeScope(); };   // ours to dispose
@@ -110,11 +113,10 @@ public static class OutputAdaptiveHessian
                         {
                             var xs = inputs[lin].reshape(-1, lin.InFeatures);
                             var delta = (outputs[lin].grad ?? throw new DotQuantException(ErrorCodes.Internal, $"{lin.Name}: no output gradient")).reshape(-1, lin.OutFeatures);
-                            var weighted = xs * delta.square().sum([1], keepdim: true);
-                            sum.addmm_(weighted.t(), xs, 1, 1);                       // Σ_t ‖δ_t‖² x_t x_tᵀ
+                            sum.add_(o.Fisher == FisherSample.Token ? TokenTerm(xs, delta) : SequenceTerm(xs, delta).mul_(lin.OutFeatures));
                         }
                         else
-                            sum.addmm_(grad.t(), grad, 1, 1);                          // Gᵀ G, fp32
+                            Accumulate(sum, grad);
                         grad.zero_();
                     }
                     foreach (var captured in inputs.Values) captured.Dispose();
@@ -135,10 +137,21 @@ public static class OutputAdaptiveHessian
         return sums;
     }
 
-    /// <summary>The same H̄ from one sequence's layer inputs X_s [T, n] and output gradients
-    /// Δ_s [T, m] (row = token): X_sᵀ (Δ_s Δ_sᵀ) X_s / m, to add up over sequences and divide by N.
-    /// The explicit form of spec §2.3, used to check the autograd path.</summary>
-    public static Tensor FromOutputGradients(Tensor x, Tensor delta)
+    /// <summary>sum += Gᵀ G (fp32): one sequence's row-aggregated Fisher term.</summary>
+    public static void Accumulate(Tensor sum, Tensor grad) => sum.addmm_(grad.t().to(sum.dtype), grad.to(sum.dtype), 1, 1);
+
+    /// <summary>Σ_t ‖δ_t‖² x_t x_tᵀ for one sequence (X [T, n], Δ [T, m]): the token Fisher's term.</summary>
+    public static Tensor TokenTerm(Tensor x, Tensor delta)
+    {
+        using var scope = NewDisposeScope();
+        var weighted = x * delta.square().sum([1], keepdim: true);
+        return scope.MoveToOuter(weighted.t().matmul(x));
+    }
+
+    /// <summary>The sequence Fisher's term from one sequence's layer inputs X_s [T, n] and output
+    /// gradients Δ_s [T, m] (row = token): X_sᵀ (Δ_s Δ_sᵀ) X_s / m — the explicit form of spec §2.3
+    /// (Gᵀ G / m with G = Δ_sᵀ X_s).</summary>
+    public static Tensor SequenceTerm(Tensor x, Tensor delta)
     {
         using var scope = NewDisposeScope();
         var gram = delta.matmul(delta.t());                 // [T, T] token coupling

@@ -123,7 +123,7 @@ public sealed class ManifestParser
             if (q.Oac is null) throw Error(ErrorCodes.ManifestCombination, "output_adaptive settings need hessian: output_adaptive", oacNode);
             var om = Keys(oacNode, "quantize.output_adaptive", "fisher", "labels", "schedule", "seed");
             var oo = q.Oac;
-            if (om.TryGetValue("fisher", out var fs)) oo = oo with { Fisher = Enum(fs, "output_adaptive.fisher", ("sequence", FisherSample.Sequence), ("token", FisherSample.Token)) };
+            if (om.TryGetValue("fisher", out var fs)) oo = oo with { Fisher = Enum(fs, "output_adaptive.fisher", ("sequence", FisherSample.Sequence), ("token", FisherSample.Token), ("sequence_explicit", FisherSample.SequenceExplicit)) };
             if (om.TryGetValue("labels", out var lb)) oo = oo with { Labels = Enum(lb, "output_adaptive.labels", ("empirical", FisherLabels.Empirical), ("sampled", FisherLabels.Sampled)) };
             if (om.TryGetValue("schedule", out var sc)) oo = oo with { Schedule = Enum(sc, "output_adaptive.schedule", ("sequential", OacSchedule.Sequential), ("once", OacSchedule.Once)) };
             if (om.TryGetValue("seed", out var se)) oo = oo with { Seed = Long(se, "output_adaptive.seed") };

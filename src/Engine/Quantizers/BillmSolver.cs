@@ -19,7 +19,7 @@ public static class BillmSolver
         var W = prep.W;
         var W0 = W.clone();
         var U = prep.U;
-        var denominators = o.Metric == SalienceMetric.HessianInverseDiagonal ? U.square().sum(0) : U.diagonal();
+        var denominators = o.Metric == SalienceMetric.HessianInverseDiagonal ? U.square().sum([0]) : U.diagonal();
 
         long blocks = (n + B - 1) / B;
         var signs = zeros(m, n, dtype: ScalarType.Bool);

@@ -117,7 +117,7 @@ public static class SpqrSolver
     /// <summary>Quantizes per-row statistics v [m] with a b-bit min–max grid per β2 consecutive rows
     /// (the last group may be shorter); writes the codes and fp16-exact second-level (scale, zero)
     /// and returns the values the weights will use. b ≥ 16 keeps v itself (rounded to fp16).</summary>
-    static Tensor Bilevel(Tensor v, int bits, int beta2, Tensor codesOut, Tensor statsOut)
+    internal static Tensor Bilevel(Tensor v, int bits, int beta2, Tensor codesOut, Tensor statsOut)
     {
         using var scope = NewDisposeScope();
         long m = v.shape[0];

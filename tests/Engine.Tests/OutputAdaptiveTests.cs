@@ -1,0 +1,129 @@
+using DotQuant.Engine.Hessians;
+using DotQuant.Engine.Models;
+using DotQuant.Engine.Quantizers;
+using DotQuant.Tests;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace DotQuant.Engine.Tests;
+
+/// <summary>Spec §9.2: the output-adaptive Hessian.</summary>
+public class OutputAdaptiveTests
+{
+    static (List<Tensor> Hidden, List<long[][]> Ids) Stream(DecoderModel model, int sequences, int length, int seed)
+    {
+        var rng = new Calibration.SplitMix64(seed);
+        var ids = Enumerable.Range(0, sequences).Select(_ => Enumerable.Range(0, length).Select(_ => rng.NextBelow(model.Config.VocabSize)).ToArray()).ToArray();
+        using var t = tensor(ids.SelectMany(x => x).ToArray(), [sequences, length]);
+        return ([model.Embed(t).DetachFromDisposeScope()], [ids]);
+    }
+
+    [Fact]
+    public void Autograd_path_equals_the_explicit_form_from_inputs_and_output_gradients()
+    {
+        using var model = ModelLoader.Load(SharedPaths.Stories260K);
+        var (hidden, ids) = Stream(model, 4, 32, 5);
+        using var ctx = model.CreateContext(0, 32);
+        // From block 0: q/k/v share an input but get different output gradients, so different H̄.
+        var targets = model.LinearGroups(0).SelectMany(g => g).ToList();
+        var viaGrad = OutputAdaptiveHessian.Compute(model, 0, hidden, ids, targets, new OacOptions(), _ => ctx);
+        var explicitForm = OutputAdaptiveHessian.Compute(model, 0, hidden, ids, targets, new OacOptions { Fisher = FisherSample.SequenceExplicit }, _ => ctx);
+        foreach (var l in targets)
+        {
+            double rel = (viaGrad[l] - explicitForm[l]).abs().max().item<float>() / viaGrad[l].abs().max().item<float>();
+            Assert.True(rel < 1e-5, $"{l.Name}: {rel}");
+        }
+        Assert.False(viaGrad[targets[0]].allclose(viaGrad[targets[1]]), "q and k must have their own H̄");
+        // The weights were put back untouched and require no gradient.
+        Assert.All(targets, l => Assert.False(l.Weight.requires_grad));
+        foreach (var t in viaGrad.Values.Concat(explicitForm.Values).Concat(hidden)) t.Dispose();
+    }
+
+    [Fact]
+    public void Row_aggregation_is_the_average_of_the_brute_force_Fisher_diagonal_blocks()
+    {
+        // m = 4, n = 3: the 12×12 empirical Fisher (1/N) Σ vec(G) vec(G)ᵀ (row-major vec); its four
+        // diagonal 3×3 blocks averaged must equal (1/(N m)) Σ GᵀG.
+        var g = new Generator(11);
+        var grads = Enumerable.Range(0, 5).Select(_ => randn(4, 3, dtype: ScalarType.Float64, generator: g)).ToList();
+        var fisher = zeros(12, 12, dtype: ScalarType.Float64);
+        foreach (var G in grads) { var v = G.reshape(-1); fisher += v.outer(v); }
+        fisher /= grads.Count;
+        var average = zeros(3, 3, dtype: ScalarType.Float64);
+        for (int i = 0; i < 4; i++) average += fisher.narrow(0, 3 * i, 3).narrow(1, 3 * i, 3);
+        average /= 4;
+        var sum = zeros(3, 3, dtype: ScalarType.Float64);
+        foreach (var G in grads) OutputAdaptiveHessian.Accumulate(sum, G);
+        sum /= grads.Count * 4;
+        Assert.True((sum - average).abs().max().item<double>() < 1e-12);
+    }
+
+    /// <summary>Synthetic per-sequence output gradients for the explicit forms.</summary>
+    static (List<Tensor> X, Tensor Layer) Inputs(int sequences, int tokens, int n, Generator g)
+    {
+        var xs = Enumerable.Range(0, sequences).Select(_ => randn(tokens, n, dtype: ScalarType.Float64, generator: g)).ToList();
+        var h = zeros(n, n, dtype: ScalarType.Float64);
+        foreach (var x in xs) h += x.t().matmul(x);
+        return (xs, h * (2.0 / sequences));       // the layer-wise H = (2/N) Σ X Xᵀ
+    }
+
+    [Fact]
+    public void Orthogonal_equal_norm_output_gradients_reduce_to_GPTQ_and_every_solver_agrees()
+    {
+        var g = new Generator(3);
+        int N = 6, T = 12, n = 48, m = 16;
+        var (xs, layer) = Inputs(N, T, n, g);
+        // Δ_s = c·(orthonormal rows): Δ_s Δ_sᵀ = c² I, with c² = 2m so that H̄ = (2/N) Σ X Xᵀ exactly.
+        var oac = zeros(n, n, dtype: ScalarType.Float64);
+        foreach (var x in xs)
+        {
+            var (q, _) = linalg.qr(randn(m, m, dtype: ScalarType.Float64, generator: g));
+            var delta = q.narrow(1, 0, T).t() * Math.Sqrt(2.0 * m);      // [T, m]
+            oac += OutputAdaptiveHessian.SequenceTerm(x, delta);
+        }
+        oac /= N;
+        Assert.True((oac - layer).abs().max().item<double>() / layer.abs().max().item<double>() < 1e-12);
+
+        // Token Fisher: identical per-token gradients of equal norm give ‖δ‖²·X Xᵀ.
+        var tokenOac = zeros(n, n, dtype: ScalarType.Float64);
+        var same = randn(1, m, dtype: ScalarType.Float64, generator: g);
+        foreach (var x in xs) tokenOac += OutputAdaptiveHessian.TokenTerm(x, same.expand(T, m));
+        double ratio = same.square().sum().item<double>() * N / 2;
+        Assert.True((tokenOac / ratio - layer).abs().max().item<double>() / layer.abs().max().item<double>() < 1e-12);
+
+        var w = randn(32, n, dtype: ScalarType.Float64, generator: g);
+        foreach (var o in new[]
+        {
+            new SolverOptions { Bits = 3, GroupSize = 16, DType = ScalarType.Float64 },
+            new SolverOptions { Kind = SolverKind.SpQR, Spqr = new SpqrOptions { Bits = 2, OutlierThreshold = 0.5, DType = ScalarType.Float64 } },
+            new SolverOptions { Kind = SolverKind.BiLLM, Billm = new BillmOptions { DType = ScalarType.Float64 } },
+        })
+        {
+            using var a = Solvers.Solve(w, layer, null, o, "layer");
+            using var b = Solvers.Solve(w, oac, null, o, "oac");
+            using var c = Solvers.Solve(w, layer * 37, null, o, "scaled");
+            Assert.True(a.Dequantize(ScalarType.Float64).allclose(b.Dequantize(ScalarType.Float64), 0, 1e-9), $"{o.Kind}: OAC vs layer-wise");
+            Assert.True(a.Dequantize(ScalarType.Float64).allclose(c.Dequantize(ScalarType.Float64), 0, 1e-9), $"{o.Kind}: H vs 37·H");
+        }
+    }
+
+    [Fact]
+    public void Uniform_output_gradients_give_a_rank_N_Hessian_that_only_damping_makes_solvable()
+    {
+        var g = new Generator(4);
+        int N = 3, T = 20, n = 24;
+        var (xs, _) = Inputs(N, T, n, g);
+        var delta = randn(1, 8, dtype: ScalarType.Float64, generator: g).expand(T, 8);
+        var h = zeros(n, n, dtype: ScalarType.Float64);
+        foreach (var x in xs) h += OutputAdaptiveHessian.SequenceTerm(x, delta);
+        Assert.Equal(N, (long)linalg.matrix_rank(h, rtol: 1e-10).item<long>());
+        var (_, info) = linalg.cholesky_ex(h, false);
+        Assert.NotEqual(0, info.item<int>());
+        var warnings = new List<string>();
+        var factor = InverseCholesky.Factor(h, 0, "rank-deficient", warnings.Add);
+        Assert.True(factor.Retries > 0 && factor.Damp > 0);
+        Assert.Single(warnings);
+        using var q = Solvers.Solve(randn(8, n, dtype: ScalarType.Float64, generator: g), h, null, new SolverOptions { Bits = 4, Damp = 0, DType = ScalarType.Float64 }, "rank-deficient");
+        Assert.True(q.Dequantize().isfinite().all().item<bool>());
+    }
+}
