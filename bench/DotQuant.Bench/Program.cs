@@ -16,13 +16,29 @@ CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
 
 if (args.Length >= 3 && args[0] == "rss-load")
     return RssLoad.Child(args[1], args[2]);
+if (args.Length >= 3 && args[0] == "quantize-child")
+    return OacCost.Child(args[1], args[2]);
 
 string shared = Option("--shared") ?? Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "../../../../../../shared"));
 string benchDir = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "../../../.."));
 bool quick = args.Contains("--quick");
 if (args.Length > 0 && args[0] == "quality")
 {
-    Quality.Run(shared, benchDir, Option("--out") ?? Path.Combine(benchDir, "quality.md"), quick);
+    string file = Option("--out") ?? Path.Combine(benchDir, "quality.md");
+    Quality.Run(shared, benchDir, file, quick);
+    LowBit.Splice(file, LowBit.Marker, LowBit.Run(shared, benchDir, quick));
+    return 0;
+}
+if (args.Length > 0 && args[0] == "quality-lowbit")
+{
+    // Reruns only the issue-5 section of quality.md.
+    LowBit.Splice(Option("--out") ?? Path.Combine(benchDir, "quality.md"), LowBit.Marker, LowBit.Run(shared, benchDir, quick));
+    return 0;
+}
+if (args.Length > 0 && args[0] == "oac-cost")
+{
+    // Reruns only the OAC cost section of results.md.
+    LowBit.Splice(Option("--out") ?? Path.Combine(benchDir, "results.md"), OacCost.Marker, OacCost.Run(shared, quick));
     return 0;
 }
 if (args.Length > 0 && args[0] == "build")
@@ -129,6 +145,7 @@ report.AppendLine();
 Directory.Delete(synth, true);
 Directory.Delete(big, true);
 File.WriteAllText(outFile, report.ToString());
+LowBit.Splice(outFile, OacCost.Marker, OacCost.Run(shared, quick));
 Console.Write(report.ToString());
 Console.WriteLine($"written to {outFile}");
 return 0;

@@ -58,7 +58,7 @@ static class RssLoad
     static void CopyFromArray(byte[] bytes, SafeTensorInfo info, Tensor t) =>
         bytes.AsSpan(checked((int)info.Offset), checked((int)info.Length)).CopyTo(t.bytes);
 
-    static long Status(string key)
+    internal static long Status(string key)
     {
         foreach (var line in File.ReadLines("/proc/self/status"))
             if (line.StartsWith(key + ":"))

@@ -62,14 +62,27 @@ public class ManifestTests
     [InlineData("  method: gptq\n  bits: four\n", "DQ0003")]
     [InlineData("  method: gptq\n  bits: 12\n", "DQ0004")]
     [InlineData("  method: gptq\n  group_size: 0\n", "DQ0004")]
-    [InlineData("  method: gptq\n  damp: 1.5\n", "DQ0004")]
+    [InlineData("  method: gptq\n  damp: 11\n", "DQ0004")]
     [InlineData("  method: spiral\n", "DQ0004")]
     [InlineData("  method: rtn\n  compensation_aware: true\n", "DQ0006")]
     [InlineData("  method: rtn\n  act_order: true\n", "DQ0006")]
     [InlineData("  method: gptq\n  alpha: 0.5\n", "DQ0006")]
     [InlineData("  method: gptq\n  group_size: -1\n  static_groups: true\n", "DQ0006")]
-    [InlineData("  method: spqr\n", "DQ0007")]
-    [InlineData("  method: gptq\n  hessian: output_adaptive\n", "DQ0007")]
+    [InlineData("  method: gptaq\n  hessian: output_adaptive\n", "DQ0006")]
+    [InlineData("  method: rtn\n  hessian: output_adaptive\n", "DQ0006")]
+    [InlineData("  method: gptq\n  compensation_aware: true\n  hessian: output_adaptive\n", "DQ0006")]
+    [InlineData("  method: spqr\n  compensation_aware: true\n", "DQ0006")]
+    [InlineData("  method: gptq\n  outliers: { relative_threshold: 0.2 }\n", "DQ0006")]
+    [InlineData("  method: spqr\n  outliers: { relative_threshold: -1 }\n", "DQ0004")]
+    [InlineData("  method: spqr\n  outliers: { scale_bits: 9 }\n", "DQ0004")]
+    [InlineData("  method: spqr\n  outliers: { beta: 3 }\n", "DQ0002")]
+    [InlineData("  method: billm\n  bits: 2\n", "DQ0006")]
+    [InlineData("  method: billm\n  billm: { metric: entropy }\n", "DQ0004")]
+    [InlineData("  method: gptq\n  billm: { metric: magnitude }\n", "DQ0006")]
+    [InlineData("  method: gptq\n  output_adaptive: { labels: sampled }\n", "DQ0006")]
+    [InlineData("  method: gptq\n  hessian: output_adaptive\n  output_adaptive: { fisher: kfac }\n", "DQ0004")]
+    [InlineData("  method: gptq\n  rotation: { seed: 1 }\n", "DQ0006")]
+    [InlineData("  method: gptq\n  rotate: givens\n", "DQ0004")]
     [InlineData("  method: gptq\n  symmetric: maybe\n", "DQ0003")]
     public void BadValuesAndImpossibleCombinations(string quantize, string code)
     {
@@ -95,6 +108,35 @@ public class ManifestTests
     {
         var e = Fails(Valid("  method: gptq\n  bits: 5\n").Replace("  name: out\n", "  name: out\n  format: gptq\n"));
         Assert.Equal(ErrorCodes.ManifestCombination, e.Code);
+    }
+
+    [Theory]
+    [InlineData("  method: spqr\n", "spqr")]
+    [InlineData("  method: billm\n", "billm")]
+    [InlineData("  method: gptq\n  rotate: hadamard\n", "rotated")]
+    public void GptqFormatRefusesSpqrBillmAndRotatedModels(string quantize, string what)
+    {
+        var e = Fails(Valid(quantize).Replace("  name: out\n", "  name: out\n  format: gptq\n"));
+        Assert.Equal(ErrorCodes.ManifestCombination, e.Code);
+        Assert.Contains(what, e.Message);
+        Assert.Contains("format 'dotquant'", e.Message);
+    }
+
+    [Fact]
+    public void LowBitOutputAdaptiveAndRotationSettingsParse()
+    {
+        var m = ManifestParser.Parse(Valid("  method: spqr\n  hessian: output_adaptive\n  output_adaptive: { fisher: token, labels: sampled, schedule: once, seed: 4 }\n  outliers: { relative_threshold: none, scale_bits: 4, zero_bits: 2, group_size: 8 }\n  rotate: hadamard\n  rotation: { seed: 9, down_proj: false }\n"), "/work/app/quant.yaml");
+        var q = m.Quantize;
+        Assert.Equal((2, 16, true, 1.0), (q.Bits, q.GroupSize, q.ActOrder, q.Damp));      // SpQR's README defaults
+        Assert.Equal(new Hessians.OacOptions { Fisher = Hessians.FisherSample.Token, Labels = Hessians.FisherLabels.Sampled, Schedule = Hessians.OacSchedule.Once, Seed = 4 }, q.Oac);
+        Assert.Equal(new Rotation.RotationOptions(Seed: 9, DownProj: false), q.Rotation);
+        var plan = q.PlanFor("model.layers.0.mlp.up_proj")!;
+        Assert.Equal(Quantizers.SolverKind.SpQR, plan.Kind);
+        Assert.Equal((2, 16, 4, 2, 8, true), (plan.Spqr!.Bits, plan.Spqr.GroupSize, plan.Spqr.ScaleBits, plan.Spqr.ZeroBits, plan.Spqr.StatGroupSize, plan.Spqr.ActOrder));
+        Assert.False(plan.Spqr.Outliers);
+
+        var b = ManifestParser.Parse(Valid("  method: billm\n  block_size: 64\n  billm: { metric: magnitude, search_on: weights }\n"), "/work/app/quant.yaml").Quantize.PlanFor("x")!;
+        Assert.Equal((Quantizers.SolverKind.BiLLM, 64, Quantizers.SalienceMetric.Magnitude, false), (b.Kind, b.Billm!.BlockSize, b.Billm.Metric, b.Billm.SearchOnSalience));
     }
 
     [Fact]

@@ -5,6 +5,7 @@ using System.Text.Json.Nodes;
 using DotQuant.Engine.Diagnostics;
 using DotQuant.Engine.Evaluation;
 using DotQuant.Engine.Formats;
+using DotQuant.Engine.Hessians;
 using DotQuant.Engine.IO;
 using DotQuant.Engine.Manifest;
 using DotQuant.Engine.Models;
@@ -268,9 +269,9 @@ public static class QuantizeJob
         if (q.Oac is { } oac)
             scheme["output_adaptive"] = new JsonObject
             {
-                ["fisher"] = oac.Fisher.ToString().ToLowerInvariant(),
+                ["fisher"] = oac.Fisher switch { FisherSample.SequenceExplicit => "sequence_explicit", var x => x.ToString().ToLowerInvariant() },
                 ["labels"] = oac.Labels.ToString().ToLowerInvariant(),
-                ["schedule"] = oac.Schedule.ToString().ToLowerInvariant(),
+                ["schedule"] = oac.Schedule switch { OacSchedule.SequentialGroups => "sequential_groups", var x => x.ToString().ToLowerInvariant() },
                 ["seed"] = oac.Seed,
             };
         if (q.Rotation is { } rot)

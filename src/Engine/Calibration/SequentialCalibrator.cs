@@ -107,6 +107,8 @@ public static class SequentialCalibrator
                         if (active.Count == 0) continue;
                         ct.ThrowIfCancellationRequested();
 
+                        if (plan.OutputAdaptive is { Schedule: OacSchedule.SequentialGroups } perGroup)
+                            foreach (var (k, v) in OutputAdaptiveHessian.Compute(model, b, xq, ids, active, perGroup, Context, ct)) oac[k] = v;
                         var sw = Stopwatch.StartNew();
                         using var stats = new LayerStatistics(group[0].InFeatures, plan.FloatStream);
                         for (int i = 0; i < xq.Count && plan.OutputAdaptive is null; i++)

@@ -19,6 +19,9 @@ public enum OacSchedule
     /// <summary>(A) per block, after the earlier blocks were quantized; backward through the later
     /// (still float) blocks. The recommended reference.</summary>
     Sequential,
+    /// <summary>(A) refreshed before each true-sequential group ({q,k,v}, {o}, {gate,up}, {down}), so
+    /// later groups see the quantized earlier ones; about 4× the backward passes.</summary>
+    SequentialGroups,
     /// <summary>(B) one forward+backward per sequence through the float model, every layer's H̄ at
     /// once (all resident); ignores the quantization of earlier blocks.</summary>
     Once,

@@ -125,7 +125,7 @@ public sealed class ManifestParser
             var oo = q.Oac;
             if (om.TryGetValue("fisher", out var fs)) oo = oo with { Fisher = Enum(fs, "output_adaptive.fisher", ("sequence", FisherSample.Sequence), ("token", FisherSample.Token), ("sequence_explicit", FisherSample.SequenceExplicit)) };
             if (om.TryGetValue("labels", out var lb)) oo = oo with { Labels = Enum(lb, "output_adaptive.labels", ("empirical", FisherLabels.Empirical), ("sampled", FisherLabels.Sampled)) };
-            if (om.TryGetValue("schedule", out var sc)) oo = oo with { Schedule = Enum(sc, "output_adaptive.schedule", ("sequential", OacSchedule.Sequential), ("once", OacSchedule.Once)) };
+            if (om.TryGetValue("schedule", out var sc)) oo = oo with { Schedule = Enum(sc, "output_adaptive.schedule", ("sequential", OacSchedule.Sequential), ("sequential_groups", OacSchedule.SequentialGroups), ("once", OacSchedule.Once)) };
             if (om.TryGetValue("seed", out var se)) oo = oo with { Seed = Long(se, "output_adaptive.seed") };
             q = q with { Oac = oo };
         }
