@@ -27,6 +27,12 @@ if (args.Length > 0 && args[0] == "quality")
     string file = Option("--out") ?? Path.Combine(benchDir, "quality.md");
     Quality.Run(shared, benchDir, file, quick);
     LowBit.Splice(file, LowBit.Marker, LowBit.Run(shared, benchDir, quick));
+    LowBit.Splice(file, LowBit.SeedsMarker, LowBit.RunSeeds(shared, benchDir, quick));
+    return 0;
+}
+if (args.Length > 0 && args[0] == "quality-seeds")
+{
+    LowBit.Splice(Option("--out") ?? Path.Combine(benchDir, "quality.md"), LowBit.SeedsMarker, LowBit.RunSeeds(shared, benchDir, quick));
     return 0;
 }
 if (args.Length > 0 && args[0] == "quality-lowbit")

@@ -140,6 +140,14 @@ public class ManifestTests
     }
 
     [Fact]
+    public void EverySampleManifestParses()
+    {
+        var samples = Directory.GetFiles(Path.Combine(SharedPaths.RepoRoot, "samples"), "*.yaml");
+        Assert.True(samples.Length >= 3);
+        foreach (var f in samples) ManifestParser.Load(f);
+    }
+
+    [Fact]
     public void VersionIsRequired()
     {
         Assert.Equal(ErrorCodes.ManifestVersion, Fails(Valid().Replace("version: 1\n", "")).Code);

@@ -154,7 +154,7 @@ public static class Hadamard
     /// viewing x as [.., K, M], x(A ⊗ B) = Aᵀ X B. Used by the runtime before down_proj (QuaRot's R4).</summary>
     public sealed class Transform : IDisposable
     {
-        readonly Tensor? _kT;          // H_Kᵀ/√K (fp32), null when K = 1
+        readonly Tensor? _k;           // H_K/√K (fp32), null when K = 1
         readonly Tensor _m;            // H_M/√M (fp32)
         readonly HadamardPlan _plan;
 
@@ -166,7 +166,7 @@ public static class Hadamard
             if (!plan.BlockDiagonal && plan.K > 1)
             {
                 using var hk = Small(plan.K, plan.Kind);
-                _kT = (hk.t() / Math.Sqrt(plan.K)).to(ScalarType.Float32).contiguous().DetachFromDisposeScope();
+                _k = (hk / Math.Sqrt(plan.K)).to(ScalarType.Float32).DetachFromDisposeScope();
             }
         }
 
@@ -179,14 +179,16 @@ public static class Hadamard
             if (n != _plan.Size) throw new DotQuantException(ErrorCodes.Internal, $"Hadamard transform of size {_plan.Size} applied to {n} features");
             var shape = x.shape;
             int k = _plan.BlockDiagonal ? _plan.Size / _plan.M : _plan.K;
-            var y = x.reshape(-1, k, _plan.M).matmul(_m.to(x.dtype));
-            if (_kT is not null) y = _kT.to(x.dtype).matmul(y);
+            // Both products as single GEMMs over all rows: X·H_M, then Aᵀ·X computed as (Xᵀ·A)ᵀ.
+            var y = x.reshape(-1, k, _plan.M);
+            if (_plan.M > 1) y = y.matmul(_m.to(x.dtype));
+            if (_k is not null) y = y.transpose(1, 2).matmul(_k.to(x.dtype)).transpose(1, 2);
             return scope.MoveToOuter(y.reshape(shape));
         }
 
         public void Dispose()
         {
-            _kT?.Dispose();
+            _k?.Dispose();
             _m.Dispose();
         }
     }

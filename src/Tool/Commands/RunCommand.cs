@@ -87,6 +87,11 @@ public static class RunCommand
                     o["bits"] = l.Bits;
                     if (double.IsFinite(l.Loss)) o["loss"] = l.Loss;
                     if (double.IsFinite(l.RtnLoss)) o["rtn_loss"] = l.RtnLoss;
+                    o["kind"] = l.Kind;
+                    if (double.IsFinite(l.PaperBits)) o["paper_bits"] = Math.Round(l.PaperBits, 6);
+                    if (double.IsFinite(l.StoredBits)) o["stored_bits"] = Math.Round(l.StoredBits, 6);
+                    if (l.Kind == "spqr") o["outliers"] = l.Outliers;
+                    if (l.Kind == "billm") o["salient_columns"] = l.SalientColumns;
                     o["seconds"] = Math.Round(l.Seconds, 4);
                     o["eta_seconds"] = Math.Round(Eta(e), 1);
                 }
@@ -96,7 +101,7 @@ public static class RunCommand
             }
             if (quiet && e.Kind != "warning") return;
             string text = e.Layer is { } layer
-                ? $"[{e.Done,3}/{e.Total}] {layer.Name,-40} {(double.IsFinite(layer.Loss) ? $"loss {Sci(layer.Loss)}" + (double.IsFinite(layer.RtnLoss) ? $" (RTN {Sci(layer.RtnLoss)})" : "") : ""),-30} {layer.Seconds,6:F2} s  ETA {Eta(e),5:F0} s"
+                ? $"[{e.Done,3}/{e.Total}] {layer.Name,-40} {(double.IsFinite(layer.Loss) ? $"loss {Sci(layer.Loss)}" + (double.IsFinite(layer.RtnLoss) ? $" (RTN {Sci(layer.RtnLoss)})" : "") : ""),-30}{Extra(layer)} {layer.Seconds,6:F2} s  ETA {Eta(e),5:F0} s"
                 : e.Kind == "warning" ? $"warning: {e.Message}" : e.Message;
             if (live && e.Layer is not null)
             {
@@ -146,9 +151,22 @@ public static class RunCommand
                 OutputFormat.WriteJson(stdout, o);
                 return;
             }
-            stdout.WriteLine(cached ? $"up to date: {r.Output}" : $"wrote {r.Output} ({r.Layers.Count(l => l.Quantized)} linears quantized) in {r.Seconds:F1} s");
+            var done = r.Layers.Where(l => l.Quantized && double.IsFinite(l.PaperBits)).ToList();
+            double weights = done.Sum(l => (double)l.InFeatures * l.OutFeatures);
+            string bits = weights > 0
+                ? $", {done.Sum(l => l.PaperBits * l.InFeatures * l.OutFeatures) / weights:F3} bits/weight as the method counts, {done.Sum(l => l.StoredBits * l.InFeatures * l.OutFeatures) / weights:F3} stored"
+                : "";
+            stdout.WriteLine(cached ? $"up to date: {r.Output}" : $"wrote {r.Output} ({r.Layers.Count(l => l.Quantized)} linears quantized{bits}) in {r.Seconds:F1} s");
             if (ppl is { } q)
                 stdout.WriteLine($"perplexity {q.Before:F4} -> {q.After:F4}{(r.GatePassed ? "" : "  QUALITY GATE FAILED")}");
         }
     }
+
+    /// <summary>The per-layer extras of the low-bit methods: bits, outliers, salient columns.</summary>
+    static string Extra(DotQuant.Engine.Calibration.LayerReport l) => l.Kind switch
+    {
+        "spqr" => $" {l.PaperBits:F2} b, {l.Outliers} outliers",
+        "billm" => $" {l.PaperBits:F2} b, {l.SalientColumns} salient",
+        _ => "",
+    };
 }
