@@ -8,79 +8,118 @@ using DotQuant.Engine.Tokenization;
 
 namespace DotQuant.Tool.Commands;
 
-/// <summary><c>dotnet-quantize eval MODEL_DIR --data FILE</c>: perplexity of a model on a text.</summary>
+/// <summary><c>dotnet-quantize eval MODEL [MODEL ...] [--data FILE] [--tasks piqa,arc_easy,...]</c>:
+/// perplexity and zero-shot accuracy of one model, or a comparison table of several (deltas against
+/// the first).</summary>
 public static class EvalCommand
 {
     public static Command Create(TextWriter stdout)
     {
-        var model = new Argument<string>("MODEL_DIR") { Description = "Hugging Face model folder (config.json, tokenizer.json, *.safetensors)" };
-        var data = new Option<string>("--data") { Description = "UTF-8 text file to evaluate on", Required = true };
+        var models = new Argument<string[]>("MODEL_DIR") { Description = "Hugging Face model folders (float, DotQuant or GPTQ); with several, a comparison table against the first", Arity = ArgumentArity.OneOrMore };
+        var data = new Option<string?>("--data") { Description = "UTF-8 text file for perplexity" };
         var seqLen = new Option<int?>("--sequence-length") { Description = "window length (default: min(2048, max_position_embeddings))" };
-        var maxWindows = new Option<int?>("--max-windows") { Description = "evaluate only the first N windows" };
+        var maxWindows = new Option<int?>("--max-windows") { Description = "evaluate only the first N windows (or documents)" };
         var separator = new Option<string?>("--document-separator") { Description = "score each document on its own (split on this text, trimmed), truncated at the sequence length" };
-        var bos = new Option<bool>("--bos") { Description = "prepend BOS to each document (with --document-separator)" };
+        var bos = new Option<bool>("--bos") { Description = "prepend BOS to each document (with --document-separator) and to task contexts" };
+        var tasks = new Option<string?>("--tasks") { Description = $"zero-shot tasks, comma-separated names ({string.Join(", ", ZeroShotTask.KnownTasks)}) found in --tasks-dir, or paths to .jsonl / llama.cpp hellaswag .txt files" };
+        var tasksDir = new Option<string?>("--tasks-dir") { Description = "folder with NAME.jsonl task files (default: the current folder)" };
+        var limit = new Option<int?>("--limit") { Description = "score only the first N documents of each task" };
         var format = OutputFormat.Create();
 
-        var cmd = new Command("eval", "Perplexity of a model (GPTQ protocol: non-overlapping windows, no BOS)")
+        var cmd = new Command("eval", "Perplexity (GPTQ protocol: non-overlapping windows, no BOS) and zero-shot accuracy (lm-evaluation-harness scoring)")
         {
-            model, data, seqLen, maxWindows, separator, bos, format,
+            models, data, seqLen, maxWindows, separator, bos, tasks, tasksDir, limit, format,
         };
         cmd.SetAction(parse =>
         {
-            string dir = parse.GetValue(model)!;
-            string dataPath = parse.GetValue(data)!;
-            var text = ReadText(dataPath);
-            var config = ModelConfig.Load(dir);
-            var tokenizer = HfTokenizer.Load(dir);
-            int length = parse.GetValue(seqLen) ?? Math.Min(2048, config.MaxPositionEmbeddings);
+            var dirs = parse.GetValue(models)!;
+            string? dataPath = parse.GetValue(data);
+            var taskNames = (parse.GetValue(tasks) ?? "").Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+            if (dataPath is null && taskNames.Length == 0)
+                throw new DotQuantException(ErrorCodes.EvalArgument, "nothing to evaluate: give --data FILE (perplexity) and/or --tasks NAMES (zero-shot)");
             int? cap = parse.GetValue(maxWindows);
             if (cap is <= 0) throw new DotQuantException(ErrorCodes.EvalArgument, "--max-windows must be positive");
-            if (length < 2) throw new DotQuantException(ErrorCodes.EvalArgument, "--sequence-length must be at least 2");
+            if (parse.GetValue(limit) is <= 0) throw new DotQuantException(ErrorCodes.EvalArgument, "--limit must be positive");
+            string? text = dataPath is null ? null : ReadText(dataPath);
+            bool json = parse.GetValue(format) == "json";
 
-            using var m = ModelLoader.Load(dir);
-            string? sep = parse.GetValue(separator);
-            PerplexityResult r;
-            string protocol;
-            if (sep is null)
+            // One model, perplexity only: the original single-model output.
+            if (dirs.Length == 1 && taskNames.Length == 0)
+                return Single(stdout, dirs[0], dataPath!, text!, parse.GetValue(seqLen), cap, parse.GetValue(separator), parse.GetValue(bos), json);
+            if (parse.GetValue(separator) is not null)
+                throw new DotQuantException(ErrorCodes.EvalArgument, "--document-separator works for a single model without --tasks");
+
+            var first = ModelConfig.Load(dirs[0]);
+            var plan = new EvalPlan(dataPath, parse.GetValue(seqLen) ?? Math.Min(2048, first.MaxPositionEmbeddings), cap, taskNames,
+                parse.GetValue(tasksDir), parse.GetValue(limit), parse.GetValue(bos));
+            var loaded = EvalSuite.LoadTasks(plan);
+            var summaries = new List<EvalSummary>();
+            foreach (var dir in dirs)
             {
-                r = Perplexity.Windows(m, tokenizer.Encode(text), length, cap);
-                protocol = "windows";
+                var tokenizer = HfTokenizer.Load(dir);
+                using var m = ModelLoader.Load(dir);
+                if (!json) stdout.WriteLine($"{dir}:");
+                summaries.Add(EvalSuite.Run(m, tokenizer, plan, loaded, text, json ? null : s => stdout.WriteLine("  " + s)));
             }
+            var table = Comparison.Build(dirs, summaries, dataPath is null ? null : Path.GetFileName(dataPath));
+            if (json) OutputFormat.WriteJson(stdout, table.ToJson());
             else
             {
-                var docs = text.Split(sep, StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)
-                    .Take(cap ?? int.MaxValue)
-                    .Select(d => tokenizer.Encode(d, parse.GetValue(bos)))
-                    .ToList();
-                r = Perplexity.Documents(m, docs, length);
-                protocol = "documents";
-            }
-
-            if (parse.GetValue(format) == "json")
-            {
-                OutputFormat.WriteJson(stdout, new JsonObject
-                {
-                    ["perplexity"] = r.Perplexity,
-                    ["mean_nll"] = r.MeanNll,
-                    ["tokens"] = r.Tokens,
-                    ["windows"] = r.Windows,
-                    ["predicted_tokens"] = r.PredictedTokens,
-                    ["sequence_length"] = length,
-                    ["protocol"] = protocol,
-                    ["seconds"] = Math.Round(r.Seconds, 3),
-                    ["tokens_per_second"] = Math.Round(r.TokensPerSecond, 1),
-                    ["model"] = Path.GetFullPath(dir),
-                    ["data"] = Path.GetFullPath(dataPath),
-                });
-            }
-            else
-            {
-                stdout.WriteLine($"perplexity {r.Perplexity:F4}  (mean NLL {r.MeanNll:F4})");
-                stdout.WriteLine($"{r.PredictedTokens:N0} predicted tokens in {r.Windows:N0} {(protocol == "windows" ? $"windows of {length}" : "documents")} ({r.Tokens:N0} tokens), {r.Seconds:F1} s, {r.TokensPerSecond:N0} tokens/s");
+                stdout.WriteLine();
+                stdout.Write(table.ToMarkdown());
             }
             return ExitCodes.Ok;
         });
         return cmd;
+    }
+
+    static int Single(TextWriter stdout, string dir, string dataPath, string text, int? seq, int? cap, string? sep, bool bos, bool json)
+    {
+        var config = ModelConfig.Load(dir);
+        var tokenizer = HfTokenizer.Load(dir);
+        int length = seq ?? Math.Min(2048, config.MaxPositionEmbeddings);
+        if (length < 2) throw new DotQuantException(ErrorCodes.EvalArgument, "--sequence-length must be at least 2");
+        using var m = ModelLoader.Load(dir);
+        PerplexityResult r;
+        string protocol;
+        if (sep is null)
+        {
+            r = Perplexity.Windows(m, tokenizer.Encode(text), length, cap);
+            protocol = "windows";
+        }
+        else
+        {
+            var docs = text.Split(sep, StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)
+                .Take(cap ?? int.MaxValue)
+                .Select(d => tokenizer.Encode(d, bos))
+                .ToList();
+            r = Perplexity.Documents(m, docs, length);
+            protocol = "documents";
+        }
+
+        if (json)
+        {
+            OutputFormat.WriteJson(stdout, new JsonObject
+            {
+                ["perplexity"] = r.Perplexity,
+                ["mean_nll"] = r.MeanNll,
+                ["tokens"] = r.Tokens,
+                ["windows"] = r.Windows,
+                ["predicted_tokens"] = r.PredictedTokens,
+                ["sequence_length"] = length,
+                ["protocol"] = protocol,
+                ["seconds"] = Math.Round(r.Seconds, 3),
+                ["tokens_per_second"] = Math.Round(r.TokensPerSecond, 1),
+                ["model"] = Path.GetFullPath(dir),
+                ["data"] = Path.GetFullPath(dataPath),
+            });
+        }
+        else
+        {
+            stdout.WriteLine($"perplexity {r.Perplexity:F4}  (mean NLL {r.MeanNll:F4})");
+            stdout.WriteLine($"{r.PredictedTokens:N0} predicted tokens in {r.Windows:N0} {(protocol == "windows" ? $"windows of {length}" : "documents")} ({r.Tokens:N0} tokens), {r.Seconds:F1} s, {r.TokensPerSecond:N0} tokens/s");
+        }
+        return ExitCodes.Ok;
     }
 
     static string ReadText(string path)
