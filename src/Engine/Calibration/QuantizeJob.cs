@@ -18,7 +18,11 @@ namespace DotQuant.Engine.Calibration;
 /// <summary>A progress event of a run (the CLI prints it as a line or a JSON object).</summary>
 public sealed record JobEvent(string Kind, string Message, LayerReport? Layer = null, int Done = 0, int Total = 0, double? Perplexity = null);
 
-public sealed record JobResult(string Output, double Seconds, PerplexityResult? Before, PerplexityResult? After, bool GatePassed, IReadOnlyList<LayerReport> Layers);
+public sealed record JobResult(string Output, double Seconds, PerplexityResult? Before, PerplexityResult? After, bool GatePassed, IReadOnlyList<LayerReport> Layers)
+{
+    public IReadOnlyList<TaskResult> TasksBefore { get; init; } = [];
+    public IReadOnlyList<TaskResult> TasksAfter { get; init; } = [];
+}
 
 /// <summary><c>dotnet quantize run</c>: manifest → model → calibration → sequential solve → output
 /// folder (+ optional before/after perplexity and gate).</summary>
@@ -63,6 +67,15 @@ public static class QuantizeJob
             Emit(new JobEvent("evaluate", "perplexity before quantization"));
             before = Perplexity.Windows(model, evalIds, evalLength, ppl.MaxSequences);
             Emit(new JobEvent("perplexity", $"before: {before.Perplexity:F4}", Perplexity: before.Perplexity));
+        }
+
+        IReadOnlyList<ZeroShotTask> tasks = m.Evaluate?.Tasks is { } ts ? ts.Files.Select(f => ZeroShotTask.Load(f, null, ts.Limit)).ToList() : [];
+        var tasksBefore = new List<TaskResult>();
+        foreach (var t in tasks)
+        {
+            Emit(new JobEvent("evaluate", $"{t.Name} before quantization"));
+            tasksBefore.Add(ZeroShot.Evaluate(model, tokenizer, t));
+            Emit(new JobEvent("task", $"{t.Name} before: acc {tasksBefore[^1].Acc:F4}"));
         }
 
         IReadOnlyList<long[]> sequences = [];
@@ -113,6 +126,13 @@ public static class QuantizeJob
                 after = Perplexity.Windows(model, evalIds, evalLength, m.Evaluate!.Perplexity!.MaxSequences);
                 Emit(new JobEvent("perplexity", $"after: {after.Perplexity:F4}", Perplexity: after.Perplexity));
             }
+            var tasksAfter = new List<TaskResult>();
+            foreach (var t in tasks)
+            {
+                Emit(new JobEvent("evaluate", $"{t.Name} after quantization"));
+                tasksAfter.Add(ZeroShot.Evaluate(model, tokenizer, t));
+                Emit(new JobEvent("task", $"{t.Name} after: acc {tasksAfter[^1].Acc:F4}"));
+            }
             bool gatePassed = true;
             if (m.Evaluate?.Gate is { } gate && before is not null && after is not null)
             {
@@ -121,6 +141,20 @@ public static class QuantizeJob
             }
 
             var info = Describe(m, config, reports, skipReasons, sequences, before, after, quantized);
+            if (tasksAfter.Count > 0)
+            {
+                var taskInfo = info["evaluation"] as JsonObject ?? new JsonObject();
+                info["evaluation"] = taskInfo;
+                taskInfo["tasks"] = new JsonArray(tasksBefore.Zip(tasksAfter).Select(p => (JsonNode?)new JsonObject
+                {
+                    ["task"] = p.First.Task,
+                    ["documents"] = p.First.Documents,
+                    ["acc_before"] = p.First.Acc,
+                    ["acc_after"] = p.Second.Acc,
+                    ["acc_norm_before"] = p.First.AccNorm,
+                    ["acc_norm_after"] = p.Second.AccNorm,
+                }).ToArray());
+            }
             if (info["evaluation"] is JsonObject evaluation && m.Evaluate?.Gate is not null)
                 evaluation["gate"] = gatePassed ? "passed" : "failed";
             string destination = Path.Combine(outputDir, m.Output.Name);
@@ -139,7 +173,7 @@ public static class QuantizeJob
             QuantizedPackage.Write(destination, gptq, m.ModelPath, weights, names, quantized, info,
                 new QuantizeSettings(q.Bits, q.GroupSize, q.Symmetric, q.ActOrder, q.StaticGroups, q.Damp), contentAddressed, patch);
             Emit(new JobEvent("output", destination));
-            return new JobResult(destination, total.Elapsed.TotalSeconds, before, after, gatePassed, reports);
+            return new JobResult(destination, total.Elapsed.TotalSeconds, before, after, gatePassed, reports) { TasksBefore = tasksBefore, TasksAfter = tasksAfter };
         }
         finally
         {
@@ -295,6 +329,7 @@ public static class QuantizeJob
             .Order(StringComparer.Ordinal).ToList();
         if (m.Calibration is { } c) files.Add(c.Data);
         if (m.Evaluate?.Perplexity is { } p) files.Add(p.Data);
+        if (m.Evaluate?.Tasks is { } t) files.AddRange(t.Files);
         return files;
     }
 
@@ -317,6 +352,7 @@ public static class QuantizeJob
         AddText($"{m.Output.Name}|{m.Output.Format}");
         if (m.Calibration is { } c) AddText($"{c.Samples}|{c.SequenceLength}|{c.Seed}");
         if (m.Evaluate?.Perplexity is { } p) AddText($"{p.SequenceLength}|{p.MaxSequences}");
+        if (m.Evaluate?.Tasks is { } t) AddText($"tasks|{t.Limit}|{t.Files.Count}");
         foreach (var f in InputFiles(m)) AddFile(f);
         return "sha256:" + Convert.ToHexStringLower(hash.GetHashAndReset());
     }

@@ -275,7 +275,7 @@ public sealed class ManifestParser
 
     EvaluateSpec ReadEvaluate(YamlNode node)
     {
-        var m = Keys(node, "evaluate", "perplexity", "gate");
+        var m = Keys(node, "evaluate", "perplexity", "gate", "tasks");
         PerplexitySpec? ppl = null;
         if (m.TryGetValue("perplexity", out var p))
         {
@@ -300,7 +300,27 @@ public sealed class ManifestParser
                 throw Error(ErrorCodes.ManifestValue, $"max_perplexity_increase '{text}' must be a non-negative number or percentage", inc);
             gate = new GateSpec(relative ? v / 100 : v, relative);
         }
-        return new EvaluateSpec(ppl, gate);
+        TasksSpec? tasks = null;
+        if (m.TryGetValue("tasks", out var t))
+        {
+            var tm = Keys(t, "evaluate.tasks", "names", "dir", "limit");
+            var names = tm.GetValueOrDefault("names") ?? throw Error(ErrorCodes.ManifestMissing, "evaluate.tasks needs 'names' (e.g. [piqa, arc_easy])", t);
+            var list = names is YamlSequenceNode seq
+                ? seq.Select(n => Str(n, "evaluate.tasks.names")).ToList()
+                : Str(names, "evaluate.tasks.names").Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).ToList();
+            if (list.Count == 0) throw Error(ErrorCodes.ManifestValue, "evaluate.tasks.names is empty", names);
+            string dir = tm.TryGetValue("dir", out var d) ? ResolvePath(Str(d, "evaluate.tasks.dir")) : _dir;
+            var files = new List<string>();
+            foreach (var name in list)
+            {
+                var candidates = new[] { ResolvePath(name), Path.Combine(dir, name + ".jsonl"), Path.Combine(dir, name + ".txt") };
+                files.Add(candidates.FirstOrDefault(File.Exists)
+                    ?? throw Error(ErrorCodes.EvalData, $"task '{name}' not found (looked for {name}.jsonl and {name}.txt in {dir})", names));
+            }
+            int? limit = tm.TryGetValue("limit", out var l2) ? Positive(l2, "evaluate.tasks.limit") : null;
+            tasks = new TasksSpec(files, limit);
+        }
+        return new EvaluateSpec(ppl, gate, tasks);
     }
 
     // ---------- typed access with positions ----------

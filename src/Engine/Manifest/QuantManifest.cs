@@ -88,7 +88,10 @@ public sealed record PerplexitySpec(string Data, int? SequenceLength, int? MaxSe
 /// <summary>The quality gate: relative (10%) or absolute increase of perplexity allowed.</summary>
 public sealed record GateSpec(double MaxIncrease, bool Relative);
 
-public sealed record EvaluateSpec(PerplexitySpec? Perplexity, GateSpec? Gate);
+/// <summary>Zero-shot tasks run before and after quantization (resolved task files).</summary>
+public sealed record TasksSpec(IReadOnlyList<string> Files, int? Limit);
+
+public sealed record EvaluateSpec(PerplexitySpec? Perplexity, GateSpec? Gate, TasksSpec? Tasks = null);
 
 /// <summary>quant.yaml v1, validated, with paths resolved against the manifest's folder.</summary>
 public sealed record QuantManifest

@@ -48,11 +48,31 @@ public static class RunCommand
             }
 
             var result = QuantizeJob.Run(m, outDir, progress.Report, ct, contentAddressed: parse.GetValue(cacheDir) is not null);
+            if (m.Evaluate is not null)
+            {
+                string report = DotQuant.Tool.Reports.RunReport.Write(m, result, PeakRssBytes());
+                progress.Report(new JobEvent("report", report));
+            }
             progress.Finish(result, manifest: m);
             if (!result.GatePassed) GateError(stderr, m, result.Before!.Perplexity, result.After!.Perplexity);
             return Task.FromResult(result.GatePassed ? ExitCodes.Ok : ExitCodes.GateFailed);
         });
         return cmd;
+    }
+
+    /// <summary>Peak resident memory of this process (VmHWM on Linux).</summary>
+    static long PeakRssBytes()
+    {
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/self/status"))
+                if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
+                    return long.Parse(line[6..].Trim().Split(' ')[0]) * 1024;
+        }
+        catch (IOException)
+        {
+        }
+        return System.Diagnostics.Process.GetCurrentProcess().PeakWorkingSet64;
     }
 
     static void GateError(TextWriter stderr, QuantManifest m, double before, double after)
