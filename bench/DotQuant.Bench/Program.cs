@@ -28,6 +28,31 @@ if (args.Length > 0 && args[0] == "quality")
     Quality.Run(shared, benchDir, file, quick);
     LowBit.Splice(file, LowBit.Marker, LowBit.Run(shared, benchDir, quick));
     LowBit.Splice(file, LowBit.SeedsMarker, LowBit.RunSeeds(shared, benchDir, quick));
+    LowBit.Splice(file, ZeroShotBench.Marker, ZeroShotBench.Run(shared, benchDir, quick));
+    return 0;
+}
+if (args.Length > 0 && args[0] == "quality-zeroshot")
+{
+    LowBit.Splice(Option("--out") ?? Path.Combine(benchDir, "quality.md"), ZeroShotBench.Marker, ZeroShotBench.Run(shared, benchDir, quick));
+    return 0;
+}
+if (args.Length > 0 && args[0] == "everything")
+{
+    // Every figure of bench/quality.md, bench/results.md and bench/build.md from scratch, one process
+    // per report so each starts clean.
+    foreach (var sub in new[] { "quality", "all", "build" })
+    {
+        var psi = new ProcessStartInfo(Environment.ProcessPath!);
+        if (Path.GetFileNameWithoutExtension(Environment.ProcessPath!) == "dotnet") psi.ArgumentList.Add(typeof(LowBit).Assembly.Location);
+        psi.ArgumentList.Add(sub);
+        psi.ArgumentList.Add("--shared");
+        psi.ArgumentList.Add(shared);
+        if (quick) psi.ArgumentList.Add("--quick");
+        Console.WriteLine($"== {sub}");
+        using var p = Process.Start(psi)!;
+        p.WaitForExit();
+        if (p.ExitCode != 0) { Console.Error.WriteLine($"{sub} failed with exit code {p.ExitCode}"); return p.ExitCode; }
+    }
     return 0;
 }
 if (args.Length > 0 && args[0] == "quality-seeds")

@@ -140,6 +140,19 @@ public class ManifestTests
     }
 
     [Fact]
+    public void EvaluateTasksAreResolvedAndMissingOnesPointAtTheirLine()
+    {
+        string dir = SharedPaths.Data("zeroshot");
+        var m = ManifestParser.Parse(Valid() + $"evaluate:\n  tasks: {{ names: [piqa, winogrande], dir: {dir}, limit: 50 }}\n", "/work/app/quant.yaml");
+        Assert.Equal(2, m.Evaluate!.Tasks!.Files.Count);
+        Assert.Equal(50, m.Evaluate.Tasks.Limit);
+        var e = Fails(Valid() + $"evaluate:\n  tasks:\n    names: [piqa, nope]\n    dir: {dir}\n");
+        Assert.Equal(ErrorCodes.EvalData, e.Code);
+        Assert.True(e.Line > 8);
+        Assert.Equal(ErrorCodes.ManifestMissing, Fails(Valid() + "evaluate:\n  tasks: { limit: 5 }\n").Code);
+    }
+
+    [Fact]
     public void EverySampleManifestParses()
     {
         var samples = Directory.GetFiles(Path.Combine(SharedPaths.RepoRoot, "samples"), "*.yaml");
