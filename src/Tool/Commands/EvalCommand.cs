@@ -33,6 +33,9 @@ public static class EvalCommand
         cmd.SetAction(parse =>
         {
             var dirs = parse.GetValue(models)!;
+            // With one-or-more model arguments, an unknown option would be taken for a model folder.
+            if (dirs.FirstOrDefault(d => d.StartsWith('-')) is { } unknown)
+                throw new DotQuantException(ErrorCodes.Usage, $"unrecognized option '{unknown}' (see --help)");
             string? dataPath = parse.GetValue(data);
             var taskNames = (parse.GetValue(tasks) ?? "").Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
             if (dataPath is null && taskNames.Length == 0)
