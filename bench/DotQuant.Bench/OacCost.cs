@@ -67,17 +67,7 @@ static class OacCost
 
     static (double Seconds, double PeakBytes) Measure(string yaml, string outDir)
     {
-        var psi = new ProcessStartInfo(Environment.ProcessPath!) { RedirectStandardOutput = true };
-        if (Path.GetFileNameWithoutExtension(Environment.ProcessPath!) == "dotnet")
-            psi.ArgumentList.Add(typeof(OacCost).Assembly.Location);
-        psi.ArgumentList.Add("quantize-child");
-        psi.ArgumentList.Add(yaml);
-        psi.ArgumentList.Add(outDir);
-        using var p = Process.Start(psi)!;
-        string line = p.StandardOutput.ReadToEnd().Trim().Split('\n')[^1];
-        p.WaitForExit();
-        if (p.ExitCode != 0) throw new InvalidOperationException($"quantize-child failed: {line}");
-        var parts = line.Split(' ');
+        var parts = DotQuant.Bench.Child.Run(true, "quantize-child", yaml, outDir).Split(' ');
         return (double.Parse(parts[0], CultureInfo.InvariantCulture), double.Parse(parts[1], CultureInfo.InvariantCulture));
     }
 

@@ -42,16 +42,8 @@ if (args.Length > 0 && args[0] == "everything")
     // per report so each starts clean.
     foreach (var sub in new[] { "quality", "all", "build" })
     {
-        var psi = new ProcessStartInfo(Environment.ProcessPath!);
-        if (Path.GetFileNameWithoutExtension(Environment.ProcessPath!) == "dotnet") psi.ArgumentList.Add(typeof(LowBit).Assembly.Location);
-        psi.ArgumentList.Add(sub);
-        psi.ArgumentList.Add("--shared");
-        psi.ArgumentList.Add(shared);
-        if (quick) psi.ArgumentList.Add("--quick");
         Console.WriteLine($"== {sub}");
-        using var p = Process.Start(psi)!;
-        p.WaitForExit();
-        if (p.ExitCode != 0) { Console.Error.WriteLine($"{sub} failed with exit code {p.ExitCode}"); return p.ExitCode; }
+        Child.Run(false, quick ? [sub, "--shared", shared, "--quick"] : [sub, "--shared", shared]);
     }
     return 0;
 }

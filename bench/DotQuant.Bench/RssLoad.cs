@@ -12,17 +12,7 @@ static class RssLoad
 
     public static Result Measure(string dir, string mode)
     {
-        var psi = new ProcessStartInfo(Environment.ProcessPath!) { RedirectStandardOutput = true };
-        if (Path.GetFileNameWithoutExtension(Environment.ProcessPath!) == "dotnet")
-            psi.ArgumentList.Add(typeof(RssLoad).Assembly.Location);
-        psi.ArgumentList.Add("rss-load");
-        psi.ArgumentList.Add(dir);
-        psi.ArgumentList.Add(mode);
-        using var p = Process.Start(psi)!;
-        string line = p.StandardOutput.ReadToEnd().Trim().Split('\n')[^1];
-        p.WaitForExit();
-        if (p.ExitCode != 0) throw new InvalidOperationException($"rss-load {mode} failed: {line}");
-        var parts = line.Split(' ');
+        var parts = DotQuant.Bench.Child.Run(true, "rss-load", dir, mode).Split(' ');
         return new Result(double.Parse(parts[0]), long.Parse(parts[1]), long.Parse(parts[2]));
     }
 
