@@ -26,14 +26,14 @@ if (args.Length > 0 && args[0] == "quality")
 {
     string file = Option("--out") ?? Path.Combine(benchDir, "quality.md");
     Quality.Run(shared, benchDir, file, quick);
-    LowBit.Splice(file, LowBit.Marker, LowBit.Run(shared, benchDir, quick));
-    LowBit.Splice(file, LowBit.SeedsMarker, LowBit.RunSeeds(shared, benchDir, quick));
-    LowBit.Splice(file, ZeroShotBench.Marker, ZeroShotBench.Run(shared, benchDir, quick));
+    Sections.Splice(file, LowBit.Marker, LowBit.Run(shared, benchDir, quick));
+    Sections.Splice(file, LowBit.SeedsMarker, LowBit.RunSeeds(shared, benchDir, quick));
+    Sections.Splice(file, ZeroShotBench.Marker, ZeroShotBench.Run(shared, benchDir, quick));
     return 0;
 }
 if (args.Length > 0 && args[0] == "quality-zeroshot")
 {
-    LowBit.Splice(Option("--out") ?? Path.Combine(benchDir, "quality.md"), ZeroShotBench.Marker, ZeroShotBench.Run(shared, benchDir, quick));
+    Sections.Splice(Option("--out") ?? Path.Combine(benchDir, "quality.md"), ZeroShotBench.Marker, ZeroShotBench.Run(shared, benchDir, quick));
     return 0;
 }
 if (args.Length > 0 && args[0] == "everything")
@@ -49,19 +49,19 @@ if (args.Length > 0 && args[0] == "everything")
 }
 if (args.Length > 0 && args[0] == "quality-seeds")
 {
-    LowBit.Splice(Option("--out") ?? Path.Combine(benchDir, "quality.md"), LowBit.SeedsMarker, LowBit.RunSeeds(shared, benchDir, quick));
+    Sections.Splice(Option("--out") ?? Path.Combine(benchDir, "quality.md"), LowBit.SeedsMarker, LowBit.RunSeeds(shared, benchDir, quick));
     return 0;
 }
 if (args.Length > 0 && args[0] == "quality-lowbit")
 {
     // Reruns only the issue-5 section of quality.md.
-    LowBit.Splice(Option("--out") ?? Path.Combine(benchDir, "quality.md"), LowBit.Marker, LowBit.Run(shared, benchDir, quick));
+    Sections.Splice(Option("--out") ?? Path.Combine(benchDir, "quality.md"), LowBit.Marker, LowBit.Run(shared, benchDir, quick));
     return 0;
 }
 if (args.Length > 0 && args[0] == "oac-cost")
 {
     // Reruns only the OAC cost section of results.md.
-    LowBit.Splice(Option("--out") ?? Path.Combine(benchDir, "results.md"), OacCost.Marker, OacCost.Run(shared, quick));
+    Sections.Splice(Option("--out") ?? Path.Combine(benchDir, "results.md"), OacCost.Marker, OacCost.Run(shared, quick));
     return 0;
 }
 if (args.Length > 0 && args[0] == "build")
@@ -168,7 +168,7 @@ report.AppendLine();
 Directory.Delete(synth, true);
 Directory.Delete(big, true);
 File.WriteAllText(outFile, report.ToString());
-LowBit.Splice(outFile, OacCost.Marker, OacCost.Run(shared, quick));
+Sections.Splice(outFile, OacCost.Marker, OacCost.Run(shared, quick));
 Console.Write(report.ToString());
 Console.WriteLine($"written to {outFile}");
 return 0;

@@ -70,13 +70,14 @@ public static class QuantizeJob
         }
 
         IReadOnlyList<ZeroShotTask> tasks = m.Evaluate?.Tasks is { } ts ? ts.Files.Select(f => ZeroShotTask.Load(f, null, ts.Limit)).ToList() : [];
-        var tasksBefore = new List<TaskResult>();
-        foreach (var t in tasks)
+        List<TaskResult> ScoreTasks(string when) => tasks.Select(t =>
         {
-            Emit(new JobEvent("evaluate", $"{t.Name} before quantization"));
-            tasksBefore.Add(ZeroShot.Evaluate(model, tokenizer, t));
-            Emit(new JobEvent("task", $"{t.Name} before: acc {tasksBefore[^1].Acc:F4}"));
-        }
+            Emit(new JobEvent("evaluate", $"{t.Name} {when} quantization"));
+            var r = ZeroShot.Evaluate(model, tokenizer, t);
+            Emit(new JobEvent("task", $"{t.Name} {when}: acc {r.Acc:F4}"));
+            return r;
+        }).ToList();
+        var tasksBefore = ScoreTasks("before");
 
         IReadOnlyList<long[]> sequences = [];
         if (q.Method != QuantMethod.Rtn)
@@ -126,13 +127,7 @@ public static class QuantizeJob
                 after = Perplexity.Windows(model, evalIds, evalLength, m.Evaluate!.Perplexity!.MaxSequences);
                 Emit(new JobEvent("perplexity", $"after: {after.Perplexity:F4}", Perplexity: after.Perplexity));
             }
-            var tasksAfter = new List<TaskResult>();
-            foreach (var t in tasks)
-            {
-                Emit(new JobEvent("evaluate", $"{t.Name} after quantization"));
-                tasksAfter.Add(ZeroShot.Evaluate(model, tokenizer, t));
-                Emit(new JobEvent("task", $"{t.Name} after: acc {tasksAfter[^1].Acc:F4}"));
-            }
+            var tasksAfter = ScoreTasks("after");
             bool gatePassed = true;
             if (m.Evaluate?.Gate is { } gate && before is not null && after is not null)
             {
@@ -216,14 +211,13 @@ public static class QuantizeJob
             ["input_fingerprint"] = Fingerprint(m),
             ["layers"] = layers,
         };
-        var done = reports.Where(r => r.Quantized).ToList();
-        double weightsQ = done.Sum(r => (double)r.InFeatures * r.OutFeatures);
-        if (weightsQ > 0)
+        var bits = ModelBits.Of(reports);
+        if (bits.Weights > 0)
             info["bits"] = new JsonObject
             {
-                ["paper"] = Math.Round(done.Sum(r => r.PaperBits * r.InFeatures * r.OutFeatures) / weightsQ, 6),
-                ["stored"] = Math.Round(done.Sum(r => r.StoredBits * r.InFeatures * r.OutFeatures) / weightsQ, 6),
-                ["quantized_weights"] = weightsQ,
+                ["paper"] = Math.Round(bits.Paper, 6),
+                ["stored"] = Math.Round(bits.Stored, 6),
+                ["quantized_weights"] = bits.Weights,
             };
         if (m.Calibration is { } c && sequences.Count > 0)
             info["calibration"] = new JsonObject

@@ -16,6 +16,21 @@ public sealed record LayerReport(string Name, int Block, long InFeatures, long O
     double Loss, double Seconds, double Damp, double RtnLoss = double.NaN, double PaperBits = double.NaN, double StoredBits = double.NaN,
     string Kind = "grid", long Outliers = 0, long SalientColumns = 0);
 
+/// <summary>Bits per weight of a model: each quantized layer's figures weighted by its weight count
+/// (NaN when nothing was quantized). One definition for dotquant.json, the CLI and the reports.</summary>
+public readonly record struct ModelBits(double Paper, double Stored, double Weights)
+{
+    public static ModelBits Of(IEnumerable<LayerReport> layers)
+    {
+        var q = layers.Where(l => l.Quantized && double.IsFinite(l.PaperBits)).ToList();
+        double weights = q.Sum(l => (double)l.InFeatures * l.OutFeatures);
+        return new ModelBits(
+            q.Sum(l => l.PaperBits * l.InFeatures * l.OutFeatures) / weights,
+            q.Sum(l => l.StoredBits * l.InFeatures * l.OutFeatures) / weights,
+            weights);
+    }
+}
+
 /// <summary>How a run treats each linear, and who hears about progress.</summary>
 public sealed class CalibrationPlan
 {
@@ -110,19 +125,24 @@ public static class SequentialCalibrator
                         if (plan.OutputAdaptive is { Schedule: OacSchedule.SequentialGroups } perGroup)
                             foreach (var (k, v) in OutputAdaptiveHessian.Compute(model, b, xq, ids, active, perGroup, Context, ct)) oac[k] = v;
                         var sw = Stopwatch.StartNew();
-                        using var stats = new LayerStatistics(group[0].InFeatures, plan.FloatStream);
-                        for (int i = 0; i < xq.Count && plan.OutputAdaptive is null; i++)
+                        // The layer-wise H (and GPTAQ's D) of the group; with OAC every linear has its H̄ already.
+                        Tensor? h = null, d = null;
+                        if (plan.OutputAdaptive is null)
                         {
-                            using var scope = NewDisposeScope();
-                            var inputQ = Capture(model, b, group[0], xq[i], Context(xq[i].shape[1]));
-                            Tensor? inputF = null;
-                            if (xf is not null)
-                                inputF = WithOriginals(originals, () => Capture(model, b, group[0], xf[i], Context(xf[i].shape[1])));
-                            stats.Add(inputQ, inputF);
-                            inputQ.Dispose();
-                            inputF?.Dispose();
+                            using var stats = new LayerStatistics(group[0].InFeatures, plan.FloatStream);
+                            for (int i = 0; i < xq.Count; i++)
+                            {
+                                using var scope = NewDisposeScope();
+                                var inputQ = Capture(model, b, group[0], xq[i], Context(xq[i].shape[1]));
+                                Tensor? inputF = null;
+                                if (xf is not null)
+                                    inputF = WithOriginals(originals, () => Capture(model, b, group[0], xf[i], Context(xf[i].shape[1])));
+                                stats.Add(inputQ, inputF);
+                                inputQ.Dispose();
+                                inputF?.Dispose();
+                            }
+                            (h, d) = stats.Finish();
                         }
-                        var (h, d) = stats.Finish();
                         double statSeconds = sw.Elapsed.TotalSeconds / active.Count;
                         try
                         {
@@ -133,7 +153,7 @@ public static class SequentialCalibrator
                                 var o = planned[lin.Name]!;
                                 SolvedLinear q;
                                 double rtnLoss;
-                                var hl = oac.TryGetValue(lin, out var hOac) ? hOac : h;
+                                var hl = oac.TryGetValue(lin, out var hOac) ? hOac : h!;
                                 using (var w0 = lin.Weight.to(ScalarType.Float32))
                                 {
                                     q = Solvers.Solve(w0, hl, d, o, lin.Name, plan.OnWarning);
@@ -152,7 +172,7 @@ public static class SequentialCalibrator
                         }
                         finally
                         {
-                            h.Dispose();
+                            h?.Dispose();
                             d?.Dispose();
                         }
                     }

@@ -97,16 +97,15 @@ public static class ZeroShot
             }
             using var no = no_grad();
             var logits = model.Forward(tensor(ids, [chunk.Count, len]));
-            var logp = logits.log_softmax(-1);
-            var best = logits.argmax(-1);
             for (int b = 0; b < chunk.Count; b++)
             {
+                // Only the continuation's positions are scored (log-softmax is per row).
                 var r = chunk[b];
                 int n = r.Continuation.Length, start = inputs[b].Length - n;
                 var targets = tensor(r.Continuation.Select(x => (long)x).ToArray());
-                var rows = logp[b].narrow(0, start, n);
-                r.LogLikelihood = rows.gather(1, targets.unsqueeze(1)).sum().to(ScalarType.Float64).item<double>();
-                r.Greedy = best[b].narrow(0, start, n).eq(targets).all().item<bool>();
+                var rows = logits[b].narrow(0, start, n);
+                r.LogLikelihood = rows.log_softmax(-1).gather(1, targets.unsqueeze(1)).sum().to(ScalarType.Float64).item<double>();
+                r.Greedy = rows.argmax(-1).eq(targets).all().item<bool>();
             }
         }
     }

@@ -34,17 +34,23 @@ public sealed class ZeroShotTask
 
     public static readonly string[] KnownTasks = ["piqa", "arc_easy", "arc_challenge", "boolq", "winogrande", "copa", "openbook_qa", "hellaswag", "lambada_openai"];
 
+    /// <summary>The file of a task given by path (<paramref name="asPath"/>, else the name itself), or by
+    /// name as NAME.jsonl or NAME.txt in <paramref name="dir"/> (the current folder when null); null when
+    /// none exists. The CLI and quant.yaml resolve tasks through this one rule.</summary>
+    public static string? Find(string nameOrPath, string? dir, out IReadOnlyList<string> lookedAt, string? asPath = null)
+    {
+        var candidates = new List<string> { asPath ?? nameOrPath };
+        candidates.AddRange(new[] { ".jsonl", ".txt" }.Select(e => Path.Combine(dir ?? ".", nameOrPath + e)));
+        lookedAt = candidates;
+        return candidates.FirstOrDefault(File.Exists);
+    }
+
     /// <summary>A task given by name (found as NAME.jsonl or NAME.txt in <paramref name="dir"/>) or by path.</summary>
     public static ZeroShotTask Load(string nameOrPath, string? dir, int? limit = null)
     {
-        string path = nameOrPath;
-        if (!File.Exists(path))
-        {
-            var candidates = new[] { ".jsonl", ".txt" }.Select(e => Path.Combine(dir ?? ".", nameOrPath + e)).ToList();
-            path = candidates.FirstOrDefault(File.Exists)
-                ?? throw new DotQuantException(ErrorCodes.EvalData,
-                    $"task '{nameOrPath}' not found (looked for {string.Join(" and ", candidates)}; pass --tasks-dir or a path)", nameOrPath);
-        }
+        string path = Find(nameOrPath, dir, out var lookedAt)
+            ?? throw new DotQuantException(ErrorCodes.EvalData,
+                $"task '{nameOrPath}' not found (looked for {string.Join(" and ", lookedAt.Skip(1))}; pass --tasks-dir or a path)", nameOrPath);
         string name = Path.GetFileNameWithoutExtension(path);
         return path.EndsWith(".txt", StringComparison.OrdinalIgnoreCase) ? LoadHellaSwagText(path, name, limit) : LoadJsonl(path, name, limit);
     }
@@ -84,14 +90,14 @@ public sealed class ZeroShotTask
             kind = k;
             docs.Add(k switch
             {
-                TaskKind.MultipleChoice => MultipleChoice(Str("query"), Strs("choices"), e),
-                TaskKind.PartialContext => PartialContext(Strs("context_options"), Str("continuation"), e),
+                TaskKind.MultipleChoice => MultipleChoice(Str("query"), Strs("choices")),
+                TaskKind.PartialContext => PartialContext(Strs("context_options"), Str("continuation")),
                 _ => new TaskDocument([Str("context")], [Delimiter + Str("continuation")], 0, [Str("continuation")]),
             });
 
-            TaskDocument MultipleChoice(string query, List<string> choices, JsonElement _) =>
+            TaskDocument MultipleChoice(string query, List<string> choices) =>
                 new([query], choices.Select(c => Delimiter + c).ToList(), Gold(choices.Count), choices);
-            TaskDocument PartialContext(List<string> contexts, string continuation, JsonElement _) =>
+            TaskDocument PartialContext(List<string> contexts, string continuation) =>
                 new(contexts, [Delimiter + continuation], Gold(contexts.Count), contexts);
         }
         if (docs.Count == 0) throw new DotQuantException(ErrorCodes.EvalData, "the task file has no documents", path);

@@ -73,11 +73,11 @@ public static class OutputAdaptiveHessian
         // Inputs and outputs of the target linears, for the token Fisher and the explicit-form check.
         var inputs = new Dictionary<NamedLinear, Tensor>();
         var outputs = new Dictionary<NamedLinear, Tensor>();
-        bool perToken = o.Fisher != FisherSample.Sequence;   // needs X and Δ
-        if (perToken)
+        bool viaOutputGradients = o.Fisher != FisherSample.Sequence;   // token and explicit forms need X and Δ
+        if (viaOutputGradients)
             foreach (var l in targets)
                 l.OutputObserver = y => { y.retain_grad(); outputs[l] = y.DetachFromDisposeScope(); };   // ours to dispose
-        LinearInputObserver? observe = perToken ? (lin, x) => { if (sums.ContainsKey(lin)) inputs[lin] = x.detach().DetachFromDisposeScope(); } : null;
+        LinearInputObserver? observe = viaOutputGradients ? (lin, x) => { if (sums.ContainsKey(lin)) inputs[lin] = x.detach().DetachFromDisposeScope(); } : null;
         try
         {
             using var enable = enable_grad();
@@ -112,7 +112,7 @@ public static class OutputAdaptiveHessian
                     foreach (var (lin, sum) in sums)
                     {
                         var grad = lin.Weight.grad ?? throw new DotQuantException(ErrorCodes.Internal, $"{lin.Name} received no gradient");
-                        if (perToken)
+                        if (viaOutputGradients)
                         {
                             var xs = inputs[lin].reshape(-1, lin.InFeatures);
                             var delta = (outputs[lin].grad ?? throw new DotQuantException(ErrorCodes.Internal, $"{lin.Name}: no output gradient")).reshape(-1, lin.OutFeatures);

@@ -312,11 +312,8 @@ public sealed class ManifestParser
             string dir = tm.TryGetValue("dir", out var d) ? ResolvePath(Str(d, "evaluate.tasks.dir")) : _dir;
             var files = new List<string>();
             foreach (var name in list)
-            {
-                var candidates = new[] { ResolvePath(name), Path.Combine(dir, name + ".jsonl"), Path.Combine(dir, name + ".txt") };
-                files.Add(candidates.FirstOrDefault(File.Exists)
+                files.Add(Evaluation.ZeroShotTask.Find(name, dir, out _, asPath: ResolvePath(name))
                     ?? throw Error(ErrorCodes.EvalData, $"task '{name}' not found (looked for {name}.jsonl and {name}.txt in {dir})", names));
-            }
             int? limit = tm.TryGetValue("limit", out var l2) ? Positive(l2, "evaluate.tasks.limit") : null;
             tasks = new TasksSpec(files, limit);
         }

@@ -65,7 +65,8 @@ public static class BillmSolver
 
         var salientIdx = salient.nonzero().squeeze(1);
         var dw = W0 - W;
-        double loss = dw.matmul(prep.Damped).mul_(dw).sum().to(ScalarType.Float64).item<double>();
+        var damped = prep.H + eye(n, dtype: prep.H.dtype) * prep.Lambda;
+        double loss = dw.matmul(damped).mul_(dw).sum().to(ScalarType.Float64).item<double>();
         var result = new BinaryLinear
         {
             Signs = scope.MoveToOuter(signs),

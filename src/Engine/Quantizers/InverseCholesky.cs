@@ -8,7 +8,8 @@ namespace DotQuant.Engine.Quantizers;
 /// (GPTQModel's auto-increment) up to 1.0, and the caller is told which damping worked.</summary>
 public static class InverseCholesky
 {
-    public sealed record Result(Tensor U, double Damp, int Retries);
+    /// <param name="Lambda">λ = Damp·mean(diag H), the absolute damping that was added.</param>
+    public sealed record Result(Tensor U, double Damp, int Retries, double Lambda);
 
     public static Result Factor(Tensor h, double damp, string layer, Action<string>? warn = null)
     {
@@ -33,7 +34,7 @@ public static class InverseCholesky
                         warn?.Invoke($"{layer}: H + λI was not positive definite at damp {damp}; succeeded at damp {d:0.##}");
                     var upper = u.t().contiguous();
                     var result = attempt.MoveToOuter(upper);
-                    return new Result(scope.MoveToOuter(result), d, retries);
+                    return new Result(scope.MoveToOuter(result), d, retries, d * mean);
                 }
             }
             if (d >= 1.0)

@@ -10,8 +10,9 @@ public sealed class PreparedHessian : IDisposable
 {
     public required Tensor W { get; init; }          // [m, n] working copy (permuted, dead zeroed)
     public required Tensor U { get; init; }          // [n, n] upper
-    /// <summary>H + λI as factorized, in the permuted order (for loss identities).</summary>
-    public required Tensor Damped { get; init; }
+    /// <summary>H in the permuted order with dead inputs fixed, undamped; H + λI is what was factorized.</summary>
+    public required Tensor H { get; init; }
+    public required double Lambda { get; init; }
     public required Tensor? Perm { get; init; }      // stored column j = original column Perm[j]
     public required Tensor? InvPerm { get; init; }
     public required double Damp { get; init; }
@@ -36,11 +37,9 @@ public sealed class PreparedHessian : IDisposable
             H = H.index_select(0, perm).index_select(1, perm);
         }
         var factor = InverseCholesky.Factor(H, damp, layer, warn);
-        double mean = H.diagonal().mean().to(ScalarType.Float64).item<double>();
-        var damped = H + eye(H.shape[0], dtype: dtype) * (factor.Damp * mean);
         return new PreparedHessian
         {
-            W = scope.MoveToOuter(W), U = scope.MoveToOuter(factor.U), Damped = scope.MoveToOuter(damped),
+            W = scope.MoveToOuter(W), U = scope.MoveToOuter(factor.U), H = scope.MoveToOuter(H), Lambda = factor.Lambda,
             Perm = perm is null ? null : scope.MoveToOuter(perm), InvPerm = invperm is null ? null : scope.MoveToOuter(invperm),
             Damp = factor.Damp,
         };
@@ -51,6 +50,6 @@ public sealed class PreparedHessian : IDisposable
 
     public void Dispose()
     {
-        W.Dispose(); U.Dispose(); Damped.Dispose(); Perm?.Dispose(); InvPerm?.Dispose();
+        W.Dispose(); U.Dispose(); H.Dispose(); Perm?.Dispose(); InvPerm?.Dispose();
     }
 }

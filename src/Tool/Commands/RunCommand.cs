@@ -171,11 +171,8 @@ public static class RunCommand
                 OutputFormat.WriteJson(stdout, o);
                 return;
             }
-            var done = r.Layers.Where(l => l.Quantized && double.IsFinite(l.PaperBits)).ToList();
-            double weights = done.Sum(l => (double)l.InFeatures * l.OutFeatures);
-            string bits = weights > 0
-                ? $", {done.Sum(l => l.PaperBits * l.InFeatures * l.OutFeatures) / weights:F3} bits/weight as the method counts, {done.Sum(l => l.StoredBits * l.InFeatures * l.OutFeatures) / weights:F3} stored"
-                : "";
+            var mb = ModelBits.Of(r.Layers);
+            string bits = mb.Weights > 0 ? $", {mb.Paper:F3} bits/weight as the method counts, {mb.Stored:F3} stored" : "";
             stdout.WriteLine(cached ? $"up to date: {r.Output}" : $"wrote {r.Output} ({r.Layers.Count(l => l.Quantized)} linears quantized{bits}) in {r.Seconds:F1} s");
             if (ppl is { } q)
                 stdout.WriteLine($"perplexity {q.Before:F4} -> {q.After:F4}{(r.GatePassed ? "" : "  QUALITY GATE FAILED")}");

@@ -30,8 +30,7 @@ public static class RunReport
 
     static JsonObject Json(QuantManifest m, JobResult r, long peak)
     {
-        var q = r.Layers.Where(l => l.Quantized).ToList();
-        double weights = q.Sum(l => (double)l.InFeatures * l.OutFeatures);
+        var bits = ModelBits.Of(r.Layers);
         var o = new JsonObject
         {
             ["output"] = r.Output,
@@ -39,11 +38,7 @@ public static class RunReport
             ["scheme"] = QuantizeJob.Scheme(m.Quantize),
             ["seconds"] = Math.Round(r.Seconds, 3),
             ["peak_rss_bytes"] = peak,
-            ["bits"] = weights == 0 ? null : new JsonObject
-            {
-                ["paper"] = q.Sum(l => l.PaperBits * l.InFeatures * l.OutFeatures) / weights,
-                ["stored"] = q.Sum(l => l.StoredBits * l.InFeatures * l.OutFeatures) / weights,
-            },
+            ["bits"] = bits.Weights == 0 ? null : new JsonObject { ["paper"] = bits.Paper, ["stored"] = bits.Stored },
             ["perplexity"] = r.Before is null ? null : new JsonObject
             {
                 ["data"] = Path.GetFileName(m.Evaluate!.Perplexity!.Data),
@@ -79,14 +74,14 @@ public static class RunReport
         var c = CultureInfo.InvariantCulture;
         var sb = new StringBuilder();
         var q = r.Layers.Where(l => l.Quantized).ToList();
-        double weights = q.Sum(l => (double)l.InFeatures * l.OutFeatures);
+        var bits = ModelBits.Of(r.Layers);
         sb.AppendLine($"# Quantization report: {m.Output.Name}");
         sb.AppendLine();
         sb.AppendLine($"- manifest: `{m.Path}`");
         sb.AppendLine($"- scheme: `{QuantizeJob.Scheme(m.Quantize).ToJsonString()}`");
         sb.AppendLine(string.Create(c, $"- {q.Count} linears quantized in {r.Seconds:F1} s, peak RSS {peak / 1e6:F0} MB"));
-        if (weights > 0)
-            sb.AppendLine(string.Create(c, $"- bits per weight: {q.Sum(l => l.PaperBits * l.InFeatures * l.OutFeatures) / weights:F3} as the method counts, {q.Sum(l => l.StoredBits * l.InFeatures * l.OutFeatures) / weights:F3} stored"));
+        if (bits.Weights > 0)
+            sb.AppendLine(string.Create(c, $"- bits per weight: {bits.Paper:F3} as the method counts, {bits.Stored:F3} stored"));
         sb.AppendLine();
         if (r.Before is not null || r.TasksAfter.Count > 0)
         {
