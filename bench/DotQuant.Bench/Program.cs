@@ -22,6 +22,8 @@ if (args.Length >= 3 && args[0] == "quantize-child")
 string shared = Option("--shared") ?? Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "../../../../../../shared"));
 string benchDir = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "../../../.."));
 bool quick = args.Contains("--quick");
+if (args.Length > 0 && args[0] == "pins")
+    return Pins.Run(shared, Option("--out") ?? Path.GetFullPath(Path.Combine(benchDir, "../tests/Engine.Tests/Golden/pipeline-pins.json")));
 if (args.Length > 0 && args[0] == "quality")
 {
     string file = Option("--out") ?? Path.Combine(benchDir, "quality.md");
