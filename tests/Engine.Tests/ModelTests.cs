@@ -81,18 +81,22 @@ public class Stories260KTests
         using var ctx = model.CreateContext(0, 8);
         var h = model.Embed(ids);
         for (int i = 0; i < model.BlockCount; i++)
-            h = model.ForwardBlock(i, h, ctx, (linear, input) =>
+        {
+            using var block = model.LoadBlock(i);
+            h = block.Forward(h, ctx, (linear, input) =>
             {
                 seen.Add(linear.Name);
                 Assert.Equal(linear.InFeatures, input.shape[^1]);
             });
+        }
         using var w = model.HeadWeight();
         using var logits = nn.functional.linear(model.FinalNorm(h), w);
         Assert.True(logits.allclose(full, rtol: 1e-5, atol: 1e-5));
         Assert.Equal(5 * 7, seen.Count);
         Assert.Equal(new[] { "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj" },
             seen.Take(7).Select(n => n.Split('.')[^1]));
-        var groups = model.LinearGroups(0).Select(g => g.Count).ToArray();
-        Assert.Equal(new[] { 3, 1, 2, 1 }, groups);
+        using var first = model.LoadBlock(0);
+        Assert.Equal(new[] { 3, 1, 2, 1 }, first.LinearGroups.Select(g => g.Count).ToArray());
+        Assert.Equal(first.LinearGroups.Select(g => g.Select(l => l.Name)), model.LinearLayout(0).Select(g => g.Select(l => l.Name)));
     }
 }

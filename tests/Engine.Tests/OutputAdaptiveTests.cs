@@ -10,33 +10,36 @@ namespace DotQuant.Engine.Tests;
 /// <summary>Spec §9.2: the output-adaptive Hessian.</summary>
 public class OutputAdaptiveTests
 {
-    static (List<Tensor> Hidden, List<long[][]> Ids) Stream(DecoderModel model, int sequences, int length, int seed)
+    static Calibration.ActivationStream Stream(DecoderModel model, int sequences, int length, int seed)
     {
         var rng = new Calibration.SplitMix64(seed);
-        var ids = Enumerable.Range(0, sequences).Select(_ => Enumerable.Range(0, length).Select(_ => rng.NextBelow(model.Config.VocabSize)).ToArray()).ToArray();
-        using var t = tensor(ids.SelectMany(x => x).ToArray(), [sequences, length]);
-        return ([model.Embed(t).DetachFromDisposeScope()], [ids]);
+        var ids = Enumerable.Range(0, sequences).Select(_ => Enumerable.Range(0, length).Select(_ => rng.NextBelow(model.Config.VocabSize)).ToArray()).ToList();
+        return Calibration.ActivationStream.Embed(model, ids);
     }
 
     [Fact]
     public void Autograd_path_equals_the_explicit_form_from_inputs_and_output_gradients()
     {
-        using var model = ModelLoader.Load(SharedPaths.Stories260K);
-        var (hidden, ids) = Stream(model, 4, 32, 5);
-        using var ctx = model.CreateContext(0, 32);
+        using var model = ModelLoader.Open(SharedPaths.Stories260K);
+        using var stream = Stream(model, 4, 32, 5);
+        using var contexts = new Calibration.ForwardContexts(model);
+        using var block = model.LoadBlock(0);
+        var originals = block.Linears.Select(l => l.Weight.clone()).ToList();
         // From block 0: q/k/v share an input but get different output gradients, so different H̄.
-        var targets = model.LinearGroups(0).SelectMany(g => g).ToList();
-        var viaGrad = OutputAdaptiveHessian.Compute(model, 0, hidden, ids, targets, new OacOptions(), _ => ctx);
-        var explicitForm = OutputAdaptiveHessian.Compute(model, 0, hidden, ids, targets, new OacOptions { Fisher = FisherSample.SequenceExplicit }, _ => ctx);
+        var targets = block.Linears.Select(l => l.Name).ToHashSet();
+        var viaGrad = OutputAdaptiveHessian.Compute(model, 0, block, stream, targets, new OacOptions(), contexts, null);
+        var explicitForm = OutputAdaptiveHessian.Compute(model, 0, block, stream, targets, new OacOptions { Fisher = FisherSample.SequenceExplicit }, contexts, null);
         foreach (var l in targets)
         {
             double rel = (viaGrad[l] - explicitForm[l]).abs().max().item<float>() / viaGrad[l].abs().max().item<float>();
-            Assert.True(rel < 1e-5, $"{l.Name}: {rel}");
+            Assert.True(rel < 1e-5, $"{l}: {rel}");
         }
-        Assert.False(viaGrad[targets[0]].allclose(viaGrad[targets[1]]), "q and k must have their own H̄");
-        // The weights were put back untouched and require no gradient.
-        Assert.All(targets, l => Assert.False(l.Weight.requires_grad));
-        foreach (var t in viaGrad.Values.Concat(explicitForm.Values).Concat(hidden)) t.Dispose();
+        var names = block.Linears.Select(l => l.Name).ToList();
+        Assert.False(viaGrad[names[0]].allclose(viaGrad[names[1]]), "q and k must have their own H̄");
+        // The working block's weights were put back untouched and require no gradient.
+        Assert.All(block.Linears.Zip(originals), p => Assert.False(p.First.Weight.requires_grad));
+        Assert.All(block.Linears.Zip(originals), p => Assert.True(p.First.Weight.eq(p.Second).all().item<bool>()));
+        foreach (var t in viaGrad.Values.Concat(explicitForm.Values).Concat(originals)) t.Dispose();
     }
 
     [Fact]

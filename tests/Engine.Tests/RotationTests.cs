@@ -62,7 +62,8 @@ public class RotationTests
         var config = ModelConfig.Load(dir);
         using var ckpt = Checkpoint.Open(dir);
         using var reference = ModelLoader.Load(config, ckpt);
-        using var rotated = QuaRot.Apply(config, ckpt, new RotationOptions(Seed: 3));
+        using var scratch = new TempDir();
+        using var rotated = QuaRot.Apply(config, ckpt, new RotationOptions(Seed: 3), scratch.Path);
         using var model = ModelLoader.Load(rotated.Config, rotated);
         Assert.True(rotated.Config.DownProjHadamard);
         Assert.False(rotated.Config.TieWordEmbeddings);
@@ -88,7 +89,8 @@ public class RotationTests
         string dir = SharedPaths.Stories260K;
         var config = ModelConfig.Load(dir);
         using var ckpt = Checkpoint.Open(dir);
-        using var rotated = QuaRot.Apply(config, ckpt, new RotationOptions());
+        using var scratch = new TempDir();
+        using var rotated = QuaRot.Apply(config, ckpt, new RotationOptions(), scratch.File("a"));
         static double Mu(Tensor w) => w.abs().max().item<float>() * Math.Sqrt(w.numel()) / w.norm().item<float>();
         var report = new List<string>();
         int lower = 0, total = 0;
@@ -106,7 +108,7 @@ public class RotationTests
             }
         Assert.True(lower == total, string.Join("; ", report));
 
-        using var meanFree = QuaRot.Apply(config, ckpt, new RotationOptions(SubtractEmbeddingMean: true));
+        using var meanFree = QuaRot.Apply(config, ckpt, new RotationOptions(SubtractEmbeddingMean: true), scratch.File("b"));
         using var reference = ModelLoader.Load(config, ckpt);
         using var model = ModelLoader.Load(meanFree.Config, meanFree);
         using var ids = randint(0, config.VocabSize, [1, 64], dtype: ScalarType.Int64, generator: new Generator(2));

@@ -44,7 +44,7 @@ public class RunCommandTests
         using var model = ModelLoader.Load(output);
         int checkedLayers = 0;
         for (int b = 0; b < model.BlockCount; b++)
-            foreach (var lin in model.LinearGroups(b).SelectMany(g => g))
+            foreach (var lin in model.LoadBlock(b).Linears)
             {
                 if (!ckpt.Contains(lin.Name + ".qweight")) { Assert.True(ckpt.Contains(lin.Name + ".weight")); continue; }
                 using var expected = IndependentDequantize(ckpt, lin.Name, (int)lin.InFeatures, (int)lin.OutFeatures);

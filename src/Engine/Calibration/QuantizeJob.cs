@@ -9,54 +9,80 @@ using DotQuant.Engine.Hessians;
 using DotQuant.Engine.IO;
 using DotQuant.Engine.Manifest;
 using DotQuant.Engine.Models;
-using DotQuant.Engine.Quantizers;
 using DotQuant.Engine.Rotation;
 using DotQuant.Engine.Tokenization;
+using static TorchSharp.torch;
 
 namespace DotQuant.Engine.Calibration;
-
-/// <summary>A progress event of a run (the CLI prints it as a line or a JSON object).</summary>
-public sealed record JobEvent(string Kind, string Message, LayerReport? Layer = null, int Done = 0, int Total = 0, double? Perplexity = null);
 
 public sealed record JobResult(string Output, double Seconds, PerplexityResult? Before, PerplexityResult? After, bool GatePassed, IReadOnlyList<LayerReport> Layers)
 {
     public IReadOnlyList<TaskResult> TasksBefore { get; init; } = [];
     public IReadOnlyList<TaskResult> TasksAfter { get; init; } = [];
+    /// <summary>Blocks a resumed run found already done.</summary>
+    public int ResumedBlocks { get; init; }
 }
 
-/// <summary><c>dotnet quantize run</c>: manifest → model → calibration → sequential solve → output
-/// folder (+ optional before/after perplexity and gate).</summary>
+/// <summary>How a run is carried out (not what it computes: none of these change the output).</summary>
+public sealed record RunOptions
+{
+    /// <summary>The output folder is a cache entry keyed by the fingerprint: if another process
+    /// completes it first, its (identical) folder is kept.</summary>
+    public bool ContentAddressed { get; init; }
+    /// <summary>Continue after the last completed block of an interrupted run with the same inputs.</summary>
+    public bool Resume { get; init; }
+    /// <summary>Refuse (DQ0154) when the memory plan predicts more; null = available memory.</summary>
+    public long? MaxMemory { get; init; }
+    /// <summary>Per-file digests memoized in the cache (the fingerprint of a large model is not re-read).</summary>
+    public FileDigests? Digests { get; init; }
+}
+
+/// <summary><c>dotnet quantize run</c>: manifest → plan → streaming model → evaluation before →
+/// block-by-block calibration written as it goes → evaluation after, read back from what was written
+/// → atomic swap of the output folder. Memory is one block plus the calibration streams whatever the
+/// depth (see <see cref="MemoryPlan"/>); every block is a resume point.</summary>
 public static class QuantizeJob
 {
     public static string EngineVersion => typeof(QuantizeJob).Assembly.GetName().Version?.ToString(3) ?? "0.0.0";
 
-    /// <param name="contentAddressed">The output folder is a cache entry keyed by the fingerprint:
-    /// if another process completes it first, its (identical) folder is kept.</param>
-    public static JobResult Run(QuantManifest m, string outputDir, Action<JobEvent>? onEvent = null, CancellationToken ct = default, bool contentAddressed = false)
+    public static JobResult Run(QuantManifest m, string outputDir, Action<RunEvent>? onEvent = null, CancellationToken ct = default, RunOptions? options = null)
     {
+        options ??= new RunOptions();
         var total = Stopwatch.StartNew();
-        void Emit(JobEvent e) => onEvent?.Invoke(e);
+        void Emit(RunEvent e) => onEvent?.Invoke(e);
         var q = m.Quantize;
         var config = ModelConfig.Load(m.ModelPath);
         if (config.Gptq is not null || File.Exists(Path.Combine(m.ModelPath, QuantizedPackage.ManifestFile)))
             throw new DotQuantException(ErrorCodes.UnsupportedModelType, "the model is already quantized; quantize the original floating-point checkpoint", m.ModelPath);
         var tokenizer = HfTokenizer.Load(m.ModelPath);
+        string fingerprint = Fingerprint(m, options.Digests);
+        string destination = Path.Combine(outputDir, m.Output.Name);
 
-        using var source = Checkpoint.Open(m.ModelPath);
+        using var run = RunFolder.Open(destination, RunKey(fingerprint), options.Resume);
+        var state = options.Resume ? run.LoadState(fingerprint, w => Emit(new WarningEvent(w))) : null;
+        using var checkpoint = Checkpoint.Open(m.ModelPath);
         // QuaRot: the float model is rotated first (its function unchanged) and everything after —
         // evaluation, calibration, the package's float tensors — works on the rotated weights.
-        RotatedWeights? rotated = null;
+        QuaRotSource? rotated = null;
         if (q.Rotation is { } rotation)
         {
             var sw = Stopwatch.StartNew();
-            rotated = QuaRot.Apply(config, source, rotation);
-            Emit(new JobEvent("rotate", $"Hadamard rotation: residual {rotated.Residual}, heads H{config.HeadDim}, down_proj {(rotated.DownProj?.ToString() ?? "none")} ({sw.Elapsed.TotalSeconds:F1} s)"));
+            rotated = QuaRot.Apply(config, checkpoint, rotation, Path.Combine(run.Scratch, "rotated"), ct);
+            Emit(new InfoEvent("rotate", $"Hadamard rotation: residual {rotated.Residual}, heads H{config.HeadDim}, down_proj {(rotated.DownProj?.ToString() ?? "none")} ({sw.Elapsed.TotalSeconds:F1} s)"));
         }
         using var rotatedScope = rotated;
-        IWeightSource weights = rotated is null ? source : rotated;
-        using var model = ModelLoader.Load(rotated?.Config ?? config, weights);
+        IWeightSource weights = rotated is null ? checkpoint : rotated;
+        using var model = ModelLoader.Open(rotated?.Config ?? config, weights);
+        var plan = RunPlan.Create(q, m.Output.Format, model);
+        foreach (var w in plan.Warnings) Emit(new WarningEvent(w));
+        var (limit, limitSource) = options.MaxMemory is long max ? (max, "--max-memory") : MemoryPlan.Available();
+        var memory = MemoryPlan.Predict(m, plan, model, limit, limitSource);
+        Emit(new MemoryEvent(memory));
+        memory.Check(m);
+        using var hessians = HessianSources.For(q);
 
-        PerplexityResult? before = null, after = null;
+        // Evaluation before (a resumed run has the figures already).
+        PerplexityResult? before = state?.Before, after = null;
         int[]? evalIds = null;
         int evalLength = 0;
         if (m.Evaluate?.Perplexity is { } ppl)
@@ -64,196 +90,134 @@ public static class QuantizeJob
             if (!File.Exists(ppl.Data)) throw new DotQuantException(ErrorCodes.EvalData, $"evaluation data not found: {ppl.Data}", m.Path);
             evalIds = tokenizer.Encode(File.ReadAllText(ppl.Data));
             evalLength = ppl.SequenceLength ?? Math.Min(2048, config.MaxPositionEmbeddings);
-            Emit(new JobEvent("evaluate", "perplexity before quantization"));
-            before = Perplexity.Windows(model, evalIds, evalLength, ppl.MaxSequences);
-            Emit(new JobEvent("perplexity", $"before: {before.Perplexity:F4}", Perplexity: before.Perplexity));
+            if (before is null)
+            {
+                Emit(new InfoEvent("evaluate", "perplexity before quantization"));
+                before = Perplexity.Windows(model, evalIds, evalLength, ppl.MaxSequences, activationBudget: memory.EvaluationBudget, ct: ct);
+                Emit(new PerplexityEvent("before", before));
+            }
         }
-
         IReadOnlyList<ZeroShotTask> tasks = m.Evaluate?.Tasks is { } ts ? ts.Files.Select(f => ZeroShotTask.Load(f, null, ts.Limit)).ToList() : [];
-        List<TaskResult> ScoreTasks(string when) => tasks.Select(t =>
+        List<TaskResult> ScoreTasks(DecoderModel scored, string when) => tasks.Select(t =>
         {
-            Emit(new JobEvent("evaluate", $"{t.Name} {when} quantization"));
-            var r = ZeroShot.Evaluate(model, tokenizer, t);
-            Emit(new JobEvent("task", $"{t.Name} {when}: acc {r.Acc:F4}"));
+            Emit(new InfoEvent("evaluate", $"{t.Name} {when} quantization"));
+            var r = ZeroShot.Evaluate(scored, tokenizer, t, activationBudget: memory.EvaluationBudget, ct: ct);
+            Emit(new TaskEvent(when, r));
             return r;
         }).ToList();
-        var tasksBefore = ScoreTasks("before");
+        var tasksBefore = state is not null && state.TasksBefore.Count == tasks.Count ? state.TasksBefore : ScoreTasks(model, "before");
 
         IReadOnlyList<long[]> sequences = [];
-        if (q.Method != QuantMethod.Rtn)
+        if (hessians.NeedsCalibration)
         {
             var cal = m.Calibration!;
             var set = CalibrationSet.Load(cal.Data, tokenizer, config.VocabSize, cal.Samples, cal.SequenceLength, cal.Seed);
             sequences = set.Sequences;
-            Emit(new JobEvent("calibration", $"{sequences.Count} sequences × {sequences[0].Length} tokens from {Path.GetFileName(cal.Data)} ({set.AvailableTokens:N0} tokens available)"));
+            Emit(new InfoEvent("calibration", $"{sequences.Count} sequences × {sequences[0].Length} tokens from {Path.GetFileName(cal.Data)} ({set.AvailableTokens:N0} tokens available)"));
         }
 
-        bool gptq = m.Output.Format == OutputFormat.Gptq;
-        var skipReasons = new Dictionary<string, string>();
-        SolverOptions? Plan(NamedLinear lin)
+        // Calibration, block by block, written as it goes.
+        using var writer = PackageWriter.Create(m.Output.Format, q, run.Output, Path.Combine(run.Scratch, "shards"), m.Output.ShardBytes, state?.Writer);
+        int first = state?.NextBlock ?? 0;
+        if (first > 0) Emit(new InfoEvent("resume", $"resuming after block {first} of {model.BlockCount} ({run.Root})"));
+        var storage = m.Calibration?.Bf16Stream == true ? ScalarType.BFloat16 : ScalarType.Float32;
+        ActivationStream? stream = null;
+        if (hessians.NeedsCalibration)
         {
-            var o = q.PlanFor(lin.Name);
-            if (o is null) { skipReasons[lin.Name] = "skipped by a layers rule"; return null; }
-            if (gptq && (lin.InFeatures % 32 != 0 || lin.OutFeatures % 32 != 0 || (o.GroupSize > 0 && lin.InFeatures % o.GroupSize != 0)))
-            {
-                string why = $"[{lin.OutFeatures}, {lin.InFeatures}] cannot be packed as GPTQ (dimensions must be multiples of 32 and of the group size)";
-                skipReasons[lin.Name] = why;
-                Emit(new JobEvent("warning", $"{lin.Name}: {why}; kept in full precision"));
-                return null;
-            }
-            return o;
+            stream = first == 0 ? ActivationStream.Embed(model, sequences, storage) : ActivationStream.Load(run.StreamFile, "xq", sequences, storage);
+            if (first > 0) hessians.Restore(run.Root, sequences, first);
         }
-
-        var reports = new List<LayerReport>();
-        var plan = new CalibrationPlan
+        IReadOnlyList<LayerReport> reports;
+        using (stream)
         {
-            OptionsFor = Plan,
-            RoundToNearest = q.Method == QuantMethod.Rtn,
-            FloatStream = q.NeedsFloatStream,
-            OutputAdaptive = q.Oac,
-            OnLayer = (r, done, count) =>
+            var calibrator = new Calibrator
             {
-                reports.Add(r);
-                if (r.Quantized) Emit(new JobEvent("layer", r.Name, r, done, count));
-            },
-            OnWarning = w => Emit(new JobEvent("warning", w)),
+                Model = model, Plan = plan, Hessians = hessians, Writer = writer, Scratch = run.Scratch, Events = onEvent, Cancellation = ct,
+                Checkpoint = run.Resumable ? new ResumePoint(run, writer, fingerprint, before, tasksBefore) : null,
+            };
+            reports = calibrator.Run(stream, first, state?.Reports);
+        }
+        // Tensors outside the blocks (embeddings, final norm, head), as stored.
+        var blockPrefixes = Enumerable.Range(0, model.BlockCount).Select(model.BlockPrefix).ToList();
+        foreach (var name in weights.Names.Where(n => !blockPrefixes.Any(p => n.StartsWith(p, StringComparison.Ordinal))))
+            writer.AddStored(name, weights);
+        writer.FinishTensors(m.ModelPath);
+
+        Action<JsonObject>? patch = rotated is null ? null : c =>
+        {
+            c["tie_word_embeddings"] = false;
+            c["dotquant_rotation"] = new JsonObject
+            {
+                ["down_proj_input"] = rotated.DownProj is null ? "none" : "hadamard",
+                ["residual"] = rotated.Residual.ToString(),
+                ["seed"] = q.Rotation!.Seed,
+            };
         };
-        var quantized = SequentialCalibrator.Run(model, sequences, plan, ct);
-        try
+        var info = new PackageInfo
         {
+            ModelType = config.ModelType,
+            SourceModel = Path.GetFileName(m.ModelPath.TrimEnd('/', '\\')),
+            Scheme = Scheme(q),
+            InputFingerprint = fingerprint,
+            Layers = reports,
+            SkipReasons = plan.SkipReasons,
+            Calibration = m.Calibration is { } c && sequences.Count > 0 ? new CalibrationInfo(Path.GetFileName(c.Data), sequences.Count, sequences[0].Length, c.Seed) : null,
+        };
+        writer.WriteMetadata(m.ModelPath, info, patch);
+
+        // Evaluation after, from what was written.
+        List<TaskResult> tasksAfter = [];
+        if (evalIds is not null || tasks.Count > 0)
+        {
+            using var written = ModelLoader.Open(run.Output);
             if (evalIds is not null)
             {
-                Emit(new JobEvent("evaluate", "perplexity after quantization"));
-                after = Perplexity.Windows(model, evalIds, evalLength, m.Evaluate!.Perplexity!.MaxSequences);
-                Emit(new JobEvent("perplexity", $"after: {after.Perplexity:F4}", Perplexity: after.Perplexity));
+                Emit(new InfoEvent("evaluate", "perplexity after quantization"));
+                after = Perplexity.Windows(written, evalIds, evalLength, m.Evaluate!.Perplexity!.MaxSequences, activationBudget: memory.EvaluationBudget, ct: ct);
+                Emit(new PerplexityEvent("after", after));
             }
-            var tasksAfter = ScoreTasks("after");
-            bool gatePassed = true;
-            if (m.Evaluate?.Gate is { } gate && before is not null && after is not null)
-            {
-                double allowed = gate.Relative ? before.Perplexity * (1 + gate.MaxIncrease) : before.Perplexity + gate.MaxIncrease;
-                gatePassed = after.Perplexity <= allowed;
-            }
-
-            var info = Describe(m, config, reports, skipReasons, sequences, before, after, quantized);
-            if (tasksAfter.Count > 0)
-            {
-                var taskInfo = info["evaluation"] as JsonObject ?? new JsonObject();
-                info["evaluation"] = taskInfo;
-                taskInfo["tasks"] = new JsonArray(tasksBefore.Zip(tasksAfter).Select(p => (JsonNode?)new JsonObject
-                {
-                    ["task"] = p.First.Task,
-                    ["documents"] = p.First.Documents,
-                    ["acc_before"] = p.First.Acc,
-                    ["acc_after"] = p.Second.Acc,
-                    ["acc_norm_before"] = p.First.AccNorm,
-                    ["acc_norm_after"] = p.Second.AccNorm,
-                }).ToArray());
-            }
-            if (info["evaluation"] is JsonObject evaluation && m.Evaluate?.Gate is not null)
-                evaluation["gate"] = gatePassed ? "passed" : "failed";
-            string destination = Path.Combine(outputDir, m.Output.Name);
-            ct.ThrowIfCancellationRequested();
-            var names = rotated?.Names ?? source.Tensors.Select(t => t.Name).ToList();
-            Action<JsonObject>? patch = rotated is null ? null : c =>
-            {
-                c["tie_word_embeddings"] = false;
-                c["dotquant_rotation"] = new JsonObject
-                {
-                    ["down_proj_input"] = rotated.DownProj is null ? "none" : "hadamard",
-                    ["residual"] = rotated.Residual.ToString(),
-                    ["seed"] = q.Rotation!.Seed,
-                };
-            };
-            QuantizedPackage.Write(destination, gptq, m.ModelPath, weights, names, quantized, info,
-                new QuantizeSettings(q.Bits, q.GroupSize, q.Symmetric, q.ActOrder, q.StaticGroups, q.Damp), contentAddressed, patch);
-            Emit(new JobEvent("output", destination));
-            return new JobResult(destination, total.Elapsed.TotalSeconds, before, after, gatePassed, reports) { TasksBefore = tasksBefore, TasksAfter = tasksAfter };
+            tasksAfter = ScoreTasks(written, "after");
         }
-        finally
-        {
-            foreach (var x in quantized.Values) x.Dispose();
-        }
-    }
-
-    static JsonObject Describe(QuantManifest m, ModelConfig config, List<LayerReport> reports, Dictionary<string, string> skipReasons,
-        IReadOnlyList<long[]> sequences, PerplexityResult? before, PerplexityResult? after, IReadOnlyDictionary<string, SolvedLinear> quantized)
-    {
-        var scheme = Scheme(m.Quantize);
-        var layers = new JsonArray();
-        foreach (var r in reports)
-        {
-            var l = new JsonObject { ["name"] = r.Name, ["quantized"] = r.Quantized, ["in_features"] = r.InFeatures, ["out_features"] = r.OutFeatures };
-            if (r.Quantized)
-            {
-                l["bits"] = r.Bits;
-                l["group_size"] = r.GroupSize;
-                if (double.IsFinite(r.Loss)) l["loss"] = r.Loss;
-                if (double.IsFinite(r.RtnLoss)) l["rtn_loss"] = r.RtnLoss;
-                if (r.Damp > 0) l["damp"] = r.Damp;
-                l["kind"] = r.Kind;
-                l["paper_bits"] = Math.Round(r.PaperBits, 6);
-                l["stored_bits"] = Math.Round(r.StoredBits, 6);
-                if (quantized.TryGetValue(r.Name, out var solved))
-                    foreach (var (k, v) in solved.Describe()) l[k] = v?.DeepClone();
-            }
-            else if (skipReasons.TryGetValue(r.Name, out var why)) l["reason"] = why;
-            layers.Add(l);
-        }
-        var info = new JsonObject
-        {
-            ["format"] = "dotquant",
-            ["format_version"] = QuantizedPackage.FormatVersion,
-            ["engine_version"] = EngineVersion,
-            ["model_type"] = config.ModelType,
-            ["source_model"] = Path.GetFileName(m.ModelPath.TrimEnd('/', '\\')),
-            ["scheme"] = scheme,
-            ["input_fingerprint"] = Fingerprint(m),
-            ["layers"] = layers,
-        };
-        var bits = ModelBits.Of(reports);
-        if (bits.Weights > 0)
-            info["bits"] = new JsonObject
-            {
-                ["paper"] = Math.Round(bits.Paper, 6),
-                ["stored"] = Math.Round(bits.Stored, 6),
-                ["quantized_weights"] = bits.Weights,
-            };
-        if (m.Calibration is { } c && sequences.Count > 0)
-            info["calibration"] = new JsonObject
-            {
-                ["data"] = Path.GetFileName(c.Data),
-                ["samples"] = sequences.Count,
-                ["sequence_length"] = sequences[0].Length,
-                ["seed"] = c.Seed,
-            };
         if (before is not null && after is not null)
-            info["evaluation"] = new JsonObject
+        {
+            info = info with
             {
-                ["perplexity"] = new JsonObject
+                Evaluation = new EvaluationInfo(Path.GetFileName(m.Evaluate!.Perplexity!.Data), after.Windows, m.Evaluate.Perplexity.SequenceLength, before.Perplexity, after.Perplexity)
                 {
-                    ["data"] = Path.GetFileName(m.Evaluate!.Perplexity!.Data),
-                    ["windows"] = after.Windows,
-                    ["sequence_length"] = m.Evaluate.Perplexity.SequenceLength,
-                    ["before"] = before.Perplexity,
-                    ["after"] = after.Perplexity,
+                    Tasks = tasksBefore.Zip(tasksAfter).ToList(),
                 },
             };
-        return info;
+            writer.WriteMetadata(m.ModelPath, info, patch);
+        }
+        bool gatePassed = m.Evaluate?.Gate is not { } gate || before is null || after is null || gate.Judge(before.Perplexity, after.Perplexity);
+
+        ct.ThrowIfCancellationRequested();
+        run.Publish(destination, options.ContentAddressed);
+        Emit(new InfoEvent("output", destination));
+        return new JobResult(destination, total.Elapsed.TotalSeconds, before, after, gatePassed, reports)
+        {
+            TasksBefore = tasksBefore, TasksAfter = tasksAfter, ResumedBlocks = first,
+        };
     }
 
-    /// <summary>Whether a finished output folder recorded a failed quality gate (a cached result
-    /// must fail the build again, not pass silently). Returns the before/after figures too.</summary>
-    public static (bool Failed, double Before, double After) RecordedGate(string folder)
+    /// <summary>The run folder's key: the fingerprint's first 16 hex digits.</summary>
+    public static string RunKey(string fingerprint) => fingerprint[(fingerprint.IndexOf(':') + 1)..][..16];
+
+    /// <summary>Saves a resume point after every block: writer, streams, the Hessian source's state,
+    /// then state.json (the commit).</summary>
+    sealed class ResumePoint(RunFolder run, PackageWriter writer, string fingerprint, PerplexityResult? before, IReadOnlyList<TaskResult> tasksBefore) : IBlockCheckpoint
     {
-        JsonNode? info = null;
-        string native = Path.Combine(folder, QuantizedPackage.ManifestFile);
-        string config = Path.Combine(folder, "config.json");
-        if (File.Exists(native)) info = JsonNode.Parse(File.ReadAllText(native));
-        else if (File.Exists(config)) info = JsonNode.Parse(File.ReadAllText(config))?["quantization_config"]?["meta"];
-        var evaluation = info?["evaluation"];
-        bool failed = (string?)evaluation?["gate"] == "failed";
-        return (failed, (double?)evaluation?["perplexity"]?["before"] ?? double.NaN, (double?)evaluation?["perplexity"]?["after"] ?? double.NaN);
+        public void Completed(int block, ActivationStream? stream, IHessianSource hessians, IReadOnlyList<LayerReport> reports)
+        {
+            var writerState = writer.Commit();
+            stream?.Save(run.StreamFile, "xq");
+            hessians.Save(run.Root);
+            run.SaveState(new RunState
+            {
+                Fingerprint = fingerprint, NextBlock = block + 1, Writer = writerState, Reports = reports.ToList(),
+                Before = before, TasksBefore = tasksBefore.ToList(),
+            });
+        }
     }
 
     /// <summary>The scheme part of dotquant.json (also hashed into the fingerprint).</summary>
@@ -344,7 +308,8 @@ public static class QuantizeJob
         AddText(scheme.ToJsonString());
         foreach (var r in m.Quantize.Layers) AddText($"{r.Match}|{r.Bits}|{r.GroupSize}|{r.Skip}");
         AddText($"{m.Output.Name}|{m.Output.Format}");
-        if (m.Calibration is { } c) AddText($"{c.Samples}|{c.SequenceLength}|{c.Seed}");
+        if (m.Calibration is { } c) AddText($"{c.Samples}|{c.SequenceLength}|{c.Seed}" + (c.Bf16Stream ? "|bf16" : ""));
+        if (m.Output.ShardBytes != OutputSpec.DefaultShardBytes) AddText($"shard|{m.Output.ShardBytes}");
         if (m.Evaluate?.Perplexity is { } p) AddText($"{p.SequenceLength}|{p.MaxSequences}");
         if (m.Evaluate?.Tasks is { } t) AddText($"tasks|{t.Limit}|{t.Files.Count}");
         foreach (var f in InputFiles(m)) AddFile(f);

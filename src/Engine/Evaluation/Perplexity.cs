@@ -17,7 +17,7 @@ public static class Perplexity
     /// of <paramref name="sequenceLength"/> (the tail shorter than a window is dropped), mean NLL over
     /// the predicted tokens of every window, exp.</summary>
     public static PerplexityResult Windows(DecoderModel model, int[] ids, int sequenceLength, int? maxWindows = null,
-        Action<int, int>? progress = null)
+        Action<int, int>? progress = null, long activationBudget = LayerMajor.DefaultActivationBudget, CancellationToken ct = default)
     {
         if (sequenceLength < 2)
             throw new DotQuantException(ErrorCodes.EvalArgument, $"sequence length must be at least 2 (got {sequenceLength})");
@@ -31,41 +31,66 @@ public static class Perplexity
         var sw = Stopwatch.StartNew();
         // Batch windows so small models do not drown in per-call overhead; ~4k tokens per call.
         int batch = Math.Max(1, Math.Min(windows, 4096 / sequenceLength));
-        double nll = 0;
-        long predicted = 0;
-        for (int first = 0; first < windows; first += batch)
+        var batches = new List<Tensor>();
+        try
         {
-            int n = Math.Min(batch, windows - first);
-            using var scope = NewDisposeScope();
-            var window = tensor(ids.AsSpan(first * sequenceLength, n * sequenceLength).ToArray().Select(i => (long)i).ToArray(), [n, sequenceLength]);
-            nll += SequenceNll(model, window);
-            predicted += (long)n * (sequenceLength - 1);
-            progress?.Invoke(first + n, windows);
+            for (int first = 0; first < windows; first += batch)
+            {
+                int n = Math.Min(batch, windows - first);
+                batches.Add(tensor(ids.AsSpan(first * sequenceLength, n * sequenceLength).ToArray().Select(i => (long)i).ToArray(), [n, sequenceLength]).DetachFromDisposeScope());
+            }
+            var nll = new double[batches.Count];
+            int done = 0;
+            LayerMajor.Run(model, batches, (i, hidden, head) =>
+            {
+                nll[i] = Nll(model, batches[i], hidden, head);
+                done += (int)batches[i].shape[0];
+                progress?.Invoke(done, windows);
+            }, activationBudget, ct);
+            long predicted = (long)windows * (sequenceLength - 1);
+            return Result(InOrder(nll), predicted, ids.Length, windows, sw.Elapsed.TotalSeconds);
         }
-        return Result(nll, predicted, ids.Length, windows, sw.Elapsed.TotalSeconds);
+        finally
+        {
+            foreach (var b in batches) b.Dispose();
+        }
     }
 
     /// <summary>Document protocol: each document scored on its own (typically BOS + tokens),
     /// truncated at <paramref name="sequenceLength"/>; mean NLL over all predicted tokens.</summary>
-    public static PerplexityResult Documents(DecoderModel model, IReadOnlyList<int[]> documents, int sequenceLength)
+    public static PerplexityResult Documents(DecoderModel model, IReadOnlyList<int[]> documents, int sequenceLength,
+        long activationBudget = LayerMajor.DefaultActivationBudget, CancellationToken ct = default)
     {
         var sw = Stopwatch.StartNew();
-        double nll = 0;
-        long predicted = 0, tokens = 0;
-        int used = 0;
-        foreach (var doc in documents)
+        var batches = new List<Tensor>();
+        try
         {
-            int len = Math.Min(doc.Length, sequenceLength);
-            if (len < 2) continue;
-            using var scope = NewDisposeScope();
-            var ids = tensor(doc.Take(len).Select(i => (long)i).ToArray(), [1, len]);
-            nll += SequenceNll(model, ids);
-            predicted += len - 1;
-            tokens += len;
-            used++;
+            long predicted = 0, tokens = 0;
+            foreach (var doc in documents)
+            {
+                int len = Math.Min(doc.Length, sequenceLength);
+                if (len < 2) continue;
+                batches.Add(tensor(doc.Take(len).Select(i => (long)i).ToArray(), [1, len]).DetachFromDisposeScope());
+                predicted += len - 1;
+                tokens += len;
+            }
+            if (batches.Count == 0) throw new DotQuantException(ErrorCodes.EvalData, "no document has two or more tokens");
+            var nll = new double[batches.Count];
+            LayerMajor.Run(model, batches, (i, hidden, head) => nll[i] = Nll(model, batches[i], hidden, head), activationBudget, ct);
+            return Result(InOrder(nll), predicted, tokens, batches.Count, sw.Elapsed.TotalSeconds);
         }
-        if (used == 0) throw new DotQuantException(ErrorCodes.EvalData, "no document has two or more tokens");
-        return Result(nll, predicted, tokens, used, sw.Elapsed.TotalSeconds);
+        finally
+        {
+            foreach (var b in batches) b.Dispose();
+        }
+    }
+
+    /// <summary>Left-to-right sum (the order every earlier figure was summed in).</summary>
+    static double InOrder(double[] values)
+    {
+        double total = 0;
+        foreach (var v in values) total += v;
+        return total;
     }
 
     static PerplexityResult Result(double nll, long predicted, long tokens, int windows, double seconds)
@@ -76,22 +101,13 @@ public static class Perplexity
         return new PerplexityResult(Math.Exp(mean), mean, tokens, windows, predicted, seconds);
     }
 
-    /// <summary>Sum of −log p(x_t | x_&lt;t) over t ≥ 1 for ids [B, T]. Logits are formed a slice of
-    /// positions at a time so a large vocabulary never needs a [B, T, V] tensor.</summary>
-    internal static double SequenceNll(DecoderModel model, Tensor ids)
+    /// <summary>Sum of −log p(x_t | x_&lt;t) over t ≥ 1 for ids [B, T], from the final-normalised hidden
+    /// states. Logits are formed a slice of positions at a time so a large vocabulary never needs a
+    /// [B, T, V] tensor.</summary>
+    static double Nll(DecoderModel model, Tensor ids, Tensor h, Tensor head)
     {
         using var scope = NewDisposeScope();
-        long b = ids.shape[0], t = ids.shape[1];
-        using var ctx = model.CreateContext(0, t);
-        var h = model.Embed(ids);
-        for (int i = 0; i < model.BlockCount; i++)
-        {
-            var next = model.ForwardBlock(i, h, ctx);
-            h.Dispose();
-            h = next;
-        }
-        h = model.FinalNorm(h);
-        using var head = model.HeadWeight();
+        long t = ids.shape[1];
         var hidden = h.narrow(1, 0, t - 1).reshape(-1, h.shape[2]);
         var targets = ids.narrow(1, 1, t - 1).reshape(-1);
         long rows = hidden.shape[0];

@@ -24,10 +24,11 @@ public static class ZeroShot
         public int Length => Context.Length + Continuation.Length - 1;
     }
 
-    public static TaskResult Evaluate(DecoderModel model, HfTokenizer tokenizer, ZeroShotTask task, bool bos = false)
+    public static TaskResult Evaluate(DecoderModel model, HfTokenizer tokenizer, ZeroShotTask task, bool bos = false,
+        long activationBudget = LayerMajor.DefaultActivationBudget, CancellationToken ct = default)
     {
         var sw = Stopwatch.StartNew();
-        var requests = Requests(model, tokenizer, task, bos);
+        var requests = Requests(model, tokenizer, task, bos, activationBudget, ct);
         return Aggregate(task, requests, sw.Elapsed.TotalSeconds);
     }
 
@@ -37,7 +38,8 @@ public static class ZeroShot
         Requests(model, tokenizer, task, bos).GroupBy(r => r.Doc).OrderBy(g => g.Key)
             .Select(g => g.OrderBy(r => r.Option).Select(r => (r.LogLikelihood, r.Greedy)).ToArray()).ToArray();
 
-    static List<Request> Requests(DecoderModel model, HfTokenizer tokenizer, ZeroShotTask task, bool bos)
+    static List<Request> Requests(DecoderModel model, HfTokenizer tokenizer, ZeroShotTask task, bool bos,
+        long activationBudget = LayerMajor.DefaultActivationBudget, CancellationToken ct = default)
     {
         var requests = new List<Request>();
         for (int d = 0; d < task.Documents.Count; d++)
@@ -50,7 +52,7 @@ public static class ZeroShot
                 requests.Add(new Request(d, i, ctx, cont));
             }
         }
-        Score(model, requests);
+        Score(model, requests, activationBudget, ct);
         return requests;
     }
 
@@ -71,42 +73,57 @@ public static class ZeroShot
         return (ctx, cont);
     }
 
-    static void Score(DecoderModel model, List<Request> requests)
+    /// <summary>Batches as the harness forms them, run layer-major (one block in memory at a time).</summary>
+    static void Score(DecoderModel model, List<Request> requests, long activationBudget, CancellationToken ct)
     {
         int window = model.Config.MaxPositionEmbeddings;
         long vocab = model.Config.VocabSize;
         // Longest first (as the harness), so padding is small; ~32M logits per batch.
         var order = requests.OrderByDescending(r => Math.Min(r.Length, window)).ToList();
-        int at = 0;
-        while (at < order.Count)
+        var chunks = new List<(List<Request> Requests, List<int[]> Inputs)>();
+        var batches = new List<Tensor>();
+        try
         {
-            int len = Math.Min(order[at].Length, window);
-            int batch = (int)Math.Max(1, Math.Min(64, 32_000_000 / ((long)len * vocab)));
-            var chunk = order.Skip(at).Take(batch).ToList();
-            at += chunk.Count;
-            using var scope = NewDisposeScope();
-            var ids = new long[chunk.Count * len];
-            var inputs = new List<int[]>();
-            for (int b = 0; b < chunk.Count; b++)
+            int at = 0;
+            while (at < order.Count)
             {
-                var full = chunk[b].Context.Concat(chunk[b].Continuation).ToArray();
-                var input = full[..^1];
-                if (input.Length > window) input = input[^window..];                 // keep the end
-                inputs.Add(input);
-                for (int t = 0; t < input.Length; t++) ids[b * len + t] = input[t];
+                int len = Math.Min(order[at].Length, window);
+                int batch = (int)Math.Max(1, Math.Min(64, 32_000_000 / ((long)len * vocab)));
+                var chunk = order.Skip(at).Take(batch).ToList();
+                at += chunk.Count;
+                var ids = new long[chunk.Count * len];
+                var inputs = new List<int[]>();
+                for (int b = 0; b < chunk.Count; b++)
+                {
+                    var full = chunk[b].Context.Concat(chunk[b].Continuation).ToArray();
+                    var input = full[..^1];
+                    if (input.Length > window) input = input[^window..];                 // keep the end
+                    inputs.Add(input);
+                    for (int t = 0; t < input.Length; t++) ids[b * len + t] = input[t];
+                }
+                chunks.Add((chunk, inputs));
+                batches.Add(tensor(ids, [chunk.Count, len]).DetachFromDisposeScope());
             }
             using var no = no_grad();
-            var logits = model.Forward(tensor(ids, [chunk.Count, len]));
-            for (int b = 0; b < chunk.Count; b++)
+            LayerMajor.Run(model, batches, (i, hidden, head) =>
             {
-                // Only the continuation's positions are scored (log-softmax is per row).
-                var r = chunk[b];
-                int n = r.Continuation.Length, start = inputs[b].Length - n;
-                var targets = tensor(r.Continuation.Select(x => (long)x).ToArray());
-                var rows = logits[b].narrow(0, start, n);
-                r.LogLikelihood = rows.log_softmax(-1).gather(1, targets.unsqueeze(1)).sum().to(ScalarType.Float64).item<double>();
-                r.Greedy = rows.argmax(-1).eq(targets).all().item<bool>();
-            }
+                var (chunk, inputs) = chunks[i];
+                var logits = nn.functional.linear(hidden, head);
+                for (int b = 0; b < chunk.Count; b++)
+                {
+                    // Only the continuation's positions are scored (log-softmax is per row).
+                    var r = chunk[b];
+                    int n = r.Continuation.Length, start = inputs[b].Length - n;
+                    var targets = tensor(r.Continuation.Select(x => (long)x).ToArray());
+                    var rows = logits[b].narrow(0, start, n);
+                    r.LogLikelihood = rows.log_softmax(-1).gather(1, targets.unsqueeze(1)).sum().to(ScalarType.Float64).item<double>();
+                    r.Greedy = rows.argmax(-1).eq(targets).all().item<bool>();
+                }
+            }, activationBudget, ct);
+        }
+        finally
+        {
+            foreach (var b in batches) b.Dispose();
         }
     }
 

@@ -24,27 +24,7 @@ public static class AtomicDirectory
         try
         {
             fill(tmp);
-            if (keepExisting && Directory.Exists(full))
-            {
-                TryDelete(tmp);
-                return;
-            }
-            string? old = null;
-            if (Directory.Exists(full))
-            {
-                old = Path.Combine(parent, $".{name}.old-{Environment.ProcessId}-{Guid.NewGuid():N}");
-                Directory.Move(full, old);
-            }
-            try
-            {
-                Directory.Move(tmp, full);
-            }
-            catch
-            {
-                if (old is not null) Directory.Move(old, full);   // put the previous output back
-                throw;
-            }
-            if (old is not null) TryDelete(old);
+            Publish(tmp, full, keepExisting);
         }
         catch (IOException e)
         {
@@ -58,9 +38,40 @@ public static class AtomicDirectory
         }
     }
 
+    /// <summary>Moves the complete folder <paramref name="ready"/> (on the same file system) to
+    /// <paramref name="destination"/>: the old folder is moved aside, the new one moved in, the old one
+    /// deleted, so a reader sees one complete folder or the other.</summary>
+    public static void Publish(string ready, string destination, bool keepExisting = false)
+    {
+        string full = Path.GetFullPath(destination);
+        string parent = Path.GetDirectoryName(full)!;
+        string name = Path.GetFileName(full);
+        if (keepExisting && Directory.Exists(full))
+        {
+            TryDelete(ready);
+            return;
+        }
+        string? old = null;
+        if (Directory.Exists(full))
+        {
+            old = Path.Combine(parent, $".{name}.old-{Environment.ProcessId}-{Guid.NewGuid():N}");
+            Directory.Move(full, old);
+        }
+        try
+        {
+            Directory.Move(ready, full);
+        }
+        catch
+        {
+            if (old is not null) Directory.Move(old, full);   // put the previous output back
+            throw;
+        }
+        if (old is not null) TryDelete(old);
+    }
+
     /// <summary>Removes temp folders of earlier writes that were killed, and restores a previous
     /// output that a kill left moved aside.</summary>
-    static void SweepStale(string parent, string name)
+    internal static void SweepStale(string parent, string name)
     {
         // Another live process may be writing the same destination (two builds sharing a cache):
         // only folders whose writer has died are removed.
@@ -92,7 +103,7 @@ public static class AtomicDirectory
         }
     }
 
-    static void TryDelete(string dir)
+    internal static void TryDelete(string dir)
     {
         try { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
         catch (IOException) { }

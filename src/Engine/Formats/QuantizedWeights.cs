@@ -22,12 +22,28 @@ public sealed class QuantizedWeights(Checkpoint checkpoint, IReadOnlyDictionary<
     public Checkpoint Checkpoint => checkpoint;
     public IReadOnlyDictionary<string, QuantizedLayout> Layouts => layouts;
 
+    IReadOnlyList<string>? _names;
+
+    /// <summary>The model's logical tensors: every stored tensor that is not part of a quantized
+    /// linear, plus <c>PREFIX.weight</c> for each quantized one.</summary>
+    public IReadOnlyList<string> Names => _names ??= checkpoint.Names
+        .Where(n => !layouts.Keys.Any(p => n.StartsWith(p + ".", StringComparison.Ordinal)))
+        .Concat(layouts.Keys.Select(p => p + ".weight"))
+        .Order(StringComparer.Ordinal).ToList();
+
+    public Tensor LoadRows(string name, Tensor rows) => checkpoint.LoadRows(name, rows);
+
     static string? PrefixOf(string name) => name.EndsWith(".weight", StringComparison.Ordinal) ? name[..^".weight".Length] : null;
 
     public bool Contains(string name) =>
         PrefixOf(name) is { } p && layouts.ContainsKey(p) || checkpoint.Contains(name);
 
     public Tensor LoadStored(string name) => checkpoint.Load(name);
+
+    public TensorShape? Describe(string name) =>
+        PrefixOf(name) is { } p && layouts.TryGetValue(p, out var l)
+            ? new TensorShape(ScalarType.Float32, [l.OutFeatures, l.InFeatures])
+            : checkpoint.Describe(name);
 
     public Tensor Load(string name, params long[] expectedShape)
     {

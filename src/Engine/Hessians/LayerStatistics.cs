@@ -7,8 +7,8 @@ namespace DotQuant.Engine.Hessians;
 /// does. Accumulated in fp32 as sums and scaled once at the end.</summary>
 public sealed class LayerStatistics : IDisposable
 {
-    readonly Tensor _h;
-    readonly Tensor? _d;
+    Tensor? _h;
+    Tensor? _d;
     int _sequences;
 
     public LayerStatistics(long inFeatures, bool withAsymmetry)
@@ -21,6 +21,7 @@ public sealed class LayerStatistics : IDisposable
     public void Add(Tensor xq, Tensor? xf = null)
     {
         using var scope = NewDisposeScope();
+        if (_h is null) throw new InvalidOperationException("the statistics were already handed over");
         var q = xq.reshape(-1, xq.shape[^1]).to(ScalarType.Float32);
         _h.addmm_(q.t(), q, 1, 1);
         if (_d is not null)
@@ -34,16 +35,23 @@ public sealed class LayerStatistics : IDisposable
 
     public int Sequences => _sequences;
 
-    /// <summary>The final (2/N)-scaled H and D (new tensors; the accumulators are left as they are).</summary>
+    /// <summary>The final (2/N)-scaled H and D. The accumulators are scaled in place and handed over
+    /// (the caller owns them): an 11008² H is not copied.</summary>
     public (Tensor H, Tensor? D) Finish()
     {
+        if (_h is null) throw new InvalidOperationException("the statistics were already handed over");
         double scale = 2.0 / Math.Max(1, _sequences);
-        return (_h * scale, _d is null ? null : _d * scale);
+        _h.mul_(scale);
+        _d?.mul_(scale);
+        var result = (_h, _d);
+        _h = null;
+        _d = null;
+        return result;
     }
 
     public void Dispose()
     {
-        _h.Dispose();
+        _h?.Dispose();
         _d?.Dispose();
     }
 }

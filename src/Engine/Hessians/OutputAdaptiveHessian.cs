@@ -1,4 +1,6 @@
+using DotQuant.Engine.Calibration;
 using DotQuant.Engine.Diagnostics;
+using DotQuant.Engine.IO;
 using DotQuant.Engine.Models;
 using static TorchSharp.torch;
 
@@ -53,91 +55,221 @@ public sealed record OacOptions
 /// Sequences run one at a time (per-sample gradients), only the requested linears' weights require
 /// gradients (as fp32 leaves), G is read from W.grad and folded into an fp32 accumulator, so no
 /// per-sample gradient is ever kept. Rows are aggregated (the m row Hessians averaged), which keeps
-/// the per-sequence token coupling X_s Δ_sᵀΔ_s X_sᵀ — unlike a K-FAC factorisation.</summary>
+/// the per-sequence token coupling X_s Δ_sᵀΔ_s X_sᵀ — unlike a K-FAC factorisation.
+///
+/// The backward runs block by block so that only one block's weights are ever in memory: a forward
+/// sweep keeps every block's input per sequence (spilled to the scratch folder when large), the head
+/// gives each sequence's ∂CE/∂x at the last block, and a backward sweep recomputes each block with
+/// gradients from its saved input and carries ∂CE/∂x one block down — the same operations a
+/// whole-graph backward performs, one block resident.</summary>
 public static class OutputAdaptiveHessian
 {
-    /// <param name="from">First block to run; <paramref name="hidden"/> are its inputs, batched.</param>
-    /// <param name="ids">Token ids of each batch (labels).</param>
-    /// <param name="targets">The linears whose H̄ is wanted (in blocks ≥ <paramref name="from"/>).</param>
-    public static Dictionary<NamedLinear, Tensor> Compute(DecoderModel model, int from, IReadOnlyList<Tensor> hidden, IReadOnlyList<long[][]> ids,
-        IReadOnlyCollection<NamedLinear> targets, OacOptions o, Func<long, ForwardContext> context, CancellationToken ct = default)
+    /// <summary>Saved block inputs above this many bytes go to disk.</summary>
+    public const long InMemoryActivations = 256L << 20;
+
+    /// <param name="from">First block to run; <paramref name="stream"/> holds its inputs.</param>
+    /// <param name="working">Block <paramref name="from"/> as the caller holds it (partially solved),
+    /// or null to load it from the model.</param>
+    /// <param name="targets">Names of the linears whose H̄ is wanted (in blocks ≥ <paramref name="from"/>).</param>
+    public static Dictionary<string, Tensor> Compute(DecoderModel model, int from, DecoderBlock? working, ActivationStream stream,
+        IReadOnlySet<string> targets, OacOptions o, ForwardContexts contexts, string? scratch, CancellationToken ct = default)
     {
-        var sums = targets.ToDictionary(l => l, l => zeros(l.InFeatures, l.InFeatures).DetachFromDisposeScope());
-        var leaves = new Dictionary<NamedLinear, Tensor>();
-        foreach (var l in targets)
-        {
-            var leaf = l.Weight.to(ScalarType.Float32, copy: true).requires_grad_(true).DetachFromDisposeScope();
-            leaves[l] = l.ExchangeWeight(leaf);     // keeps the original to put back
-        }
-        int sequences = 0;
-        // Inputs and outputs of the target linears, for the token Fisher and the explicit-form check.
-        var inputs = new Dictionary<NamedLinear, Tensor>();
-        var outputs = new Dictionary<NamedLinear, Tensor>();
-        bool viaOutputGradients = o.Fisher != FisherSample.Sequence;   // token and explicit forms need X and Δ
-        if (viaOutputGradients)
-            foreach (var l in targets)
-                l.OutputObserver = y => { y.retain_grad(); outputs[l] = y.DetachFromDisposeScope(); };   // ours to dispose
-        LinearInputObserver? observe = viaOutputGradients ? (lin, x) => { if (sums.ContainsKey(lin)) inputs[lin] = x.detach().DetachFromDisposeScope(); } : null;
+        var layout = Enumerable.Range(from, model.BlockCount - from).ToDictionary(b => b, b => model.LinearLayout(b).SelectMany(g => g).ToList());
+        var sums = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        foreach (var (_, linears) in layout)
+            foreach (var l in linears.Where(l => targets.Contains(l.Name)))
+                sums[l.Name] = zeros(l.InFeatures, l.InFeatures).DetachFromDisposeScope();
+        var sequences = new List<(int Batch, int Row)>();
+        for (int i = 0; i < stream.Count; i++)
+            for (int s = 0; s < stream.Ids[i].Length; s++) sequences.Add((i, s));
+
+        long perBlock = sequences.Sum(q => (long)stream.Ids[q.Batch][q.Row].Length) * model.Config.HiddenSize * 4;
+        using var saved = new BlockInputs(perBlock * (model.BlockCount - from) > InMemoryActivations ? scratch : null);
+        var x = new Tensor?[sequences.Count];
+        var g = new Tensor?[sequences.Count];
         try
         {
             using var enable = enable_grad();
-            for (int i = 0; i < hidden.Count; i++)
+            // Forward sweep: each block's input per sequence, as the whole-graph forward computes it.
+            for (int q = 0; q < sequences.Count; q++)
             {
-                for (int s = 0; s < hidden[i].shape[0]; s++)
+                using var input = stream.Input(sequences[q].Batch);
+                x[q] = input.narrow(0, sequences[q].Row, 1).detach().clone().DetachFromDisposeScope();
+            }
+            for (int b = from; b < model.BlockCount; b++)
+            {
+                using var lease = b == from && working is not null ? new BlockLease(working, false) : new BlockLease(model.LoadBlock(b), true);
+                using var leaves = new Leaves(lease.Block, targets);
+                saved.Put(b, x);
+                for (int q = 0; q < x.Length; q++)
                 {
                     ct.ThrowIfCancellationRequested();
                     using var scope = NewDisposeScope();
-                    var x = hidden[i].narrow(0, s, 1).detach();
-                    long t = x.shape[1];
-                    var ctx = context(t);
-                    for (int b = from; b < model.BlockCount; b++)
-                        x = model.ForwardBlock(b, x, ctx, observe);
-                    x = model.FinalNorm(x);
-                    using var head = model.HeadWeight();
-                    var logits = nn.functional.linear(x, head).squeeze(0);          // [T, V]
+                    var input = b > from ? x[q]!.detach().requires_grad_(true) : x[q]!;
+                    var next = lease.Block.Forward(input, contexts.For(input.shape[1])).detach().DetachFromDisposeScope();
+                    x[q]!.Dispose();        // saved keeps its own handle (or a copy on disk)
+                    x[q] = next;
+                }
+            }
+
+            // The loss of each sequence and its gradient at the last block's output.
+            using (var head = model.HeadWeight())
+            {
+                for (int q = 0; q < x.Length; q++)
+                {
+                    ct.ThrowIfCancellationRequested();
+                    using var scope = NewDisposeScope();
+                    var (i, s) = sequences[q];
+                    var last = x[q]!.detach().requires_grad_(true);
+                    long t = last.shape[1];
+                    var logits = nn.functional.linear(model.FinalNorm(last), head).squeeze(0);          // [T, V]
                     var predicted = logits.narrow(0, 0, t - 1);
                     Tensor labels;
                     if (o.Labels == FisherLabels.Empirical)
-                        labels = tensor(ids[i][s].Skip(1).ToArray());
+                        labels = tensor(stream.Ids[i][s].Skip(1).ToArray());
                     else
                     {
-                        using var g = new Generator((ulong)(o.Seed * 1_000_003 + sequences));
+                        using var gen = new Generator((ulong)(o.Seed * 1_000_003 + q));
                         using var noGrad = no_grad();
-                        labels = predicted.softmax(-1).multinomial(1, true, g).squeeze(1);
+                        labels = predicted.softmax(-1).multinomial(1, true, gen).squeeze(1);
                     }
                     var loss = nn.functional.cross_entropy(predicted, labels);
                     if (!loss.isfinite().item<bool>())
                         throw new DotQuantException(ErrorCodes.NonFinite, "the calibration loss is NaN or Inf; the output-adaptive Hessian cannot be computed");
                     loss.backward();
-                    foreach (var (lin, sum) in sums)
+                    g[q] = last.grad!.detach().clone().DetachFromDisposeScope();
+                    x[q]!.Dispose();
+                    x[q] = null;
+                }
+            }
+
+            // Backward sweep: block by block, recomputed from its saved inputs.
+            for (int b = model.BlockCount - 1; b >= from; b--)
+            {
+                using var lease = b == from && working is not null ? new BlockLease(working, false) : new BlockLease(model.LoadBlock(b), true);
+                var inputs = saved.Take(b);
+                using var leaves = new Leaves(lease.Block, targets);
+                var mine = leaves.Linears;
+                bool viaOutputGradients = o.Fisher != FisherSample.Sequence;   // token and explicit forms need X and Δ
+                var observedIn = new Dictionary<NamedLinear, Tensor>();
+                var observedOut = new Dictionary<NamedLinear, Tensor>();
+                if (viaOutputGradients)
+                    foreach (var l in mine)
+                        l.OutputObserver = y => { y.retain_grad(); observedOut[l] = y.DetachFromDisposeScope(); };   // ours to dispose
+                LinearInputObserver? observe = viaOutputGradients ? (lin, input) => { if (sums.ContainsKey(lin.Name)) observedIn[lin] = input.detach().DetachFromDisposeScope(); } : null;
+                try
+                {
+                    for (int q = 0; q < inputs.Length; q++)
                     {
-                        var grad = lin.Weight.grad ?? throw new DotQuantException(ErrorCodes.Internal, $"{lin.Name} received no gradient");
-                        if (viaOutputGradients)
+                        ct.ThrowIfCancellationRequested();
+                        using var scope = NewDisposeScope();
+                        var input = b > from ? inputs[q].detach().requires_grad_(true) : inputs[q];
+                        var y = lease.Block.Forward(input, contexts.For(input.shape[1]), observe);
+                        y.backward([g[q]!]);
+                        foreach (var lin in mine)
                         {
-                            var xs = inputs[lin].reshape(-1, lin.InFeatures);
-                            var delta = (outputs[lin].grad ?? throw new DotQuantException(ErrorCodes.Internal, $"{lin.Name}: no output gradient")).reshape(-1, lin.OutFeatures);
-                            sum.add_(o.Fisher == FisherSample.Token ? TokenTerm(xs, delta) : SequenceTerm(xs, delta).mul_(lin.OutFeatures));
+                            var grad = lin.Weight.grad ?? throw new DotQuantException(ErrorCodes.Internal, $"{lin.Name} received no gradient");
+                            var sum = sums[lin.Name];
+                            if (viaOutputGradients)
+                            {
+                                var xs = observedIn[lin].reshape(-1, lin.InFeatures);
+                                var delta = (observedOut[lin].grad ?? throw new DotQuantException(ErrorCodes.Internal, $"{lin.Name}: no output gradient")).reshape(-1, lin.OutFeatures);
+                                sum.add_(o.Fisher == FisherSample.Token ? TokenTerm(xs, delta) : SequenceTerm(xs, delta).mul_(lin.OutFeatures));
+                            }
+                            else
+                                Accumulate(sum, grad);
+                            grad.zero_();
                         }
-                        else
-                            Accumulate(sum, grad);
-                        grad.zero_();
+                        foreach (var captured in observedIn.Values) captured.Dispose();
+                        foreach (var captured in observedOut.Values) captured.Dispose();
+                        observedIn.Clear();
+                        observedOut.Clear();
+                        g[q]!.Dispose();
+                        g[q] = b > from ? input.grad!.detach().clone().DetachFromDisposeScope() : null;
                     }
-                    foreach (var captured in inputs.Values) captured.Dispose();
-                    foreach (var captured in outputs.Values) captured.Dispose();
-                    inputs.Clear();
-                    outputs.Clear();
-                    sequences++;
+                }
+                finally
+                {
+                    foreach (var l in mine) l.OutputObserver = null;
+                    foreach (var t in inputs) t.Dispose();
                 }
             }
         }
+        catch
+        {
+            foreach (var t in sums.Values) t.Dispose();
+            throw;
+        }
         finally
         {
-            foreach (var l in targets) l.OutputObserver = null;
-            foreach (var (lin, original) in leaves)
+            foreach (var t in x) t?.Dispose();
+            foreach (var t in g) t?.Dispose();
+        }
+        var m = layout.Values.SelectMany(l => l).ToDictionary(l => l.Name, l => l.OutFeatures);
+        foreach (var (name, sum) in sums) sum.div_((double)Math.Max(1, sequences.Count) * m[name]);
+        return sums;
+    }
+
+    /// <summary>The block's target linears hold fp32 leaves that require gradients while in scope;
+    /// their own weights are put back afterwards.</summary>
+    sealed class Leaves : IDisposable
+    {
+        readonly Dictionary<NamedLinear, Tensor> _originals = new();
+
+        public Leaves(DecoderBlock block, IReadOnlySet<string> targets)
+        {
+            foreach (var l in block.Linears.Where(l => targets.Contains(l.Name)))
+            {
+                var leaf = l.Weight.to(ScalarType.Float32, copy: true).requires_grad_(true).DetachFromDisposeScope();
+                _originals[l] = l.ExchangeWeight(leaf);
+            }
+        }
+
+        public IReadOnlyList<NamedLinear> Linears => _originals.Keys.ToList();
+
+        public void Dispose()
+        {
+            foreach (var (lin, original) in _originals)
                 lin.ExchangeWeight(original).Dispose();
         }
-        foreach (var (lin, sum) in sums) sum.div_((double)Math.Max(1, sequences) * lin.OutFeatures);
-        return sums;
+    }
+
+    /// <summary>Each block's inputs per sequence from the forward sweep, in memory or, above
+    /// <see cref="InMemoryActivations"/>, in one file per block in the scratch folder.</summary>
+    sealed class BlockInputs(string? scratch) : IDisposable
+    {
+        readonly Dictionary<int, Tensor[]> _memory = new();
+        readonly Dictionary<int, string> _files = new();
+
+        /// <summary>Keeps (copies of) the inputs of block b.</summary>
+        public void Put(int b, Tensor?[] inputs)
+        {
+            if (scratch is null)
+            {
+                _memory[b] = inputs.Select(t => t!.alias().DetachFromDisposeScope()).ToArray();
+                return;
+            }
+            string file = Path.Combine(scratch, $"oac-inputs-{b}.safetensors");
+            SafeTensorsWriter.Write(file, inputs.Select((t, q) => (t, q)).ToDictionary(p => $"x.{p.q:D6}", p => p.t!));
+            _files[b] = file;
+        }
+
+        public Tensor[] Take(int b)
+        {
+            if (_memory.Remove(b, out var kept)) return kept;
+            string file = _files[b];
+            _files.Remove(b);
+            using var f = SafeTensorsFile.Open(file);
+            var result = f.Tensors.Keys.Order(StringComparer.Ordinal).Select(n => f.Load(n)).ToArray();
+            File.Delete(file);
+            return result;
+        }
+
+        public void Dispose()
+        {
+            foreach (var ts in _memory.Values) foreach (var t in ts) t.Dispose();
+            foreach (var f in _files.Values) try { File.Delete(f); } catch (IOException) { }
+        }
     }
 
     /// <summary>sum += Gᵀ G (fp32): one sequence's row-aggregated Fisher term.</summary>

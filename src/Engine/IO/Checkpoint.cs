@@ -11,6 +11,7 @@ public sealed class Checkpoint : IWeightSource, IDisposable
 {
     readonly List<SafeTensorsFile> _files;
     readonly Dictionary<string, (SafeTensorsFile File, SafeTensorInfo Info)> _index;
+    readonly List<string> _names;
 
     public string Directory { get; }
     public IReadOnlyList<SafeTensorsFile> Files => _files;
@@ -19,7 +20,11 @@ public sealed class Checkpoint : IWeightSource, IDisposable
     Checkpoint(string dir, List<SafeTensorsFile> files, Dictionary<string, (SafeTensorsFile, SafeTensorInfo)> index)
     {
         Directory = dir; _files = files; _index = index;
+        _names = index.Keys.Order(StringComparer.Ordinal).ToList();
     }
+
+    /// <summary>Tensor names in ordinal order.</summary>
+    public IReadOnlyList<string> Names => _names;
 
     static readonly string[] PickleNames = ["pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth", "consolidated.00.pth"];
 
@@ -128,12 +133,21 @@ public sealed class Checkpoint : IWeightSource, IDisposable
 
     public bool Contains(string name) => _index.ContainsKey(name);
 
+    public TensorShape? Describe(string name) =>
+        _index.TryGetValue(name, out var e) ? new TensorShape(e.Info.DType.ToTorch(), e.Info.Shape) : null;
+
     public SafeTensorInfo Info(string name) =>
         _index.TryGetValue(name, out var e)
             ? e.Info
             : throw new DotQuantException(ErrorCodes.WeightMissing, $"weight '{name}' is missing from the checkpoint in {Directory}", Directory);
 
     public Tensor LoadStored(string name) => Load(name);
+
+    /// <summary>The file holding a tensor and its header entry (to copy its bytes without a tensor).</summary>
+    public (SafeTensorsFile File, SafeTensorInfo Info) Locate(string name) =>
+        _index.TryGetValue(name, out var e)
+            ? e
+            : throw new DotQuantException(ErrorCodes.WeightMissing, $"weight '{name}' is missing from the checkpoint in {Directory}", Directory);
 
     /// <summary>Loads a tensor in its stored dtype.</summary>
     public Tensor Load(string name)
@@ -153,6 +167,19 @@ public sealed class Checkpoint : IWeightSource, IDisposable
             throw new DotQuantException(ErrorCodes.WeightShape,
                 $"weight '{name}' has shape [{string.Join(", ", info.Shape)}], config.json implies [{string.Join(", ", expectedShape)}]", _index[name].File.Path);
         return Load(name);
+    }
+
+    /// <summary>Rows of a 2-D tensor, read from the mapped file one row at a time.</summary>
+    public Tensor LoadRows(string name, Tensor rows)
+    {
+        var info = Info(name);
+        if (info.Shape.Length != 2)
+            throw new DotQuantException(ErrorCodes.WeightShape, $"'{name}' is not a matrix", _index[name].File.Path);
+        using var r = rows.to(ScalarType.Int64).contiguous();
+        var ids = r.data<long>().ToArray();
+        var result = empty([ids.Length, info.Shape[1]], info.DType.ToTorch());
+        _index[name].File.CopyRows(info, ids, result);
+        return result;
     }
 
     public long TotalBytes => _index.Values.Sum(v => v.Info.Length);

@@ -203,5 +203,53 @@ public sealed class SafeTensorsFile : IDisposable
         }
     }
 
+    /// <summary>Copies rows <paramref name="rows"/> of a 2-D tensor into <paramref name="target"/> [rows, cols].</summary>
+    public unsafe void CopyRows(SafeTensorInfo info, long[] rows, Tensor target)
+    {
+        if (rows.Length == 0 || info.Length == 0) return;
+        if (_map is null) throw new InvalidOperationException("no data section mapped");
+        foreach (var id in rows)
+            if (id < 0 || id >= info.Shape[0])
+                throw new DotQuantException(ErrorCodes.EvalData, $"row {id} is outside the {info.Shape[0]} rows of '{info.Name}' (a token id beyond the vocabulary?)", Path);
+        long rowBytes = info.Shape[1] * info.DType.ByteSize();
+        using var view = _map.CreateViewAccessor(info.Offset, info.Length, MemoryMappedFileAccess.Read);
+        byte* ptr = null;
+        view.SafeMemoryMappedViewHandle.AcquirePointer(ref ptr);
+        try
+        {
+            var dest = target.bytes;
+            for (int i = 0; i < rows.Length; i++)
+                new ReadOnlySpan<byte>(ptr + view.PointerOffset + rows[i] * rowBytes, checked((int)rowBytes))
+                    .CopyTo(dest.Slice(checked((int)(i * rowBytes))));
+        }
+        finally
+        {
+            view.SafeMemoryMappedViewHandle.ReleasePointer();
+        }
+    }
+
+    /// <summary>Writes the tensor's stored bytes to <paramref name="destination"/> straight from the mapping.</summary>
+    public unsafe void CopyTo(SafeTensorInfo info, Stream destination)
+    {
+        if (info.Length == 0) return;
+        if (_map is null) throw new InvalidOperationException("no data section mapped");
+        const long chunk = 1L << 26;
+        for (long first = 0; first < info.Length; first += chunk)
+        {
+            long count = Math.Min(chunk, info.Length - first);
+            using var view = _map.CreateViewAccessor(info.Offset + first, count, MemoryMappedFileAccess.Read);
+            byte* ptr = null;
+            view.SafeMemoryMappedViewHandle.AcquirePointer(ref ptr);
+            try
+            {
+                destination.Write(new ReadOnlySpan<byte>(ptr + view.PointerOffset, checked((int)count)));
+            }
+            finally
+            {
+                view.SafeMemoryMappedViewHandle.ReleasePointer();
+            }
+        }
+    }
+
     public void Dispose() => _map?.Dispose();
 }

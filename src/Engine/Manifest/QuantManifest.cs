@@ -16,7 +16,12 @@ public sealed record LayerRule(string Match, int? Bits, int? GroupSize, bool Ski
     public bool Matches(string name) => Glob.IsMatch(name, Match);
 }
 
-public sealed record CalibrationSpec(string Data, int Samples, int SequenceLength, long Seed);
+public sealed record CalibrationSpec(string Data, int Samples, int SequenceLength, long Seed)
+{
+    /// <summary>calibration.stream_dtype: bf16 keeps the calibration streams in bf16 (half the memory;
+    /// every use upcasts to fp32, so results differ slightly from fp32 streams).</summary>
+    public bool Bf16Stream { get; init; }
+}
 
 public sealed record QuantizeSpec
 {
@@ -56,7 +61,7 @@ public sealed record QuantizeSpec
         int group = rule?.GroupSize ?? GroupSize;
         return new SolverOptions
         {
-            Kind = Method switch { QuantMethod.SpQR => SolverKind.SpQR, QuantMethod.BiLLM => SolverKind.BiLLM, _ => SolverKind.Gptq },
+            Kind = Method switch { QuantMethod.Rtn => SolverKind.Rtn, QuantMethod.SpQR => SolverKind.SpQR, QuantMethod.BiLLM => SolverKind.BiLLM, _ => SolverKind.Gptq },
             Spqr = Method == QuantMethod.SpQR ? Spqr with { Bits = bits, GroupSize = group, ActOrder = ActOrder, Damp = Damp, BlockSize = BlockSize } : null,
             Billm = Method == QuantMethod.BiLLM ? Billm with { BlockSize = BlockSize, Damp = Damp } : null,
             Bits = bits,
@@ -81,12 +86,28 @@ public sealed record QuantizeSpec
 /// <summary>A float model to restore from a NuGet feed instead of a folder.</summary>
 public sealed record ModelPackageRef(string Id, string Version, string Source);
 
-public sealed record OutputSpec(string Name, OutputFormat Format, bool Embed, string? PackageId, string? PackageVersion, string? PackageAuthors);
+public sealed record OutputSpec(string Name, OutputFormat Format, bool Embed, string? PackageId, string? PackageVersion, string? PackageAuthors)
+{
+    /// <summary>transformers' default max_shard_size (5GB).</summary>
+    public const long DefaultShardBytes = 5_000_000_000;
+    /// <summary>output.shard_size: the safetensors files are cut into shards of at most this many bytes.</summary>
+    public long ShardBytes { get; init; } = DefaultShardBytes;
+}
 
 public sealed record PerplexitySpec(string Data, int? SequenceLength, int? MaxSequences);
 
 /// <summary>The quality gate: relative (10%) or absolute increase of perplexity allowed.</summary>
-public sealed record GateSpec(double MaxIncrease, bool Relative);
+public sealed record GateSpec(double MaxIncrease, bool Relative)
+{
+    /// <summary>The highest perplexity after quantization this gate allows.</summary>
+    public double Allowed(double before) => Relative ? before * (1 + MaxIncrease) : before + MaxIncrease;
+
+    /// <summary>The one place a gate is judged: on every run, from the measurements (fresh or recorded
+    /// in a cached package), never from a stored verdict.</summary>
+    public bool Judge(double before, double after) => after <= Allowed(before);
+
+    public string Limit => Relative ? $"+{MaxIncrease * 100:0.##}%" : $"+{MaxIncrease:0.####}";
+}
 
 /// <summary>Zero-shot tasks run before and after quantization (resolved task files).</summary>
 public sealed record TasksSpec(IReadOnlyList<string> Files, int? Limit);

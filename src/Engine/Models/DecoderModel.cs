@@ -26,23 +26,84 @@ public sealed class ForwardContext : IDisposable
 /// <summary>Called with the input of each linear before it runs (calibration statistics).</summary>
 public delegate void LinearInputObserver(NamedLinear linear, Tensor input);
 
-/// <summary>The architecture adapter contract: embeddings, blocks with named linears, final
-/// norm and head, and a per-block forward. The calibration pipeline and evaluation use only
-/// this, so a new family (OPT, GPT-2) is one more subclass.</summary>
+/// <summary>A linear of a block by name and shape, known from config.json without loading anything
+/// (what planning and the memory plan work from).</summary>
+public sealed record LinearSpec(string Name, long OutFeatures, long InFeatures);
+
+/// <summary>One block's weights, materialized: its linears grouped in true-sequential order (groups
+/// sharing an input together) and a forward. A calibrator may replace the linears' weights.</summary>
+public abstract class DecoderBlock : IDisposable
+{
+    public abstract int Index { get; }
+    public abstract IReadOnlyList<IReadOnlyList<NamedLinear>> LinearGroups { get; }
+    public IEnumerable<NamedLinear> Linears => LinearGroups.SelectMany(g => g);
+    /// <summary>Bytes of the block's tensors as held (the memory plan's unit).</summary>
+    public abstract long Bytes { get; }
+
+    /// <summary>Runs the block on fp32 hidden states [B, T, H].</summary>
+    public abstract Tensor Forward(Tensor hidden, ForwardContext context, LinearInputObserver? observer = null);
+
+    public abstract void Dispose();
+}
+
+/// <summary>The architecture adapter contract: embeddings, blocks with named linears, final norm
+/// and head, bound to a weight source. Blocks are materialized on request (<see cref="LoadBlock"/>),
+/// so calibration and evaluation hold one block at a time whatever the depth; an app that generates
+/// text makes the model resident once (<see cref="MakeResident"/>). A new family (OPT, GPT-2) is one
+/// more subclass.</summary>
 public abstract class DecoderModel : IDisposable
 {
+    readonly IDisposable? _ownedSource;
+    DecoderBlock[]? _resident;
+
+    protected DecoderModel(IWeightSource weights, bool ownsSource)
+    {
+        Weights = weights;
+        _ownedSource = ownsSource ? weights as IDisposable : null;
+    }
+
+    public IWeightSource Weights { get; }
     public abstract ModelConfig Config { get; }
-    public abstract int BlockCount { get; }
+    public int BlockCount => Config.NumLayers;
+    public bool IsResident => _resident is not null;
+
+    /// <summary>The name prefix of block <paramref name="index"/>'s tensors (e.g. <c>model.layers.3.</c>).</summary>
+    public abstract string BlockPrefix(int index);
+
+    /// <summary>The block's linears by name and shape, in true-sequential groups.</summary>
+    public abstract IReadOnlyList<IReadOnlyList<LinearSpec>> LinearLayout(int index);
+
+    /// <summary>A fresh copy of block <paramref name="index"/>'s weights from the source (the caller
+    /// owns it and may change its weights).</summary>
+    public abstract DecoderBlock LoadBlock(int index);
+
+    /// <summary>Block <paramref name="index"/> for reading: the resident one, or loaded for the lease.</summary>
+    public BlockLease Block(int index) =>
+        _resident is not null ? new BlockLease(_resident[index], false) : new BlockLease(LoadBlock(index), true);
+
+    /// <summary>Loads every block once and keeps it (generation, small models in tests).</summary>
+    public void MakeResident()
+    {
+        if (_resident is not null) return;
+        var blocks = new DecoderBlock[BlockCount];
+        try
+        {
+            for (int i = 0; i < blocks.Length; i++) blocks[i] = LoadBlock(i);
+        }
+        catch
+        {
+            foreach (var b in blocks) b?.Dispose();
+            throw;
+        }
+        _resident = blocks;
+        OnResident();
+    }
+
+    /// <summary>Lets a subclass keep its tables (embeddings, head) in memory once resident.</summary>
+    protected virtual void OnResident() { }
 
     /// <summary>Token ids [B, T] (int64) → hidden states [B, T, H] in fp32.</summary>
     public abstract Tensor Embed(Tensor ids);
-
-    /// <summary>Runs block <paramref name="index"/> on fp32 hidden states [B, T, H].</summary>
-    public abstract Tensor ForwardBlock(int index, Tensor hidden, ForwardContext context, LinearInputObserver? observer = null);
-
-    /// <summary>The block's linears, grouped in true-sequential order (groups sharing an input
-    /// together: q/k/v, then o, then gate/up, then down for the Llama family).</summary>
-    public abstract IReadOnlyList<IReadOnlyList<NamedLinear>> LinearGroups(int index);
 
     /// <summary>Final normalisation of hidden states [B, T, H].</summary>
     public abstract Tensor FinalNorm(Tensor hidden);
@@ -56,7 +117,8 @@ public abstract class DecoderModel : IDisposable
     public KvCache CreateCache(long batch, long capacity) =>
         new(BlockCount, batch, Config.NumKvHeads, capacity, Config.HeadDim);
 
-    /// <summary>Whole-model forward: ids [B, T] → logits [B, T, V] (fp32). With a cache, appends to it.</summary>
+    /// <summary>Whole-model forward: ids [B, T] → logits [B, T, V] (fp32). With a cache, appends to it.
+    /// Block by block from the source unless the model is resident.</summary>
     public Tensor Forward(Tensor ids, KvCache? cache = null)
     {
         using var scope = NewDisposeScope();
@@ -64,7 +126,10 @@ public abstract class DecoderModel : IDisposable
         using var ctx = CreateContext(cache?.Length ?? 0, t, cache);
         var h = Embed(ids);
         for (int i = 0; i < BlockCount; i++)
-            h = ForwardBlock(i, h, ctx);
+        {
+            using var block = Block(i);
+            h = block.Block.Forward(h, ctx);
+        }
         h = FinalNorm(h);
         using var w = HeadWeight();
         var logits = nn.functional.linear(h, w);
@@ -72,5 +137,22 @@ public abstract class DecoderModel : IDisposable
         return scope.MoveToOuter(logits);
     }
 
-    public abstract void Dispose();
+    protected virtual void DisposeTables() { }
+
+    public void Dispose()
+    {
+        foreach (var b in _resident ?? []) b.Dispose();
+        DisposeTables();
+        _ownedSource?.Dispose();
+    }
+}
+
+/// <summary>A block borrowed from a resident model or loaded for one use.</summary>
+public readonly struct BlockLease(DecoderBlock block, bool owned) : IDisposable
+{
+    public DecoderBlock Block => block;
+    public void Dispose()
+    {
+        if (owned) block.Dispose();
+    }
 }

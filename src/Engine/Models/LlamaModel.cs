@@ -10,80 +10,146 @@ namespace DotQuant.Engine.Models;
 /// (q/k/v bias for Qwen2, sliding window for Mistral, tied or separate head).</summary>
 public sealed class LlamaModel : DecoderModel
 {
-    sealed class Block : IDisposable
+    sealed class LlamaBlock(LlamaModel model, int index) : DecoderBlock
     {
         public required NamedLinear Q, K, V, O, Gate, Up, Down;
         public required Tensor InputNorm, PostAttentionNorm;
-        public IReadOnlyList<IReadOnlyList<NamedLinear>> Groups => [[Q, K, V], [O], [Gate, Up], [Down]];
+        NamedLinear[] All => [Q, K, V, O, Gate, Up, Down];
 
-        public void Dispose()
+        public override int Index => index;
+        public override IReadOnlyList<IReadOnlyList<NamedLinear>> LinearGroups => [[Q, K, V], [O], [Gate, Up], [Down]];
+        public override long Bytes =>
+            All.Sum(l => l.Weight.NumberOfElements * l.Weight.ElementSize + (l.Bias is { } b ? b.NumberOfElements * b.ElementSize : 0))
+            + (InputNorm.NumberOfElements + PostAttentionNorm.NumberOfElements) * InputNorm.ElementSize;
+
+        public override Tensor Forward(Tensor hidden, ForwardContext ctx, LinearInputObserver? observer = null) =>
+            model.ForwardBlock(this, hidden, ctx, observer);
+
+        public override void Dispose()
         {
-            foreach (var l in new[] { Q, K, V, O, Gate, Up, Down }) l.Dispose();
+            foreach (var l in All) l.Dispose();
             InputNorm.Dispose();
             PostAttentionNorm.Dispose();
         }
     }
 
     readonly ModelConfig _config;
-    readonly Tensor _embed;          // [V, H], stored dtype
-    readonly Tensor? _lmHead;        // [V, H], null when tied
     readonly Tensor _finalNorm;
-    readonly Block[] _blocks;
     readonly Rope _rope;
     readonly Hadamard.Transform? _downRotation;   // QuaRot R4, online part
+    Tensor? _embed, _lmHead;                      // kept only once resident
 
     public override ModelConfig Config => _config;
-    public override int BlockCount => _blocks.Length;
 
-    LlamaModel(ModelConfig config, Tensor embed, Tensor? lmHead, Tensor finalNorm, Block[] blocks)
+    LlamaModel(ModelConfig config, IWeightSource weights, bool ownsSource) : base(weights, ownsSource)
     {
-        _config = config; _embed = embed; _lmHead = lmHead; _finalNorm = finalNorm; _blocks = blocks;
+        _config = config;
         _rope = new Rope(config);
         if (config.DownProjHadamard) _downRotation = new Hadamard.Transform(Hadamard.Plan(config.IntermediateSize));
+        _finalNorm = weights.Load("model.norm.weight", config.HiddenSize).DetachFromDisposeScope();
     }
 
-    /// <summary>Loads the weights named by transformers' LlamaForCausalLM / Qwen2ForCausalLM /
-    /// MistralForCausalLM, checking every shape against the config.</summary>
-    public static LlamaModel Load(ModelConfig c, IWeightSource ckpt)
+    /// <summary>Binds the weights named by transformers' LlamaForCausalLM / Qwen2ForCausalLM /
+    /// MistralForCausalLM, checking every name, dtype and shape against the config up front (a broken
+    /// last block is reported before any work, not after it) without loading them.</summary>
+    public static LlamaModel Open(ModelConfig c, IWeightSource weights, bool ownsSource)
     {
-        long h = c.HiddenSize, q = (long)c.NumHeads * c.HeadDim, kv = (long)c.NumKvHeads * c.HeadDim, f = c.IntermediateSize;
-        Tensor W(string name, params long[] shape) => ckpt.Load(name, shape).DetachFromDisposeScope();
-        Tensor? B(bool present, string name, long n) => present ? W(name, n) : null;
-        NamedLinear Lin(string name, long outF, long inF, bool bias) =>
-            new(name, W(name + ".weight", outF, inF), B(bias, name + ".bias", outF));
+        foreach (var (name, shape) in ExpectedTensors(c, weights))
+            WeightCheck.Expect(weights, name, shape);
+        return new LlamaModel(c, weights, ownsSource);
+    }
 
-        var blocks = new Block[c.NumLayers];
+    static IEnumerable<(string Name, long[] Shape)> ExpectedTensors(ModelConfig c, IWeightSource weights)
+    {
+        long h = c.HiddenSize;
+        yield return ("model.embed_tokens.weight", [c.VocabSize, h]);
         for (int i = 0; i < c.NumLayers; i++)
         {
             string p = $"model.layers.{i}.";
-            blocks[i] = new Block
-            {
-                Q = Lin(p + "self_attn.q_proj", q, h, c.QkvBias),
-                K = Lin(p + "self_attn.k_proj", kv, h, c.QkvBias),
-                V = Lin(p + "self_attn.v_proj", kv, h, c.QkvBias),
-                O = Lin(p + "self_attn.o_proj", h, q, c.OutputBias),
-                Gate = Lin(p + "mlp.gate_proj", f, h, c.MlpBias),
-                Up = Lin(p + "mlp.up_proj", f, h, c.MlpBias),
-                Down = Lin(p + "mlp.down_proj", h, f, c.MlpBias),
-                InputNorm = W(p + "input_layernorm.weight", h),
-                PostAttentionNorm = W(p + "post_attention_layernorm.weight", h),
-            };
+            foreach (var group in Layout(c, i))
+                foreach (var l in group)
+                {
+                    yield return (l.Name + ".weight", [l.OutFeatures, l.InFeatures]);
+                    if (HasBias(c, l.Name)) yield return (l.Name + ".bias", [l.OutFeatures]);
+                }
+            yield return (p + "input_layernorm.weight", [h]);
+            yield return (p + "post_attention_layernorm.weight", [h]);
         }
-        var embed = W("model.embed_tokens.weight", c.VocabSize, h);
-        Tensor? head = null;
+        yield return ("model.norm.weight", [h]);
         if (!c.TieWordEmbeddings)
         {
-            if (!ckpt.Contains("lm_head.weight"))
-                throw new DotQuantException(ErrorCodes.WeightMissing, "tie_word_embeddings is false but the checkpoint has no lm_head.weight", ckpt.Directory);
-            head = W("lm_head.weight", c.VocabSize, h);
+            if (!weights.Contains("lm_head.weight"))
+                throw new DotQuantException(ErrorCodes.WeightMissing, "tie_word_embeddings is false but the checkpoint has no lm_head.weight", weights.Directory);
+            yield return ("lm_head.weight", [c.VocabSize, h]);
         }
-        return new LlamaModel(c, embed, head, W("model.norm.weight", h), blocks);
+    }
+
+    static bool HasBias(ModelConfig c, string linear) => linear.Split('.')[^1] switch
+    {
+        "q_proj" or "k_proj" or "v_proj" => c.QkvBias,
+        "o_proj" => c.OutputBias,
+        _ => c.MlpBias,
+    };
+
+    static IReadOnlyList<IReadOnlyList<LinearSpec>> Layout(ModelConfig c, int i)
+    {
+        long h = c.HiddenSize, q = (long)c.NumHeads * c.HeadDim, kv = (long)c.NumKvHeads * c.HeadDim, f = c.IntermediateSize;
+        string p = $"model.layers.{i}.";
+        return
+        [
+            [new(p + "self_attn.q_proj", q, h), new(p + "self_attn.k_proj", kv, h), new(p + "self_attn.v_proj", kv, h)],
+            [new(p + "self_attn.o_proj", h, q)],
+            [new(p + "mlp.gate_proj", f, h), new(p + "mlp.up_proj", f, h)],
+            [new(p + "mlp.down_proj", h, f)],
+        ];
+    }
+
+    public override IReadOnlyList<IReadOnlyList<LinearSpec>> LinearLayout(int index) => Layout(_config, index);
+
+    public override string BlockPrefix(int index) => $"model.layers.{index}.";
+
+    public override DecoderBlock LoadBlock(int i)
+    {
+        if (i < 0 || i >= BlockCount) throw new ArgumentOutOfRangeException(nameof(i));
+        var c = _config;
+        string p = BlockPrefix(i);
+        var loaded = new List<IDisposable>();
+        T Keep<T>(T x) where T : IDisposable { loaded.Add(x); return x; }
+        Tensor W(string name, params long[] shape) => Keep(Weights.Load(name, shape).DetachFromDisposeScope());
+        NamedLinear Lin(LinearSpec s) =>
+            Keep(new NamedLinear(s.Name, W(s.Name + ".weight", s.OutFeatures, s.InFeatures), HasBias(c, s.Name) ? W(s.Name + ".bias", s.OutFeatures) : null));
+        try
+        {
+            var layout = Layout(c, i);
+            return new LlamaBlock(this, i)
+            {
+                Q = Lin(layout[0][0]), K = Lin(layout[0][1]), V = Lin(layout[0][2]), O = Lin(layout[1][0]),
+                Gate = Lin(layout[2][0]), Up = Lin(layout[2][1]), Down = Lin(layout[3][0]),
+                InputNorm = W(p + "input_layernorm.weight", c.HiddenSize),
+                PostAttentionNorm = W(p + "post_attention_layernorm.weight", c.HiddenSize),
+            };
+        }
+        catch
+        {
+            // A linear owns its weight and bias; dispose each object once.
+            foreach (var x in loaded.OfType<NamedLinear>()) x.Dispose();
+            var owned = loaded.OfType<NamedLinear>().SelectMany(l => new[] { l.Weight, l.Bias }).ToHashSet();
+            foreach (var x in loaded.OfType<Tensor>().Where(t => !owned.Contains(t))) x.Dispose();
+            throw;
+        }
+    }
+
+    protected override void OnResident()
+    {
+        _embed = Weights.Load("model.embed_tokens.weight", _config.VocabSize, _config.HiddenSize).DetachFromDisposeScope();
+        if (!_config.TieWordEmbeddings)
+            _lmHead = Weights.Load("lm_head.weight", _config.VocabSize, _config.HiddenSize).DetachFromDisposeScope();
     }
 
     public override Tensor Embed(Tensor ids)
     {
         using var flat = ids.reshape(-1);
-        using var rows = _embed.index_select(0, flat);
+        using var rows = _embed is not null ? _embed.index_select(0, flat) : Weights.LoadRows("model.embed_tokens.weight", flat);
         return rows.to(ScalarType.Float32).view(ids.shape[0], ids.shape[1], -1);
     }
 
@@ -93,10 +159,9 @@ public sealed class LlamaModel : DecoderModel
         return weight.to(ScalarType.Float32) * (x * (variance + _config.RmsNormEps).rsqrt());
     }
 
-    public override Tensor ForwardBlock(int index, Tensor hidden, ForwardContext ctx, LinearInputObserver? observer = null)
+    Tensor ForwardBlock(LlamaBlock b, Tensor hidden, ForwardContext ctx, LinearInputObserver? observer)
     {
         using var scope = NewDisposeScope();
-        var b = _blocks[index];
         long batch = hidden.shape[0], t = hidden.shape[1];
         int heads = _config.NumHeads, kvHeads = _config.NumKvHeads, d = _config.HeadDim;
 
@@ -108,7 +173,7 @@ public sealed class LlamaModel : DecoderModel
         q = Rope.Apply(q, ctx.Cos, ctx.Sin);
         k = Rope.Apply(k, ctx.Cos, ctx.Sin);
         if (ctx.Cache is not null)
-            (k, v) = ctx.Cache.Append(index, k, v);
+            (k, v) = ctx.Cache.Append(b.Index, k, v);
         if (_config.KvGroups > 1)
         {
             k = k.repeat_interleave(_config.KvGroups, dim: 1);
@@ -137,8 +202,6 @@ public sealed class LlamaModel : DecoderModel
         foreach (var l in linears) observer(l, input);
     }
 
-    public override IReadOnlyList<IReadOnlyList<NamedLinear>> LinearGroups(int index) => _blocks[index].Groups;
-
     public override Tensor FinalNorm(Tensor hidden)
     {
         using var scope = NewDisposeScope();
@@ -147,7 +210,11 @@ public sealed class LlamaModel : DecoderModel
 
     public override Tensor HeadWeight()
     {
-        var w = _lmHead ?? _embed;
+        var resident = _lmHead ?? _embed;
+        if (resident is not null && (_lmHead is not null || _config.TieWordEmbeddings))
+            return resident.dtype == ScalarType.Float32 ? resident.alias() : resident.to(ScalarType.Float32);
+        string name = _config.TieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+        using var w = Weights.Load(name, _config.VocabSize, _config.HiddenSize);
         return w.dtype == ScalarType.Float32 ? w.alias() : w.to(ScalarType.Float32);
     }
 
@@ -173,10 +240,9 @@ public sealed class LlamaModel : DecoderModel
         };
     }
 
-    public override void Dispose()
+    protected override void DisposeTables()
     {
-        foreach (var b in _blocks) b.Dispose();
-        _embed.Dispose();
+        _embed?.Dispose();
         _lmHead?.Dispose();
         _finalNorm.Dispose();
         _rope.Dispose();

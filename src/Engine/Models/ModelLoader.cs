@@ -4,25 +4,64 @@ using DotQuant.Engine.IO;
 
 namespace DotQuant.Engine.Models;
 
-/// <summary>Picks the architecture adapter for a Hugging Face model folder.</summary>
+/// <summary>Picks the architecture adapter for a Hugging Face model folder. <see cref="Open(string)"/>
+/// binds the weights and reads a block only when it is used (calibration, evaluation: memory of one
+/// block whatever the depth); <see cref="Load(string)"/> also makes every block resident (generation).</summary>
 public static class ModelLoader
 {
-    public static DecoderModel Load(string modelDir)
+    /// <summary>A streaming model over a float folder, a DotQuant package or a GPTQ checkpoint
+    /// (quantized linears are dequantized when their block is loaded).</summary>
+    public static DecoderModel Open(string modelDir)
     {
         if (!Directory.Exists(modelDir))
             throw new DotQuantException(ErrorCodes.FileNotFound, $"model folder not found: {modelDir}", modelDir);
         var config = ModelConfig.Load(modelDir);
-        // A DotQuant package or a GPTQ checkpoint dequantizes its linears on load.
-        using IDisposable source = (IDisposable?)QuantizedPackage.TryOpen(modelDir, config) ?? Checkpoint.Open(modelDir);
-        return Load(config, (IWeightSource)source);
+        IWeightSource source = (IWeightSource?)QuantizedPackage.TryOpen(modelDir, config) ?? Checkpoint.Open(modelDir);
+        try
+        {
+            return Open(config, source, ownsSource: true);
+        }
+        catch
+        {
+            ((IDisposable)source).Dispose();
+            throw;
+        }
     }
+
+    /// <summary>A model with every block in memory.</summary>
+    public static DecoderModel Load(string modelDir)
+    {
+        var model = Open(modelDir);
+        try
+        {
+            model.MakeResident();
+            return model;
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    public static DecoderModel Open(ModelConfig config, IWeightSource weights, bool ownsSource = false) => config.ModelType switch
+    {
+        "llama" or "qwen2" or "mistral" => LlamaModel.Open(config, weights, ownsSource),
+        _ => throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"model_type '{config.ModelType}' is not supported", weights.Directory),
+    };
 
     public static DecoderModel Load(ModelConfig config, IWeightSource weights)
     {
-        return config.ModelType switch
+        var model = Open(config, weights);
+        try
         {
-            "llama" or "qwen2" or "mistral" => LlamaModel.Load(config, weights),
-            _ => throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"model_type '{config.ModelType}' is not supported", weights.Directory),
-        };
+            model.MakeResident();
+            return model;
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
     }
 }

@@ -10,7 +10,7 @@ namespace DotQuant.Engine.Quantizers;
 /// compensation, as in the paper).</summary>
 public static class BillmSolver
 {
-    public static BinaryLinear Solve(Tensor w0, Tensor h, BillmOptions o, string layer = "layer", Action<string>? warn = null)
+    public static BinaryLinear Solve(Tensor w0, Tensor h, BillmOptions o, string layer = "layer", Action<string>? warn = null, CancellationToken ct = default)
     {
         using var scope = NewDisposeScope();
         long m = w0.shape[0], n = w0.shape[1];
@@ -30,6 +30,7 @@ public static class BillmSolver
 
         for (long c0 = 0, b = 0; c0 < n; c0 += B, b++)
         {
+            ct.ThrowIfCancellationRequested();
             using var blockScope = NewDisposeScope();
             long count = Math.Min(B, n - c0);
             var wb = W.narrow(1, c0, count);

@@ -15,7 +15,7 @@ public static class ColumnSolver
     /// <param name="w0">Original weight [m, n] (any float dtype).</param>
     /// <param name="h">H = (2/N)·X_q X_qᵀ [n, n]; not modified.</param>
     /// <param name="d">D = (2/N)·(X_f − X_q) X_qᵀ [n, n] or null when X_f = X_q.</param>
-    public static QuantizedLinear Solve(Tensor w0, Tensor h, Tensor? d, SolverOptions o, string layer = "layer", Action<string>? warn = null)
+    public static QuantizedLinear Solve(Tensor w0, Tensor h, Tensor? d, SolverOptions o, string layer = "layer", Action<string>? warn = null, CancellationToken ct = default)
     {
         using var scope = NewDisposeScope();
         var dt = o.DType;
@@ -90,6 +90,7 @@ public static class ColumnSolver
 
             for (long t = 0; t < count; t++)
             {
+                ct.ThrowIfCancellationRequested();
                 long c = i1 + t;
                 if (o.GroupSize != -1)
                 {

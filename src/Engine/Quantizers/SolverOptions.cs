@@ -13,8 +13,8 @@ public enum ResCompMode
     AllW,
 }
 
-/// <summary>Which solver turns a Hessian into quantized weights.</summary>
-public enum SolverKind { Gptq, SpQR, BiLLM }
+/// <summary>Which solver turns a weight (and its Hessian) into quantized weights.</summary>
+public enum SolverKind { Rtn, Gptq, SpQR, BiLLM }
 
 /// <summary>Everything one linear's solve needs besides its weight and statistics.</summary>
 public sealed record SolverOptions

@@ -2,17 +2,21 @@ using static TorchSharp.torch;
 
 namespace DotQuant.Engine.Quantizers;
 
-/// <summary>One entry point for every Hessian-based solver: the pipeline hands over a weight and
-/// its Hessian (layer-wise or output-adaptive) and gets a <see cref="SolvedLinear"/> back.</summary>
+/// <summary>One entry point for every solver: the pipeline hands over a weight and its Hessian
+/// (layer-wise or output-adaptive; none for round-to-nearest) and gets a <see cref="SolvedLinear"/> back.</summary>
 public static class Solvers
 {
-    public static SolvedLinear Solve(Tensor w0, Tensor h, Tensor? d, SolverOptions o, string layer, Action<string>? warn = null) => o.Kind switch
+    public static SolvedLinear Solve(Tensor w0, Tensor? h, Tensor? d, SolverOptions o, string layer, Action<string>? warn = null, CancellationToken ct = default) => o.Kind switch
     {
-        SolverKind.Gptq => ColumnSolver.Solve(w0, h, d, o, layer, warn),
-        SolverKind.SpQR => SpqrSolver.Solve(w0, h, o.Spqr ?? new SpqrOptions(), layer, warn),
-        SolverKind.BiLLM => BillmSolver.Solve(w0, h, o.Billm ?? new BillmOptions(), layer, warn),
+        SolverKind.Rtn => RtnSolver.Solve(w0, o),
+        SolverKind.Gptq => ColumnSolver.Solve(w0, Required(h, layer), d, o, layer, warn, ct),
+        SolverKind.SpQR => SpqrSolver.Solve(w0, Required(h, layer), o.Spqr ?? new SpqrOptions(), layer, warn, ct),
+        SolverKind.BiLLM => BillmSolver.Solve(w0, Required(h, layer), o.Billm ?? new BillmOptions(), layer, warn, ct),
         _ => throw new ArgumentOutOfRangeException(nameof(o)),
     };
+
+    static Tensor Required(Tensor? h, string layer) =>
+        h ?? throw new InvalidOperationException($"{layer}: the solver needs a Hessian and none was computed");
 
     /// <summary>The round-to-nearest baseline on the same integer grid, when the method has one
     /// (GPTQ's grid; SpQR's width and β1 groups without outliers or bilevel statistics).</summary>

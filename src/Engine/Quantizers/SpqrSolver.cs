@@ -9,7 +9,7 @@ namespace DotQuant.Engine.Quantizers;
 /// normalised error (w − ŵ)²/d_j² exceeds τ stays in 16 bits.</summary>
 public static class SpqrSolver
 {
-    public static SpqrLinear Solve(Tensor w0, Tensor h, SpqrOptions o, string layer = "layer", Action<string>? warn = null)
+    public static SpqrLinear Solve(Tensor w0, Tensor h, SpqrOptions o, string layer = "layer", Action<string>? warn = null, CancellationToken ct = default)
     {
         using var scope = NewDisposeScope();
         long m = w0.shape[0], n = w0.shape[1];
@@ -41,6 +41,7 @@ public static class SpqrSolver
             var err = zeros(m, count, dtype: W.dtype);
             for (long j = c0; j < c1; j++)
             {
+                ct.ThrowIfCancellationRequested();
                 if (j % beta1 == 0)
                 {
                     int gi = (int)(j / beta1);

@@ -13,38 +13,6 @@ namespace DotQuant.Engine.Rotation;
 /// invariance for RMSNorm models (spec §5.2), so it is off unless asked for.</param>
 public sealed record RotationOptions(long Seed = 0, bool Heads = true, bool DownProj = true, bool SubtractEmbeddingMean = false);
 
-/// <summary>A rotated copy of a Llama-family model's floating-point weights, held in memory
-/// (in the source dtypes), with the config it must be run with: untied head, scale-free norms
-/// and, with R4, the online Hadamard before down_proj.</summary>
-public sealed class RotatedWeights(string directory, ModelConfig config, Dictionary<string, Tensor> tensors, IReadOnlyList<string> names, HadamardPlan residual, HadamardPlan? down)
-    : IWeightSource, IDisposable
-{
-    public string Directory => directory;
-    public ModelConfig Config => config;
-    /// <summary>Every tensor of the rotated model, in the source checkpoint's order (+ lm_head when it was tied).</summary>
-    public IReadOnlyList<string> Names => names;
-    public HadamardPlan Residual => residual;
-    public HadamardPlan? DownProj => down;
-
-    public bool Contains(string name) => tensors.ContainsKey(name);
-
-    public Tensor LoadStored(string name) => Load(name);
-
-    public Tensor Load(string name, params long[] expectedShape)
-    {
-        if (!tensors.TryGetValue(name, out var t))
-            throw new DotQuantException(ErrorCodes.WeightMissing, $"rotated model has no '{name}'", directory);
-        if (expectedShape.Length > 0 && !t.shape.SequenceEqual(expectedShape))
-            throw new DotQuantException(ErrorCodes.WeightShape, $"'{name}' is [{string.Join(", ", t.shape)}], expected [{string.Join(", ", expectedShape)}]", directory);
-        return t.clone();
-    }
-
-    public void Dispose()
-    {
-        foreach (var t in tensors.Values) t.Dispose();
-    }
-}
-
 /// <summary>QuaRot's computational invariance (spec §5): fold every RMSNorm scale into the linears
 /// that read it, untie the head, rotate the residual stream by Q = diag(±1)·H/√d (R1), rotate each
 /// attention head's V/O pair by H_hd/√hd (R2, per head, so any head count and GQA work without an
@@ -52,7 +20,11 @@ public sealed class RotatedWeights(string directory, ModelConfig config, Diction
 /// are done in fp64 and cast back once; the function of the float model does not change.</summary>
 public static class QuaRot
 {
-    public static RotatedWeights Apply(ModelConfig c, Checkpoint source, RotationOptions o)
+    /// <summary>Rotates the model block by block into <paramref name="folder"/> (one safetensors file per
+    /// block and one for the embeddings, head and final norm, in the source dtypes) and returns the
+    /// rotated model as a weight source over those files. Files already there from an interrupted run
+    /// with the same settings are reused (each is written whole or not at all).</summary>
+    public static QuaRotSource Apply(ModelConfig c, Checkpoint source, RotationOptions o, string folder, CancellationToken ct = default)
     {
         if (c.ModelType is not ("llama" or "qwen2" or "mistral"))
             throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"rotate: hadamard supports the Llama family, not '{c.ModelType}'", source.Directory);
@@ -61,11 +33,9 @@ public static class QuaRot
         int d = c.HiddenSize, hd = c.HeadDim, f = c.IntermediateSize;
         if (o.Heads && !Hadamard.IsPowerOfTwo(hd))
             throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"rotate: head_dim {hd} is not a power of two (R2 needs a Sylvester matrix)", source.Directory);
+        Directory.CreateDirectory(folder);
 
-        var tensors = new Dictionary<string, Tensor>(StringComparer.Ordinal);
-        var names = source.Tensors.Select(t => t.Name).ToList();
         var dtypes = source.Tensors.ToDictionary(t => t.Name, t => t.DType.ToTorch(), StringComparer.Ordinal);
-
         var residualPlan = Hadamard.Plan(d);
         var downPlan = o.DownProj ? Hadamard.Plan(f) : null;
         using var scope = NewDisposeScope();
@@ -74,11 +44,16 @@ public static class QuaRot
         var hDown = downPlan is null ? null : Hadamard.Matrix(downPlan) / downPlan.Norm;
 
         Tensor Get(string name) => source.Load(name).to(ScalarType.Float64);
-        void Put(string name, Tensor t) => tensors[name] = t.to(dtypes.GetValueOrDefault(name, ScalarType.Float32)).DetachFromDisposeScope();
-
+        var files = new List<string>();
         for (int i = 0; i < c.NumLayers; i++)
         {
+            ct.ThrowIfCancellationRequested();
+            string file = Path.Combine(folder, $"block-{i:D5}.safetensors");
+            files.Add(file);
+            if (File.Exists(file)) continue;
             using var layer = NewDisposeScope();
+            var tensors = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+            void Put(string name, Tensor t) => tensors[name] = t.to(dtypes.GetValueOrDefault(name, ScalarType.Float32));
             string p = $"model.layers.{i}.";
             var gIn = Get(p + "input_layernorm.weight");
             var gPost = Get(p + "post_attention_layernorm.weight");
@@ -103,24 +78,40 @@ public static class QuaRot
             if (c.MlpBias) Put(p + "mlp.down_proj.bias", q.t().matmul(Get(p + "mlp.down_proj.bias")));
             Put(p + "input_layernorm.weight", ones_like(gIn));
             Put(p + "post_attention_layernorm.weight", ones_like(gPost));
+            SafeTensorsWriter.Write(file, tensors);
         }
 
-        var embed = Get("model.embed_tokens.weight");
-        var head = c.TieWordEmbeddings ? embed.clone() : Get("lm_head.weight");
-        if (o.SubtractEmbeddingMean) embed = embed - embed.mean([1], keepdim: true);
-        var gFinal = Get("model.norm.weight");
-        Put("model.embed_tokens.weight", embed.matmul(q));
-        if (c.TieWordEmbeddings) dtypes["lm_head.weight"] = dtypes["model.embed_tokens.weight"];
-        Put("lm_head.weight", (head * gFinal).matmul(q));
-        Put("model.norm.weight", ones_like(gFinal));
-        if (c.TieWordEmbeddings) names.Add("lm_head.weight");
-
-        // Anything else (buffers some exporters keep) passes through untouched.
-        foreach (var n in names.Where(n => !tensors.ContainsKey(n)))
-            tensors[n] = source.Load(n).DetachFromDisposeScope();
+        string globals = Path.Combine(folder, "globals.safetensors");
+        files.Add(globals);
+        if (!File.Exists(globals))
+        {
+            using var g = NewDisposeScope();
+            var tensors = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+            var embed = Get("model.embed_tokens.weight");
+            var head = c.TieWordEmbeddings ? embed.clone() : Get("lm_head.weight");
+            if (o.SubtractEmbeddingMean) embed = embed - embed.mean([1], keepdim: true);
+            var gFinal = Get("model.norm.weight");
+            var embedType = dtypes["model.embed_tokens.weight"];
+            tensors["model.embed_tokens.weight"] = RowChunks(embed, q).to(embedType);
+            tensors["lm_head.weight"] = RowChunks(head * gFinal, q).to(c.TieWordEmbeddings ? embedType : dtypes["lm_head.weight"]);
+            tensors["model.norm.weight"] = ones_like(gFinal).to(dtypes["model.norm.weight"]);
+            SafeTensorsWriter.Write(globals, tensors);
+        }
 
         var config = c with { TieWordEmbeddings = false, DownProjHadamard = downPlan is not null };
-        return new RotatedWeights(source.Directory, config, tensors, names, residualPlan, downPlan);
+        return new QuaRotSource(source, config, files, residualPlan, downPlan);
+    }
+
+    /// <summary>x·Q a bounded number of rows at a time (the embedding of a large vocabulary in fp64
+    /// would otherwise be gigabytes).</summary>
+    static Tensor RowChunks(Tensor x, Tensor q)
+    {
+        long rows = Math.Max(1, (32L << 20) / Math.Max(1, x.shape[1]));
+        if (x.shape[0] <= rows) return x.matmul(q);
+        var parts = new List<Tensor>();
+        for (long r = 0; r < x.shape[0]; r += rows)
+            parts.Add(x.narrow(0, r, Math.Min(rows, x.shape[0] - r)).matmul(q));
+        return cat(parts, 0);
     }
 
     /// <summary>R1 = diag(s)·H_d/√d with seeded random signs s (QuaRot's randomized Hadamard).</summary>

@@ -2,6 +2,8 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.Json.Nodes;
 using DotQuant.Engine.Calibration;
+using DotQuant.Engine.Formats;
+using DotQuant.Engine.IO;
 using DotQuant.Engine.Manifest;
 using DotQuant.Tool.Packaging;
 
@@ -16,8 +18,10 @@ public static class RunCommand
         var output = new Option<string?>("--output") { Description = "folder that receives the output folder (default: the manifest's folder)" };
         var cacheDir = new Option<string?>("--cache-dir") { Description = "content-addressed cache: reuse CACHE/<fingerprint>/<name> if present, else write it there" };
         var requireCache = new Option<bool>("--require-cache") { Description = "with --cache-dir: a missing entry is an error instead of a computation (CI)" };
+        var resume = new Option<bool>("--resume") { Description = "continue an interrupted run of the same inputs after its last completed block (same bytes as an uninterrupted run)" };
+        var maxMemory = new Option<string?>("--max-memory") { Description = "refuse (DQ0154) when the memory plan predicts more than this (e.g. 6G, 24GiB, 4000M; default: the memory available)" };
         var format = OutputFormat.Create();
-        var cmd = new Command("run", "Quantize a model as a quant.yaml manifest describes") { manifest, output, cacheDir, requireCache, format };
+        var cmd = new Command("run", "Quantize a model as a quant.yaml manifest describes") { manifest, output, cacheDir, requireCache, resume, maxMemory, format };
         cmd.SetAction((parse, ct) =>
         {
             var m = ModelSource.Resolve(ManifestParser.Load(parse.GetValue(manifest)!), parse.GetValue(cacheDir), ct);
@@ -26,32 +30,37 @@ public static class RunCommand
             string verbosity = parse.GetValue(Cli.Verbosity) ?? "n";
             bool quiet = verbosity is "q" or "quiet";
             var progress = new Progress(stdout, json, quiet, interactive && !json);
+            long? limit = parse.GetValue(maxMemory) is { } text ? ByteSize.Parse(text, "--max-memory") : null;
 
+            FileDigests? digests = null;
             if (parse.GetValue(cacheDir) is { } cache)
             {
-                var digests = new FileDigests(Path.GetFullPath(cache));
+                digests = new FileDigests(Path.GetFullPath(cache));
                 string fingerprint = QuantizeJob.Fingerprint(m, digests);
                 digests.Save();
                 outDir = Path.Combine(Path.GetFullPath(cache), CacheKey(fingerprint));
                 string entry = Path.Combine(outDir, m.Output.Name);
                 if (Directory.Exists(entry))
                 {
-                    progress.Report(new JobEvent("cache", $"cache hit: {entry}"));
-                    var (failed, before, after) = QuantizeJob.RecordedGate(entry);
-                    progress.Finish(new JobResult(entry, 0, null, null, !failed, []), cached: true, recorded: (before, after), manifest: m);
-                    if (failed) GateError(stderr, m, before, after);
-                    return Task.FromResult(failed ? ExitCodes.GateFailed : ExitCodes.Ok);
+                    progress.Report(new InfoEvent("cache", $"cache hit: {entry}"));
+                    // The entry keeps the measurements; the gate is the manifest's as it is now.
+                    var recorded = PackageInfo.RecordedPerplexity(entry);
+                    bool passed = m.Evaluate?.Gate is not { } gate || recorded is not { } p || gate.Judge(p.Before, p.After);
+                    progress.Finish(new JobResult(entry, 0, null, null, passed, []), cached: true, recorded: recorded, manifest: m);
+                    if (!passed) GateError(stderr, m, recorded!.Value.Before, recorded.Value.After);
+                    return Task.FromResult(passed ? ExitCodes.Ok : ExitCodes.GateFailed);
                 }
                 if (parse.GetValue(requireCache))
                     throw new DotQuant.Engine.Diagnostics.DotQuantException(DotQuant.Engine.Diagnostics.ErrorCodes.CacheMiss,
                         $"no cache entry for {m.Output.Name} ({fingerprint}) in {cache}, and the cache is required (DotQuantRequireCache); build once without it to fill the cache", m.Path);
             }
 
-            var result = QuantizeJob.Run(m, outDir, progress.Report, ct, contentAddressed: parse.GetValue(cacheDir) is not null);
+            var options = new RunOptions { ContentAddressed = digests is not null, Resume = parse.GetValue(resume), MaxMemory = limit, Digests = digests };
+            var result = QuantizeJob.Run(m, outDir, progress.Report, ct, options);
             if (m.Evaluate is not null)
             {
                 string report = DotQuant.Tool.Reports.RunReport.Write(m, result, PeakRssBytes());
-                progress.Report(new JobEvent("report", report));
+                progress.Report(new InfoEvent("report", report));
             }
             progress.Finish(result, manifest: m);
             if (!result.GatePassed) GateError(stderr, m, result.Before!.Perplexity, result.After!.Perplexity);
@@ -78,10 +87,8 @@ public static class RunCommand
     static void GateError(TextWriter stderr, QuantManifest m, double before, double after)
     {
         var gate = m.Evaluate!.Gate!;
-        double allowed = gate.Relative ? before * (1 + gate.MaxIncrease) : before + gate.MaxIncrease;
-        string limit = gate.Relative ? $"+{gate.MaxIncrease * 100:0.##}%" : $"+{gate.MaxIncrease:0.####}";
         stderr.WriteLine(new DotQuant.Engine.Diagnostics.DotQuantException(DotQuant.Engine.Diagnostics.ErrorCodes.QualityGate,
-            $"quality gate failed: perplexity {before:F4} (float) -> {after:F4} (quantized) exceeds the allowed {limit} ({allowed:F4})", m.Path).Format());
+            $"quality gate failed: perplexity {before:F4} (float) -> {after:F4} (quantized) exceeds the allowed {gate.Limit} ({gate.Allowed(before):F4})", m.Path).Format());
     }
 
     /// <summary>The cache folder name of a fingerprint ("sha256:HEX" → first 32 hex digits).</summary>
@@ -94,36 +101,57 @@ public static class RunCommand
         readonly DateTime _start = DateTime.UtcNow;
         bool _lineOpen;
 
-        public void Report(JobEvent e)
+        public void Report(RunEvent e)
         {
             if (json)
             {
                 var o = new JsonObject { ["event"] = e.Kind, ["message"] = e.Message };
-                if (e.Layer is { } l)
+                switch (e)
                 {
-                    o["layer"] = l.Name;
-                    o["index"] = e.Done;
-                    o["total"] = e.Total;
-                    o["bits"] = l.Bits;
-                    if (double.IsFinite(l.Loss)) o["loss"] = l.Loss;
-                    if (double.IsFinite(l.RtnLoss)) o["rtn_loss"] = l.RtnLoss;
-                    o["kind"] = l.Kind;
-                    if (double.IsFinite(l.PaperBits)) o["paper_bits"] = Math.Round(l.PaperBits, 6);
-                    if (double.IsFinite(l.StoredBits)) o["stored_bits"] = Math.Round(l.StoredBits, 6);
-                    if (l.Kind == "spqr") o["outliers"] = l.Outliers;
-                    if (l.Kind == "billm") o["salient_columns"] = l.SalientColumns;
-                    o["seconds"] = Math.Round(l.Seconds, 4);
-                    o["eta_seconds"] = Math.Round(Eta(e), 1);
+                    case LayerEvent { Layer: var l } le:
+                        o["layer"] = l.Name;
+                        o["index"] = le.Done;
+                        o["total"] = le.Total;
+                        o["bits"] = l.Bits;
+                        if (double.IsFinite(l.Loss)) o["loss"] = l.Loss;
+                        if (double.IsFinite(l.RtnLoss)) o["rtn_loss"] = l.RtnLoss;
+                        o["kind"] = l.Kind;
+                        if (double.IsFinite(l.PaperBits)) o["paper_bits"] = Math.Round(l.PaperBits, 6);
+                        if (double.IsFinite(l.StoredBits)) o["stored_bits"] = Math.Round(l.StoredBits, 6);
+                        if (l.Kind == "spqr") o["outliers"] = l.Outliers;
+                        if (l.Kind == "billm") o["salient_columns"] = l.SalientColumns;
+                        o["seconds"] = Math.Round(l.Seconds, 4);
+                        o["eta_seconds"] = Math.Round(Eta(le), 1);
+                        break;
+                    case PerplexityEvent p:
+                        o["perplexity"] = p.Result.Perplexity;
+                        break;
+                    case BlockEvent b:
+                        o["block"] = b.Block;
+                        o["seconds"] = Math.Round(b.Seconds, 3);
+                        break;
+                    case ProgressEvent pr:
+                        o["block"] = pr.Block;
+                        o["seconds"] = Math.Round(pr.Seconds, 3);
+                        break;
+                    case MemoryEvent mem:
+                        o["plan"] = mem.Plan.ToJson();
+                        break;
                 }
-                if (e.Perplexity is double p) o["perplexity"] = p;
                 OutputFormat.WriteJson(stdout, o);
                 return;
             }
-            if (quiet && e.Kind != "warning") return;
-            string text = e.Layer is { } layer
-                ? $"[{e.Done,3}/{e.Total}] {layer.Name,-40} {(double.IsFinite(layer.Loss) ? $"loss {Sci(layer.Loss)}" + (double.IsFinite(layer.RtnLoss) ? $" (RTN {Sci(layer.RtnLoss)})" : "") : ""),-30}{Extra(layer)} {layer.Seconds,6:F2} s  ETA {Eta(e),5:F0} s"
-                : e.Kind == "warning" ? $"warning: {e.Message}" : e.Message;
-            if (live && e.Layer is not null)
+            if (quiet && e is not WarningEvent) return;
+            // Block timings are for JSON consumers (and the live line); the layer lines carry progress.
+            if (e is BlockEvent && !live) return;
+            string text = e switch
+            {
+                LayerEvent { Layer: var layer } le => $"[{le.Done,3}/{le.Total}] {layer.Name,-40} {(double.IsFinite(layer.Loss) ? $"loss {Sci(layer.Loss)}" + (double.IsFinite(layer.RtnLoss) ? $" (RTN {Sci(layer.RtnLoss)})" : "") : ""),-30}{Extra(layer)} {layer.Seconds,6:F2} s  ETA {Eta(le),5:F0} s",
+                WarningEvent w => $"warning: {w.Message}",
+                PerplexityEvent p => $"perplexity {p.Message}",
+                _ => e.Message,
+            };
+            if (live && e is LayerEvent or BlockEvent)
             {
                 stdout.Write("\r" + text.PadRight(Console.IsOutputRedirected ? 0 : Math.Max(0, Console.WindowWidth - 1)));
                 _lineOpen = true;
@@ -137,13 +165,13 @@ public static class RunCommand
 
         static string Sci(double v) => v.ToString("0.00e+0", CultureInfo.InvariantCulture);
 
-        double Eta(JobEvent e) =>
+        double Eta(LayerEvent e) =>
             e.Done == 0 ? 0 : (DateTime.UtcNow - _start).TotalSeconds / e.Done * (e.Total - e.Done);
 
         public void Finish(JobResult r, bool cached = false, (double Before, double After)? recorded = null, QuantManifest? manifest = null)
         {
             (double Before, double After)? ppl = r.Before is not null && r.After is not null ? (r.Before.Perplexity, r.After.Perplexity) : null;
-            if (recorded is { } rec && double.IsFinite(rec.Before)) ppl = rec;
+            if (recorded is { } rec) ppl = rec;
             if (_lineOpen) { stdout.WriteLine(); _lineOpen = false; }
             if (json)
             {

@@ -1,0 +1,142 @@
+using System.Diagnostics;
+using DotQuant.Engine.Formats;
+using DotQuant.Engine.Hessians;
+using DotQuant.Engine.Models;
+using DotQuant.Engine.Quantizers;
+using static TorchSharp.torch;
+
+namespace DotQuant.Engine.Calibration;
+
+/// <summary>Where a calibrator's block results go and where it may stop: the package writer, and a
+/// resume point after every block.</summary>
+public interface IBlockCheckpoint
+{
+    /// <summary>Block <paramref name="block"/> is solved, its tensors are written and the streams have
+    /// advanced: a run that stops now can continue at <paramref name="block"/> + 1.</summary>
+    void Completed(int block, ActivationStream? stream, IHessianSource hessians, IReadOnlyList<LayerReport> reports);
+}
+
+/// <summary>The sequential pipeline of spec §6 with one block in memory. For each block: load it,
+/// let the Hessian source prepare (OAC's per-block Hessians), then for each true-sequential group
+/// get its statistics, solve each planned linear and put its dequantized weight in place (so later
+/// groups see it), advance the quantized stream through the solved block, let the source advance what
+/// it owns (GPTAQ's float stream), write the block's tensors, and checkpoint.</summary>
+public sealed class Calibrator
+{
+    public required DecoderModel Model { get; init; }
+    public required RunPlan Plan { get; init; }
+    public required IHessianSource Hessians { get; init; }
+    public required PackageWriter Writer { get; init; }
+    public required string Scratch { get; init; }
+    public IBlockCheckpoint? Checkpoint { get; init; }
+    public Action<RunEvent>? Events { get; init; }
+    public CancellationToken Cancellation { get; init; }
+
+    /// <param name="stream">X_q at the input of <paramref name="firstBlock"/> (null for round-to-nearest).</param>
+    /// <param name="reports">Reports of the blocks before <paramref name="firstBlock"/> (a resumed run).</param>
+    public IReadOnlyList<LayerReport> Run(ActivationStream? stream, int firstBlock = 0, IReadOnlyList<LayerReport>? reports = null)
+    {
+        var all = new List<LayerReport>(reports ?? []);
+        int total = Plan.Linears.Count(l => l.Options is not null), done = all.Count(r => r.Quantized);
+        var planned = Plan.Linears.Where(l => l.Options is not null).Select(l => l.Linear.Name).ToHashSet(StringComparer.Ordinal);
+        using var contexts = new ForwardContexts(Model);
+        for (int b = firstBlock; b < Model.BlockCount; b++)
+        {
+            var blockTime = Stopwatch.StartNew();
+            using var block = Model.LoadBlock(b);
+            var work = new BlockWork
+            {
+                Model = Model, Block = block, Stream = stream!, Contexts = contexts, Planned = planned, Scratch = Scratch,
+                Events = Events, Cancellation = Cancellation,
+            };
+            var solved = new Dictionary<string, SolvedLinear>(StringComparer.Ordinal);
+            try
+            {
+                Hessians.BeginBlock(work);
+                foreach (var group in block.LinearGroups)
+                {
+                    var active = group.Where(l => planned.Contains(l.Name)).ToList();
+                    foreach (var l in group.Where(l => !planned.Contains(l.Name)))
+                        Report(new LayerReport(l.Name, b, l.InFeatures, l.OutFeatures, false, 16, 0, double.NaN, 0, 0));
+                    if (active.Count == 0) continue;
+                    Cancellation.ThrowIfCancellationRequested();
+                    var sw = Stopwatch.StartNew();
+                    using var stats = Hessians.Group(work, group, active);
+                    double statSeconds = sw.Elapsed.TotalSeconds / active.Count;
+                    foreach (var lin in active)
+                    {
+                        Cancellation.ThrowIfCancellationRequested();
+                        var solve = Stopwatch.StartNew();
+                        var o = Plan.OptionsFor(lin.Name)!;
+                        var (q, rtnLoss) = Solve(lin, stats.H(lin), stats.D(lin), o);
+                        solved[lin.Name] = q;
+                        lin.SetWeight(q.Dequantize());
+                        Report(Describe(lin, b, o, q, statSeconds + solve.Elapsed.TotalSeconds, rtnLoss));
+                    }
+                }
+                if (Hessians.NeedsCalibration) stream!.Advance(block, contexts, Cancellation);
+                Hessians.EndBlock(work);
+                Write(b, solved);
+            }
+            finally
+            {
+                foreach (var q in solved.Values) q.Dispose();
+            }
+            Checkpoint?.Completed(b, stream, Hessians, all);
+            Events?.Invoke(new BlockEvent(b, Model.BlockCount, blockTime.Elapsed.TotalSeconds));
+        }
+        return all;
+
+        void Report(LayerReport r)
+        {
+            all.Add(r);
+            if (r.Quantized) Events?.Invoke(new LayerEvent(r, ++done, total));
+        }
+    }
+
+    (SolvedLinear Q, double RtnLoss) Solve(NamedLinear lin, Tensor? h, Tensor? d, SolverOptions o)
+    {
+        using var w0 = lin.Weight.to(ScalarType.Float32);
+        var q = Solvers.Solve(w0, h, d, o, lin.Name, w => Events?.Invoke(new WarningEvent(w)), Cancellation);
+        double rtnLoss = h is not null && Solvers.RtnBaseline(o) is { } rtn ? RtnObjective(w0, h, rtn, q.DampUsed) : double.NaN;
+        return (q, rtnLoss);
+    }
+
+    /// <summary>The block's tensors in name order: solved linears packed, everything else as stored.</summary>
+    void Write(int b, Dictionary<string, SolvedLinear> solved)
+    {
+        string prefix = Model.BlockPrefix(b);
+        foreach (var name in Model.Weights.Names.Where(n => n.StartsWith(prefix, StringComparison.Ordinal)))
+        {
+            string? linear = name.EndsWith(".weight", StringComparison.Ordinal) ? name[..^".weight".Length] : null;
+            if (linear is not null && solved.TryGetValue(linear, out var q)) Writer.AddLinear(linear, q);
+            else Writer.AddStored(name, Model.Weights);
+        }
+    }
+
+    static LayerReport Describe(NamedLinear lin, int block, SolverOptions o, SolvedLinear q, double seconds, double rtnLoss)
+    {
+        var (bits, group) = o.Kind switch
+        {
+            SolverKind.SpQR => (o.Spqr!.Bits, o.Spqr.GroupSize),
+            SolverKind.BiLLM => (1, o.Billm!.BlockSize),
+            _ => (o.Bits, o.GroupSize),
+        };
+        return new LayerReport(lin.Name, block, lin.InFeatures, lin.OutFeatures, true, bits, group, q.Loss, seconds, q.DampUsed, rtnLoss,
+            q.PaperBits, q.StoredBits, q.Kind, (q as SpqrLinear)?.OutlierCount ?? 0, (q as BinaryLinear)?.SalientColumns ?? 0, q.Describe());
+    }
+
+    /// <summary>tr(ΔW H_λ ΔWᵀ) for round-to-nearest, with dead channels handled as the solver does,
+    /// so it is directly comparable with the solver's loss (spec V-4, V-12).</summary>
+    static double RtnObjective(Tensor w0, Tensor h, SolverOptions o, double damp)
+    {
+        using var scope = NewDisposeScope();
+        using var rtn = RtnSolver.Solve(w0, o);
+        var hd = h.clone();
+        var dead = hd.diagonal().eq(0);
+        hd.diagonal().masked_fill_(dead, 1);
+        hd.diagonal().add_(damp * hd.diagonal().mean().item<float>());
+        var dw = w0.masked_fill(dead.unsqueeze(0), 0) - rtn.Dequantize();
+        return dw.matmul(hd).mul_(dw).sum().to(ScalarType.Float64).item<double>();
+    }
+}

@@ -1,0 +1,14 @@
+using DotQuant.Engine.Manifest;
+
+namespace DotQuant.Engine.Hessians;
+
+/// <summary>The Hessian source a manifest asks for: none for round-to-nearest, OAC's output-adaptive
+/// Hessians, GPTAQ's asymmetric statistics (the float stream), or the layer-wise H.</summary>
+public static class HessianSources
+{
+    public static IHessianSource For(QuantizeSpec q) =>
+        q.Method == QuantMethod.Rtn ? new NoHessian()
+        : q.Oac is { } oac ? new OutputAdaptiveSource(oac)
+        : q.NeedsFloatStream ? new AsymmetricHessian()
+        : new LayerHessian();
+}

@@ -1,0 +1,89 @@
+using DotQuant.Engine.Calibration;
+using DotQuant.Engine.Models;
+using static TorchSharp.torch;
+
+namespace DotQuant.Engine.Hessians;
+
+/// <summary>What a Hessian source works with for one block: the model (later blocks are loaded from it
+/// on demand), the block being solved (its solved linears already hold their dequantized weights),
+/// the quantized stream X_q at the block's input, and the run's scratch folder.</summary>
+public sealed class BlockWork
+{
+    public required DecoderModel Model { get; init; }
+    public required DecoderBlock Block { get; init; }
+    public required ActivationStream Stream { get; init; }
+    public required ForwardContexts Contexts { get; init; }
+    /// <summary>Names of the linears that get quantized (others need no statistics).</summary>
+    public required ISet<string> Planned { get; init; }
+    public required string Scratch { get; init; }
+    public Action<RunEvent>? Events { get; init; }
+    public CancellationToken Cancellation { get; init; }
+}
+
+/// <summary>The statistics each linear of a group is solved with: H (and GPTAQ's D). Owned, disposed
+/// after the group is solved.</summary>
+public sealed class GroupStatistics : IDisposable
+{
+    readonly Dictionary<string, (Tensor H, Tensor? D)> _byLinear;
+    readonly List<Tensor> _owned;
+
+    GroupStatistics(Dictionary<string, (Tensor, Tensor?)> byLinear, List<Tensor> owned)
+    {
+        _byLinear = byLinear;
+        _owned = owned;
+    }
+
+    /// <summary>One H (and D) for every linear of a group (they share their input).</summary>
+    public static GroupStatistics Shared(IEnumerable<NamedLinear> linears, Tensor h, Tensor? d) =>
+        new(linears.ToDictionary(l => l.Name, _ => (h, d)), d is null ? [h] : [h, d]);
+
+    /// <summary>A Hessian per linear (output-adaptive).</summary>
+    public static GroupStatistics PerLinear(IReadOnlyDictionary<string, Tensor> h) =>
+        new(h.ToDictionary(kv => kv.Key, kv => (kv.Value, (Tensor?)null)), h.Values.ToList());
+
+    public static GroupStatistics None { get; } = new([], []);
+
+    public Tensor? H(NamedLinear linear) => _byLinear.TryGetValue(linear.Name, out var s) ? s.H : null;
+    public Tensor? D(NamedLinear linear) => _byLinear.TryGetValue(linear.Name, out var s) ? s.D : null;
+
+    public void Dispose()
+    {
+        foreach (var t in _owned) t.Dispose();
+        _owned.Clear();
+    }
+}
+
+/// <summary>Where each linear's Hessian comes from — one of spec §2's statistics, behind the calls
+/// the sequential driver makes per block: <see cref="BeginBlock"/>, then <see cref="Group"/> for each
+/// true-sequential group, then <see cref="EndBlock"/> once the block is solved and X_q has advanced.
+/// A new statistic is a new class; the driver does not change.</summary>
+public interface IHessianSource : IDisposable
+{
+    /// <summary>False for round-to-nearest: no calibration stream and no forward passes at all.</summary>
+    bool NeedsCalibration { get; }
+
+    void BeginBlock(BlockWork work);
+
+    /// <summary>Statistics of the <paramref name="active"/> (planned) linears of <paramref name="group"/>.</summary>
+    GroupStatistics Group(BlockWork work, IReadOnlyList<NamedLinear> group, IReadOnlyList<NamedLinear> active);
+
+    void EndBlock(BlockWork work);
+
+    /// <summary>Saves what the source carries from block to block (GPTAQ's float stream) for a resume.</summary>
+    void Save(string folder);
+
+    /// <summary>Restores <see cref="Save"/>'s state before block <paramref name="nextBlock"/>.</summary>
+    void Restore(string folder, IReadOnlyList<long[]> sequences, int nextBlock);
+}
+
+/// <summary>Round-to-nearest: no statistics.</summary>
+public sealed class NoHessian : IHessianSource
+{
+    public bool NeedsCalibration => false;
+    public void BeginBlock(BlockWork work) { }
+    public GroupStatistics Group(BlockWork work, IReadOnlyList<NamedLinear> group, IReadOnlyList<NamedLinear> active) => GroupStatistics.None;
+    public void EndBlock(BlockWork work) { }
+    public void Save(string folder) { }
+    public void Restore(string folder, IReadOnlyList<long[]> sequences, int nextBlock) { }
+    public void Dispose() { }
+}
