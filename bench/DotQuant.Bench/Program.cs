@@ -22,6 +22,15 @@ if (args.Length >= 3 && args[0] == "quantize-child")
 string shared = Option("--shared") ?? Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "../../../../../../shared"));
 string benchDir = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "../../../.."));
 bool quick = args.Contains("--quick");
+if (args.Length >= 4 && args[0] == "synthetic")
+{
+    // synthetic DIR 7b|70b LAYERS: a checkpoint of that shape for manual runs.
+    var shape = args[2] == "70b" ? BigModel.Llama70B : BigModel.Llama7B;
+    var sw = Stopwatch.StartNew();
+    BigModel.Write(args[1], shape, int.Parse(args[3]), shared);
+    Console.WriteLine($"wrote {args[1]} in {sw.Elapsed.TotalSeconds:F1} s");
+    return 0;
+}
 if (args.Length > 0 && args[0] == "pins")
     return Pins.Run(shared, Option("--out") ?? Path.GetFullPath(Path.Combine(benchDir, "../tests/Engine.Tests/Golden/pipeline-pins.json")));
 if (args.Length > 0 && args[0] == "quality")

@@ -47,6 +47,8 @@ namespace DotQuant.MSBuild
             b.AppendFileNameIfNotNull(Manifest);
             b.AppendSwitchIfNotNull("--cache-dir ", CacheDir);
             if (RequireCache) b.AppendSwitch("--require-cache");
+            // An interrupted build (Ctrl+C, a killed agent) continues after its last completed block.
+            b.AppendSwitch("--resume");
             b.AppendSwitch("--format json");
             return b.ToString();
         }
@@ -85,6 +87,9 @@ namespace DotQuant.MSBuild
                     Log.LogWarning(null, "DQ0180", null, Manifest, 0, 0, 0, 0, message ?? "");
                     break;
                 case "cache":
+                case "progress":
+                case "block":
+                case "memory":
                     Log.LogMessage(MessageImportance.Normal, "DotQuant: {0}", message ?? "");
                     break;
                 default:

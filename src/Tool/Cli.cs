@@ -56,9 +56,11 @@ public static class Cli
             }
             TorchSharp.torch.set_num_threads(threads);
         }
+        using var stop = new Termination(stderr);
         try
         {
-            return parse.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false });
+            var config = new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false, ProcessTerminationTimeout = null };
+            return parse.InvokeAsync(config, stop.Token).GetAwaiter().GetResult();
         }
         catch (DotQuantException e)
         {
@@ -80,4 +82,58 @@ public static class Cli
     }
 
     static bool IsDiag(string v) => v is "diag" or "diagnostic";
+
+    /// <summary>Ctrl+C and SIGTERM cancel the command's token; the work stops at its next check
+    /// (every solver column, every batch). A libtorch call cannot be interrupted (an 11008² Cholesky
+    /// takes seconds), so if the command has not returned within <see cref="Deadline"/> the process
+    /// exits with 130 anyway: every output is written to a temp folder and swapped in atomically, so
+    /// nothing half-written is left, and a run's last completed block stays for <c>run --resume</c>.</summary>
+    sealed class Termination : IDisposable
+    {
+        public static readonly TimeSpan Deadline = TimeSpan.FromSeconds(1);
+        readonly CancellationTokenSource _cts = new();
+        readonly List<System.Runtime.InteropServices.PosixSignalRegistration> _registrations = [];
+        readonly TextWriter _stderr;
+
+        public Termination(TextWriter stderr)
+        {
+            _stderr = stderr;
+            foreach (var signal in new[] { System.Runtime.InteropServices.PosixSignal.SIGINT, System.Runtime.InteropServices.PosixSignal.SIGTERM })
+            {
+                try { _registrations.Add(System.Runtime.InteropServices.PosixSignalRegistration.Create(signal, Handle)); }
+                catch (PlatformNotSupportedException) { }
+            }
+        }
+
+        public CancellationToken Token => _cts.Token;
+
+        void Handle(System.Runtime.InteropServices.PosixSignalContext context)
+        {
+            context.Cancel = true;
+            if (_cts.IsCancellationRequested) return;
+            _cts.Cancel();
+            _ = Task.Run(async () =>
+            {
+                await Task.Delay(Deadline);
+                lock (_stderr)
+                {
+                    _stderr.WriteLine("error DQ0901: cancelled");
+                    _stderr.Flush();
+                }
+                // Environment.Exit waits for the runtime to reach a safe point, which a thread inside a
+                // long native call delays; _exit ends the process now (files are closed by the kernel).
+                if (OperatingSystem.IsWindows()) Environment.Exit(ExitCodes.Cancelled);
+                else Exit(ExitCodes.Cancelled);
+            });
+        }
+
+        [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "_exit")]
+        static extern void Exit(int status);
+
+        public void Dispose()
+        {
+            foreach (var r in _registrations) r.Dispose();
+            _cts.Dispose();
+        }
+    }
 }

@@ -79,12 +79,22 @@ public sealed class GptqPackageWriter : PackageWriter
             patches.Add((file.Path, info.Offset, bytes));
         }
         ckpt.Dispose();
-        foreach (var (path, offset, bytes) in patches)
+        // The shard files may be hard links to the run's resume copies, which must stay v1: each
+        // patched shard is a new file renamed over its name.
+        foreach (var group in patches.GroupBy(p => p.File))
         {
-            using var fs = new FileStream(path, FileMode.Open, FileAccess.Write, FileShare.None);
-            fs.Seek(offset, SeekOrigin.Begin);
-            fs.Write(bytes);
-            fs.Flush(true);
+            string tmp = group.Key + ".v2";
+            File.Copy(group.Key, tmp, overwrite: true);
+            using (var fs = new FileStream(tmp, FileMode.Open, FileAccess.Write, FileShare.None))
+            {
+                foreach (var (_, offset, bytes) in group)
+                {
+                    fs.Seek(offset, SeekOrigin.Begin);
+                    fs.Write(bytes);
+                }
+                fs.Flush(true);
+            }
+            File.Move(tmp, group.Key, overwrite: true);
         }
     }
 

@@ -85,6 +85,8 @@ public static class OutputAdaptiveHessian
 
         long perBlock = sequences.Sum(q => (long)stream.Ids[q.Batch][q.Row].Length) * model.Config.HiddenSize * 4;
         using var saved = new BlockInputs(perBlock * (model.BlockCount - from) > InMemoryActivations ? scratch : null);
+        // Blocks below the lowest one with a target only carry the forward.
+        int lowest = layout.Where(kv => kv.Value.Any(l => targets.Contains(l.Name))).Select(kv => kv.Key).DefaultIfEmpty(model.BlockCount).Min();
         var x = new Tensor?[sequences.Count];
         var g = new Tensor?[sequences.Count];
         try
@@ -100,7 +102,7 @@ public static class OutputAdaptiveHessian
             {
                 using var lease = b == from && working is not null ? new BlockLease(working, false) : new BlockLease(model.LoadBlock(b), true);
                 using var leaves = new Leaves(lease.Block, targets);
-                saved.Put(b, x);
+                if (b >= lowest) saved.Put(b, x);
                 for (int q = 0; q < x.Length; q++)
                 {
                     ct.ThrowIfCancellationRequested();
@@ -143,8 +145,9 @@ public static class OutputAdaptiveHessian
                 }
             }
 
-            // Backward sweep: block by block, recomputed from its saved inputs.
-            for (int b = model.BlockCount - 1; b >= from; b--)
+            // Backward sweep: block by block, recomputed from its saved inputs, down to the lowest
+            // block with a target.
+            for (int b = model.BlockCount - 1; b >= lowest; b--)
             {
                 using var lease = b == from && working is not null ? new BlockLease(working, false) : new BlockLease(model.LoadBlock(b), true);
                 var inputs = saved.Take(b);
@@ -185,7 +188,7 @@ public static class OutputAdaptiveHessian
                         observedIn.Clear();
                         observedOut.Clear();
                         g[q]!.Dispose();
-                        g[q] = b > from ? input.grad!.detach().clone().DetachFromDisposeScope() : null;
+                        g[q] = b > lowest ? input.grad!.detach().clone().DetachFromDisposeScope() : null;
                     }
                 }
                 finally

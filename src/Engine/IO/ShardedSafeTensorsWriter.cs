@@ -145,8 +145,10 @@ public sealed class ShardedSafeTensorsWriter : IDisposable
         return new State(_closed.Select(s => s.ToList()).ToList(), _open.ToList());
     }
 
-    /// <summary>Closes the last shard and moves the shards into <paramref name="folder"/> under their
-    /// final names (plus the index when there are several). Returns the file names.</summary>
+    /// <summary>Closes the last shard and puts the shards into <paramref name="folder"/> under their
+    /// final names (plus the index when there are several). The scratch files stay (the output files
+    /// are hard links to them where the file system allows, copies elsewhere), so a run stopped after
+    /// this point resumes from its last commit exactly as before. Returns the file names.</summary>
     public IReadOnlyList<string> Finish(string folder)
     {
         if (_open.Count > 0 || _closed.Count == 0) CloseOpenShard();
@@ -156,8 +158,7 @@ public sealed class ShardedSafeTensorsWriter : IDisposable
         for (int k = 0; k < n; k++)
         {
             string name = n == 1 ? "model.safetensors" : $"model-{k + 1:D5}-of-{n:D5}.safetensors";
-            File.Move(ShardPath(k), Path.Combine(folder, name), overwrite: true);
-            if (File.Exists(BodyPath(k))) File.Delete(BodyPath(k));
+            FileLinks.LinkOrCopy(ShardPath(k), Path.Combine(folder, name));
             foreach (var e in _closed[k]) weightMap[e.Name] = name;
             names.Add(name);
         }

@@ -84,7 +84,7 @@ public sealed class ManifestParser
 
     CalibrationSpec ReadCalibration(YamlNode node)
     {
-        var m = Keys(node, "calibration", "data", "samples", "sequence_length", "seed");
+        var m = Keys(node, "calibration", "data", "samples", "sequence_length", "seed", "stream_dtype");
         var data = m.GetValueOrDefault("data") ?? throw Error(ErrorCodes.ManifestMissing, "calibration needs 'data' (.txt, .jsonl or .ids)", node);
         string path = ResolvePath(Str(data, "calibration.data"));
         if (!File.Exists(path))
@@ -96,7 +96,8 @@ public sealed class ManifestParser
         int length = m.TryGetValue("sequence_length", out var l) ? Positive(l, "calibration.sequence_length") : 2048;
         long seed = m.TryGetValue("seed", out var sd) ? Long(sd, "calibration.seed") : 0;
         if (length < 2) throw Error(ErrorCodes.ManifestValue, "calibration.sequence_length must be at least 2", l!);
-        return new CalibrationSpec(path, samples, length, seed);
+        bool bf16 = m.TryGetValue("stream_dtype", out var sd2) && Enum(sd2, "calibration.stream_dtype", ("fp32", false), ("bf16", true));
+        return new CalibrationSpec(path, samples, length, seed) { Bf16Stream = bf16 };
     }
 
     QuantizeSpec ReadQuantize(YamlNode node)
@@ -245,7 +246,7 @@ public sealed class ManifestParser
     {
         string defaultName = $"{Path.GetFileName(model.TrimEnd('/', '\\'))}-{Name(q.Method)}-w{q.Bits}";
         if (node is null) return new OutputSpec(defaultName, OutputFormat.DotQuant, false, null, null, null);
-        var m = Keys(node, "output", "name", "format", "embed", "package");
+        var m = Keys(node, "output", "name", "format", "embed", "package", "shard_size");
         string name = m.TryGetValue("name", out var n) ? Str(n, "output.name") : defaultName;
         if (name.Length == 0 || name.IndexOfAny(Path.GetInvalidFileNameChars()) >= 0 || name is "." or "..")
             throw Error(ErrorCodes.ManifestValue, $"output.name '{name}' is not a valid folder name", n!);
@@ -270,7 +271,14 @@ public sealed class ManifestParser
             version = pm.TryGetValue("version", out var v) ? Str(v, "output.package.version") : throw Error(ErrorCodes.ManifestMissing, "output.package needs 'version'", pkg);
             authors = pm.TryGetValue("authors", out var a) ? Str(a, "output.package.authors") : null;
         }
-        return new OutputSpec(name, format, embed, id, version, authors);
+        long shard = OutputSpec.DefaultShardBytes;
+        if (m.TryGetValue("shard_size", out var ss))
+        {
+            string text = Scalar(ss, "output.shard_size", "a size such as 5GB or 2GiB");
+            if (!IO.ByteSize.TryParse(text, out shard))
+                throw Error(ErrorCodes.ManifestValue, $"output.shard_size '{text}' is not a size (e.g. 5GB, 2GiB, 500MB; a tensor larger than the shard size gets a shard of its own)", ss);
+        }
+        return new OutputSpec(name, format, embed, id, version, authors) { ShardBytes = shard };
     }
 
     EvaluateSpec ReadEvaluate(YamlNode node)

@@ -30,6 +30,9 @@ public static class SyntheticModel
         public long Seed { get; init; } = 1234;
         /// <summary>Split the weights into this many shards with an index (1 = single file).</summary>
         public int Shards { get; init; } = 1;
+        /// <summary>Write tensor by tensor into shards of at most this many bytes (a model larger than
+        /// memory: only one tensor is ever held). Overrides <see cref="Shards"/>.</summary>
+        public long? ShardBytes { get; init; }
         public string? TokenizerText { get; init; }
     }
 
@@ -69,6 +72,11 @@ public static class SyntheticModel
 
     static void WriteWeights(string dir, Spec s)
     {
+        if (s.ShardBytes is long shardBytes)
+        {
+            WriteStreaming(dir, s, shardBytes);
+            return;
+        }
         using var scope = NewDisposeScope();
         var g = new TorchSharp.torch.Generator((ulong)s.Seed);
         int headDim = s.HiddenSize / s.Heads;
@@ -129,6 +137,52 @@ public static class SyntheticModel
         }
         var index = new JsonObject { ["metadata"] = new JsonObject(), ["weight_map"] = weightMap };
         File.WriteAllText(Path.Combine(dir, "model.safetensors.index.json"), index.ToJsonString(new() { WriteIndented = true }));
+    }
+
+    /// <summary>The same tensors (same generator draws, same order) written one at a time.</summary>
+    static void WriteStreaming(string dir, Spec s, long shardBytes)
+    {
+        var g = new TorchSharp.torch.Generator((ulong)s.Seed);
+        int headDim = s.HiddenSize / s.Heads;
+        long q = (long)s.Heads * headDim, kv = (long)s.KvHeads * headDim;
+        bool qkvBias = s.ModelType == "qwen2";
+        string scratch = Path.Combine(dir, ".synthetic-shards");
+        using var writer = new ShardedSafeTensorsWriter(scratch, shardBytes);
+        void Rand(string name, float scale, params long[] shape)
+        {
+            using var scope = NewDisposeScope();
+            var r = randn(shape, generator: g).mul_(0.02f * scale);
+            writer.Add(name, r.to(s.DType));
+        }
+        void Norm(string name, long n)
+        {
+            using var scope = NewDisposeScope();
+            writer.Add(name, randn(n, generator: g).mul_(0.05f).add_(1).to(s.DType));
+        }
+        Rand("model.embed_tokens.weight", 1, s.VocabSize, s.HiddenSize);
+        for (int i = 0; i < s.Layers; i++)
+        {
+            string p = $"model.layers.{i}.";
+            Rand(p + "self_attn.q_proj.weight", 1, q, s.HiddenSize);
+            Rand(p + "self_attn.k_proj.weight", 1, kv, s.HiddenSize);
+            Rand(p + "self_attn.v_proj.weight", 1, kv, s.HiddenSize);
+            if (qkvBias)
+            {
+                Rand(p + "self_attn.q_proj.bias", 10, q);
+                Rand(p + "self_attn.k_proj.bias", 10, kv);
+                Rand(p + "self_attn.v_proj.bias", 10, kv);
+            }
+            Rand(p + "self_attn.o_proj.weight", 1, s.HiddenSize, q);
+            Rand(p + "mlp.gate_proj.weight", 1, s.IntermediateSize, s.HiddenSize);
+            Rand(p + "mlp.up_proj.weight", 1, s.IntermediateSize, s.HiddenSize);
+            Rand(p + "mlp.down_proj.weight", 1, s.HiddenSize, s.IntermediateSize);
+            Norm(p + "input_layernorm.weight", s.HiddenSize);
+            Norm(p + "post_attention_layernorm.weight", s.HiddenSize);
+        }
+        Norm("model.norm.weight", s.HiddenSize);
+        if (!s.TieWordEmbeddings) Rand("lm_head.weight", 1, s.VocabSize, s.HiddenSize);
+        writer.Finish(dir);
+        Directory.Delete(scratch, true);
     }
 
     /// <summary>Qwen2's pre-tokenizer pattern.</summary>

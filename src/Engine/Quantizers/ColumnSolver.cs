@@ -55,11 +55,11 @@ public static class ColumnSolver
         {
             perm = H.diagonal().sort(0, descending: true, stable: true).Indices;
             invperm = perm.argsort(0);
-            W = W.index_select(1, perm);
-            H = H.index_select(0, perm).index_select(1, perm);
-            D = D?.index_select(0, perm).index_select(1, perm);
-            C = C?.index_select(0, perm).index_select(1, perm);
-            W0 = W0?.index_select(1, perm);
+            W = Permuted.Columns(W, perm);
+            H = Permuted.Both(H, perm);
+            D = D is null ? null : Permuted.Both(D, perm);
+            C = C is null ? null : Permuted.Both(C, perm);
+            W0 = W0 is null ? null : Permuted.Columns(W0, perm);
         }
         long[]? permHost = perm?.data<long>().ToArray();
 

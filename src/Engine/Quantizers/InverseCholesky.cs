@@ -21,22 +21,34 @@ public static class InverseCholesky
         int retries = 0;
         for (double d = damp; ; d = Math.Round(d + 0.01, 10), retries++)
         {
-            using var attempt = NewDisposeScope();
-            var damped = h + eye(h.shape[0], dtype: h.dtype) * (d * mean);
+            // Each n² intermediate is freed as soon as the next exists: at most two are alive besides
+            // H (an 28672² fp32 matrix is 3.3 GB).
+            var damped = h.clone();
+            damped.diagonal().add_(d * mean);
             var (lower, info) = linalg.cholesky_ex(damped, false);
-            if (info.item<int>() == 0)
+            damped.Dispose();
+            bool ok = info.item<int>() == 0;
+            info.Dispose();
+            if (ok)
             {
                 var hinv = cholesky_inverse(lower, false);
+                lower.Dispose();
                 var (u, info2) = linalg.cholesky_ex(hinv, false);   // lower factor L of H⁻¹; U = Lᵀ
-                if (info2.item<int>() == 0 && u.isfinite().all().item<bool>())
+                hinv.Dispose();
+                bool ok2 = info2.item<int>() == 0 && u.isfinite().all().item<bool>();
+                info2.Dispose();
+                if (ok2)
                 {
                     if (retries > 0)
                         warn?.Invoke($"{layer}: H + λI was not positive definite at damp {damp}; succeeded at damp {d:0.##}");
                     var upper = u.t().contiguous();
-                    var result = attempt.MoveToOuter(upper);
-                    return new Result(scope.MoveToOuter(result), d, retries, d * mean);
+                    u.Dispose();
+                    return new Result(scope.MoveToOuter(upper), d, retries, d * mean);
                 }
+                u.Dispose();
             }
+            else
+                lower.Dispose();
             if (d >= 1.0)
                 throw new DotQuantException(ErrorCodes.SingularHessian,
                     $"{layer}: H + λI is not positive definite even with damp 1.0 (calibration inputs degenerate?)");

@@ -33,8 +33,8 @@ public sealed class PreparedHessian : IDisposable
         {
             perm = H.diagonal().sort(0, descending: true, stable: true).Indices;
             invperm = perm.argsort(0);
-            W = W.index_select(1, perm);
-            H = H.index_select(0, perm).index_select(1, perm);
+            W = Permuted.Columns(W, perm);
+            H = Permuted.Both(H, perm);
         }
         var factor = InverseCholesky.Factor(H, damp, layer, warn);
         return new PreparedHessian

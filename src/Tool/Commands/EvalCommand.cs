@@ -60,7 +60,7 @@ public static class EvalCommand
             foreach (var dir in dirs)
             {
                 var tokenizer = HfTokenizer.Load(dir);
-                using var m = ModelLoader.Load(dir);
+                using var m = ModelLoader.Open(dir);
                 if (!json) stdout.WriteLine($"{dir}:");
                 summaries.Add(EvalSuite.Run(m, tokenizer, plan, loaded, text, json ? null : s => stdout.WriteLine("  " + s)));
             }
@@ -82,7 +82,7 @@ public static class EvalCommand
         var tokenizer = HfTokenizer.Load(dir);
         int length = seq ?? Math.Min(2048, config.MaxPositionEmbeddings);
         if (length < 2) throw new DotQuantException(ErrorCodes.EvalArgument, "--sequence-length must be at least 2");
-        using var m = ModelLoader.Load(dir);
+        using var m = ModelLoader.Open(dir);
         PerplexityResult r;
         string protocol;
         if (sep is null)
