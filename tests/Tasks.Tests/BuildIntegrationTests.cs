@@ -145,6 +145,20 @@ public class BuildIntegrationTests(PackageFixture package)
     }
 
     [Fact]
+    public async Task OutputAdaptiveBuildReportsProgressWithoutWarnings()
+    {
+        using var app = package.CreateApp(Manifest("oac", quantize: "  method: gptq\n  bits: 4\n  group_size: 16\n  hessian: output_adaptive\n"));
+        using var cache = new TempDir();
+        WriteCalibration(app, 10);
+        var build = await package.Dotnet(app, cache.Path, "build", "-v", "n");
+        Assert.True(build.ExitCode == 0, build.Stdout + build.Stderr);
+        // The per-block Hessian timing is progress, not one warning per block.
+        Assert.Contains("output-adaptive Hessians in", build.Stdout);
+        Assert.DoesNotContain(": warning", build.Stdout);
+        Assert.Contains("0 Warning(s)", build.Stdout);
+    }
+
+    [Fact]
     public async Task MultiTargetingQuantizesOnce()
     {
         using var app = package.CreateApp(Manifest("multi", quantize: "  method: rtn\n  bits: 4\n  group_size: 16\n"));

@@ -158,6 +158,36 @@ public class RunCommandTests
     }
 
     [Fact]
+    public void GateIsJudgedAgainOnACacheHit()
+    {
+        using var dir = new TempDir();
+        string cache = dir.File("cache");
+        string Gate(string limit) => Manifest(dir, "  method: rtn\n  bits: 2\n  group_size: -1\n", extra:
+            Evaluate.Replace("WIKI", Wiki) + $"  gate: {{ max_perplexity_increase: {limit} }}\n");
+        var first = CliRunner.Run("run", Gate("1%"), "--cache-dir", cache, "--format", "json");
+        Assert.Equal(2, first.ExitCode);
+        double before = first.LastJson().GetProperty("perplexity").GetProperty("before").GetDouble();
+        double after = first.LastJson().GetProperty("perplexity").GetProperty("after").GetDouble();
+        double needed = (after / before - 1) * 100;
+
+        // The gate is not part of the cache key: the same entry, judged by the gate as it is now.
+        var raised = CliRunner.Run("run", Gate($"{Math.Ceiling(needed) + 1}%"), "--cache-dir", cache, "--format", "json");
+        Assert.True(raised.ExitCode == 0, raised.Stderr);
+        Assert.True(raised.LastJson().GetProperty("cached").GetBoolean());
+        Assert.Equal("passed", raised.LastJson().GetProperty("gate").GetString());
+        Assert.Equal(after, raised.LastJson().GetProperty("perplexity").GetProperty("after").GetDouble());
+
+        var lowered = CliRunner.Run("run", Gate($"{Math.Floor(needed) - 1}%"), "--cache-dir", cache, "--format", "json");
+        Assert.Equal(2, lowered.ExitCode);
+        Assert.True(lowered.LastJson().GetProperty("cached").GetBoolean());
+        Assert.Contains("DQ0170", lowered.Stderr);
+        Assert.Single(Directory.GetDirectories(cache));
+        // The package records measurements, not a verdict.
+        string entry = Path.Combine(Directory.GetDirectories(cache)[0], "out");
+        Assert.DoesNotContain("\"gate\"", File.ReadAllText(Path.Combine(entry, "dotquant.json")));
+    }
+
+    [Fact]
     public async Task TwoRunsRacingOnOneCacheEntryBothSucceedWithOneIntactEntry()
     {
         using var dir = new TempDir();
