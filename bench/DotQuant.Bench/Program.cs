@@ -31,6 +31,13 @@ if (args.Length >= 4 && args[0] == "synthetic")
     Console.WriteLine($"wrote {args[1]} in {sw.Elapsed.TotalSeconds:F1} s");
     return 0;
 }
+if (args.Length > 0 && args[0] == "streaming")
+{
+    // The memory section of results.md (about two and a half hours; --quick for a smoke run).
+    Sections.Splice(Option("--out") ?? Path.Combine(benchDir, "results.md"), Streaming.Marker,
+        Streaming.Run(shared, Path.GetFullPath(Path.Combine(benchDir, "..")), quick));
+    return 0;
+}
 if (args.Length > 0 && args[0] == "pins")
     return Pins.Run(shared, Option("--out") ?? Path.GetFullPath(Path.Combine(benchDir, "../tests/Engine.Tests/Golden/pipeline-pins.json")));
 if (args.Length > 0 && args[0] == "quality")

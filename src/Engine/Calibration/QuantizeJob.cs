@@ -221,62 +221,7 @@ public static class QuantizeJob
     }
 
     /// <summary>The scheme part of dotquant.json (also hashed into the fingerprint).</summary>
-    public static JsonObject Scheme(QuantizeSpec q)
-    {
-        var scheme = new JsonObject
-        {
-            ["method"] = q.Method.ToString().ToLowerInvariant(),
-            ["bits"] = q.Bits,
-            ["group_size"] = q.GroupSize,
-            ["symmetric"] = q.Symmetric,
-            ["grid"] = q.Grid.ToString().ToLowerInvariant(),
-            ["mse_clip"] = q.MseClip,
-        };
-        if (q.Method != QuantMethod.Rtn)
-        {
-            scheme["act_order"] = q.ActOrder;
-            scheme["static_groups"] = q.StaticGroups;
-            scheme["damp"] = q.Damp;
-            scheme["block_size"] = q.BlockSize;
-            scheme["compensation_aware"] = q.CompensationAware;
-            if (q.Method == QuantMethod.Gptaq) scheme["alpha"] = q.Alpha;
-            if (q.CompensationAware) { scheme["alpha2"] = q.Alpha2; scheme["rescomp_mode"] = q.ResCompMode.ToString().ToLowerInvariant(); }
-        }
-        if (q.Method == QuantMethod.SpQR)
-            scheme["spqr"] = new JsonObject
-            {
-                ["relative_threshold"] = double.IsFinite(q.Spqr.OutlierThreshold) ? q.Spqr.OutlierThreshold : null,
-                ["scale_bits"] = q.Spqr.ScaleBits,
-                ["zero_bits"] = q.Spqr.ZeroBits,
-                ["stat_group_size"] = q.Spqr.StatGroupSize,
-            };
-        if (q.Method == QuantMethod.BiLLM)
-            scheme["billm"] = new JsonObject
-            {
-                ["metric"] = q.Billm.Metric.ToString().ToLowerInvariant(),
-                ["search_on"] = q.Billm.SearchOnSalience ? "salience" : "weights",
-                ["max_salient"] = q.Billm.MaxSalient,
-            };
-        scheme["hessian"] = q.Oac is null ? "layer" : "output_adaptive";
-        if (q.Oac is { } oac)
-            scheme["output_adaptive"] = new JsonObject
-            {
-                ["fisher"] = oac.Fisher switch { FisherSample.SequenceExplicit => "sequence_explicit", var x => x.ToString().ToLowerInvariant() },
-                ["labels"] = oac.Labels.ToString().ToLowerInvariant(),
-                ["schedule"] = oac.Schedule switch { OacSchedule.SequentialGroups => "sequential_groups", var x => x.ToString().ToLowerInvariant() },
-                ["seed"] = oac.Seed,
-            };
-        if (q.Rotation is { } rot)
-            scheme["rotation"] = new JsonObject
-            {
-                ["kind"] = "hadamard",
-                ["seed"] = rot.Seed,
-                ["heads"] = rot.Heads,
-                ["down_proj"] = rot.DownProj,
-                ["subtract_embedding_mean"] = rot.SubtractEmbeddingMean,
-            };
-        return scheme;
-    }
+    public static JsonObject Scheme(QuantizeSpec q) => q.ToJson();
 
     /// <summary>The files a run reads: model folder (*.json, *.safetensors), calibration data and
     /// evaluation data. The build integration watches exactly these.</summary>

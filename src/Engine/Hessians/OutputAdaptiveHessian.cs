@@ -48,6 +48,14 @@ public sealed record OacOptions
     public FisherLabels Labels { get; init; } = FisherLabels.Empirical;
     public OacSchedule Schedule { get; init; } = OacSchedule.Sequential;
     public long Seed { get; init; }
+
+    public System.Text.Json.Nodes.JsonObject ToJson() => new()
+    {
+        ["fisher"] = Fisher switch { FisherSample.SequenceExplicit => "sequence_explicit", var x => x.ToString().ToLowerInvariant() },
+        ["labels"] = Labels.ToString().ToLowerInvariant(),
+        ["schedule"] = Schedule switch { OacSchedule.SequentialGroups => "sequential_groups", var x => x.ToString().ToLowerInvariant() },
+        ["seed"] = Seed,
+    };
 }
 
 /// <summary>OAC's output-adaptive Hessian (spec §2.3): per linear, H̄ = 1/(N·m) Σ_s G_sᵀ G_s with

@@ -58,7 +58,7 @@ public sealed class ManifestParser
         var (model, package) = ReadModel(top.GetValueOrDefault("model") ?? throw Error(ErrorCodes.ManifestMissing, "missing 'model' (a Hugging Face model folder)", root));
         var quantize = ReadQuantize(top.GetValueOrDefault("quantize") as YamlNode ?? throw Error(ErrorCodes.ManifestMissing, "missing 'quantize' section", root));
         CalibrationSpec? calibration = top.TryGetValue("calibration", out var c) ? ReadCalibration(c) : null;
-        if (calibration is null && quantize.Method != QuantMethod.Rtn)
+        if (calibration is null && quantize.Scheme.NeedsCalibration)
             throw Error(ErrorCodes.ManifestMissing, $"method '{Name(quantize.Method)}' needs a 'calibration' section with 'data'", root);
         var output = ReadOutput(top.GetValueOrDefault("output"), package?.Id ?? model, quantize, root);
         EvaluateSpec? evaluate = top.TryGetValue("evaluate", out var ev) ? ReadEvaluate(ev) : null;
@@ -105,18 +105,20 @@ public sealed class ManifestParser
         var m = Keys(node, "quantize", "method", "hessian", "compensation_aware", "rotate", "bits", "group_size", "symmetric",
             "act_order", "static_groups", "damp", "mse_clip", "outliers", "layers", "grid", "block_size", "alpha", "alpha2", "rescomp_mode",
             "output_adaptive", "rotation", "billm");
+        var method = m.TryGetValue("method", out var methodNode)
+            ? Enum(methodNode, "quantize.method", ("rtn", QuantMethod.Rtn), ("gptq", QuantMethod.Gptq), ("gptaq", QuantMethod.Gptaq), ("spqr", QuantMethod.SpQR), ("billm", QuantMethod.BiLLM))
+            : QuantMethod.Gptq;
+        // The method's record carries its defaults (SpQR's README configuration, BiLLM's 1-bit groups).
+        var scheme = QuantScheme.For(method);
+        var (unused, why) = scheme.Unused;
+        foreach (var key in unused)
+            if (m.TryGetValue(key, out var n))
+                throw Error(ErrorCodes.ManifestCombination, $"{key} has no effect with method '{scheme.Name}' {why}", n);
         var q = new QuantizeSpec();
-        if (m.TryGetValue("method", out var method))
-            q = q with { Method = Enum(method, "quantize.method", ("rtn", QuantMethod.Rtn), ("gptq", QuantMethod.Gptq), ("gptaq", QuantMethod.Gptaq), ("spqr", QuantMethod.SpQR), ("billm", QuantMethod.BiLLM)) };
-        // SpQR's README configuration and BiLLM's defaults differ from GPTQ's.
-        if (q.Method == QuantMethod.SpQR) q = q with { GroupSize = 16, Bits = 2, ActOrder = true, Damp = 1.0 };
-        if (q.Method == QuantMethod.BiLLM) q = q with { Bits = 1, GroupSize = 128 };
+
         if (m.TryGetValue("hessian", out var hess) && Enum(hess, "quantize.hessian", ("layer", false), ("output_adaptive", true)))
         {
-            if (q.Method == QuantMethod.Rtn)
-                throw Error(ErrorCodes.ManifestCombination, "hessian 'output_adaptive' needs a Hessian-based method (gptq, spqr, billm), not rtn", hess);
-            if (q.Method == QuantMethod.Gptaq)
-                throw Error(ErrorCodes.ManifestCombination, "hessian 'output_adaptive' has no asymmetric term: GPTAQ's D is a layer-wise quantity (use gptq, spqr or billm)", hess);
+            if (scheme.OutputAdaptiveRefusal is { } refusal) throw Error(ErrorCodes.ManifestCombination, refusal, hess);
             q = q with { Oac = new OacOptions() };
         }
         if (m.TryGetValue("output_adaptive", out var oacNode))
@@ -131,7 +133,7 @@ public sealed class ManifestParser
             q = q with { Oac = oo };
         }
         if (m.TryGetValue("rotate", out var rot) && Enum(rot, "quantize.rotate", ("none", false), ("hadamard", true)))
-            q = q with { RotateHadamard = true, Rotation = new RotationOptions() };
+            q = q with { Rotation = new RotationOptions() };
         if (m.TryGetValue("rotation", out var rotNode))
         {
             if (q.Rotation is null) throw Error(ErrorCodes.ManifestCombination, "rotation settings need rotate: hadamard", rotNode);
@@ -145,9 +147,9 @@ public sealed class ManifestParser
         }
         if (m.TryGetValue("outliers", out var outl))
         {
-            if (q.Method != QuantMethod.SpQR) throw Error(ErrorCodes.ManifestCombination, "outliers apply to method 'spqr' only", outl);
+            if (scheme is not SpqrScheme spqr) throw Error(ErrorCodes.ManifestCombination, "outliers apply to method 'spqr' only", outl);
             var om = Keys(outl, "quantize.outliers", "relative_threshold", "scale_bits", "zero_bits", "group_size");
-            var so = q.Spqr;
+            var so = spqr.Outliers;
             if (om.TryGetValue("relative_threshold", out var rt))
             {
                 string text = Scalar(rt, "outliers.relative_threshold", "a number or 'none'");
@@ -158,67 +160,59 @@ public sealed class ManifestParser
             if (om.TryGetValue("scale_bits", out var sb)) so = so with { ScaleBits = StatBits(sb, "outliers.scale_bits") };
             if (om.TryGetValue("zero_bits", out var zb)) so = so with { ZeroBits = StatBits(zb, "outliers.zero_bits") };
             if (om.TryGetValue("group_size", out var sg2)) so = so with { StatGroupSize = Positive(sg2, "outliers.group_size") };
-            q = q with { Spqr = so };
+            scheme = spqr with { Outliers = so };
         }
         if (m.TryGetValue("billm", out var bnode))
         {
-            if (q.Method != QuantMethod.BiLLM) throw Error(ErrorCodes.ManifestCombination, "billm settings apply to method 'billm' only", bnode);
+            if (scheme is not BillmScheme billm) throw Error(ErrorCodes.ManifestCombination, "billm settings apply to method 'billm' only", bnode);
             var bm = Keys(bnode, "quantize.billm", "metric", "search_on", "max_salient");
-            var bo = q.Billm;
+            var bo = billm.Binarization;
             if (bm.TryGetValue("metric", out var me)) bo = bo with { Metric = Enum(me, "billm.metric", ("hessian", SalienceMetric.Hessian), ("hessian_inverse_diagonal", SalienceMetric.HessianInverseDiagonal), ("magnitude", SalienceMetric.Magnitude)) };
             if (bm.TryGetValue("search_on", out var so2)) bo = bo with { SearchOnSalience = Enum(so2, "billm.search_on", ("salience", true), ("weights", false)) };
             if (bm.TryGetValue("max_salient", out var ms)) bo = bo with { MaxSalient = Positive(ms, "billm.max_salient") };
-            q = q with { Billm = bo };
+            scheme = billm with { Binarization = bo };
         }
-        if (q.Method == QuantMethod.BiLLM)
+        if (m.TryGetValue("compensation_aware", out var ca) && Bool(ca, "quantize.compensation_aware"))
         {
-            foreach (var key in new[] { "bits", "group_size", "act_order", "static_groups", "symmetric", "grid", "mse_clip" })
-                if (m.TryGetValue(key, out var n))
-                    throw Error(ErrorCodes.ManifestCombination, $"{key} has no effect with method 'billm' (1-bit residual binarization; the block_size is the group)", n);
+            if (scheme is not GptqScheme gptq)
+                throw Error(ErrorCodes.ManifestCombination, $"compensation_aware (ResComp) needs gptq or gptaq, not {scheme.Name}", ca);
+            if (q.Oac is not null)
+                throw Error(ErrorCodes.ManifestCombination, "compensation_aware (ResComp) is defined on the layer-wise objective; it cannot be combined with hessian: output_adaptive", ca);
+            scheme = gptq with { CompensationAware = true };
         }
-        if (m.TryGetValue("compensation_aware", out var ca)) q = q with { CompensationAware = Bool(ca, "quantize.compensation_aware") };
-        if (q.CompensationAware && q.Method is not (QuantMethod.Gptq or QuantMethod.Gptaq))
-            throw Error(ErrorCodes.ManifestCombination, $"compensation_aware (ResComp) needs gptq or gptaq, not {Name(q.Method)}", ca!);
-        if (q.CompensationAware && q.Oac is not null)
-            throw Error(ErrorCodes.ManifestCombination, "compensation_aware (ResComp) is defined on the layer-wise objective; it cannot be combined with hessian: output_adaptive", ca!);
-        if (m.TryGetValue("bits", out var bits)) q = q with { Bits = Bits(bits, "quantize.bits") };
-        if (m.TryGetValue("group_size", out var gs)) q = q with { GroupSize = GroupSize(gs, "quantize.group_size") };
-        if (m.TryGetValue("symmetric", out var sym)) q = q with { Symmetric = Bool(sym, "quantize.symmetric") };
-        if (m.TryGetValue("act_order", out var ao)) q = q with { ActOrder = Bool(ao, "quantize.act_order") };
-        if (m.TryGetValue("static_groups", out var sg)) q = q with { StaticGroups = Bool(sg, "quantize.static_groups") };
-        if (q.StaticGroups && q.GroupSize == -1)
+        if (m.TryGetValue("bits", out var bits)) scheme = scheme with { Bits = Bits(bits, "quantize.bits") };
+        if (m.TryGetValue("group_size", out var gs)) scheme = scheme with { GroupSize = GroupSize(gs, "quantize.group_size") };
+        if (m.TryGetValue("symmetric", out var sym)) scheme = scheme with { Symmetric = Bool(sym, "quantize.symmetric") };
+        if (m.TryGetValue("act_order", out var ao)) scheme = scheme with { ActOrder = Bool(ao, "quantize.act_order") };
+        if (m.TryGetValue("static_groups", out var sg)) scheme = scheme with { StaticGroups = Bool(sg, "quantize.static_groups") };
+        if (scheme.StaticGroups && scheme.GroupSize == -1)
             throw Error(ErrorCodes.ManifestCombination, "static_groups needs a group_size (not -1)", sg!);
         if (m.TryGetValue("damp", out var damp))
         {
             double d = Double(damp, "quantize.damp");
             if (d < 0 || d > 10) throw Error(ErrorCodes.ManifestValue, "quantize.damp must be in [0, 10] (a fraction of the mean Hessian diagonal; SpQR's README uses 1)", damp);
-            q = q with { Damp = d };
+            scheme = scheme with { Damp = d };
         }
-        if (m.TryGetValue("mse_clip", out var mse)) q = q with { MseClip = Bool(mse, "quantize.mse_clip") };
+        if (m.TryGetValue("mse_clip", out var mse)) scheme = scheme with { MseClip = Bool(mse, "quantize.mse_clip") };
         if (m.TryGetValue("grid", out var grid))
-            q = q with { Grid = Enum(grid, "quantize.grid", ("gptq", GridConvention.Gptq), ("quarot", GridConvention.QuaRot)) };
-        if (m.TryGetValue("block_size", out var bs)) q = q with { BlockSize = Positive(bs, "quantize.block_size") };
+            scheme = scheme with { Grid = Enum(grid, "quantize.grid", ("gptq", GridConvention.Gptq), ("quarot", GridConvention.QuaRot)) };
+        if (m.TryGetValue("block_size", out var bs)) scheme = scheme with { BlockSize = Positive(bs, "quantize.block_size") };
         if (m.TryGetValue("alpha", out var alpha))
         {
-            if (q.Method != QuantMethod.Gptaq) throw Error(ErrorCodes.ManifestCombination, "alpha (GPTAQ's P scale) applies to method 'gptaq' only", alpha);
-            q = q with { Alpha = Double(alpha, "quantize.alpha") };
+            if (scheme is not GptaqScheme gptaq) throw Error(ErrorCodes.ManifestCombination, "alpha (GPTAQ's P scale) applies to method 'gptaq' only", alpha);
+            scheme = gptaq with { Alpha = Double(alpha, "quantize.alpha") };
         }
         if (m.TryGetValue("alpha2", out var alpha2))
         {
-            if (!q.CompensationAware) throw Error(ErrorCodes.ManifestCombination, "alpha2 (ResComp's R scale) needs compensation_aware: true", alpha2);
-            q = q with { Alpha2 = Double(alpha2, "quantize.alpha2") };
+            if (scheme is not GptqScheme { CompensationAware: true } rc) throw Error(ErrorCodes.ManifestCombination, "alpha2 (ResComp's R scale) needs compensation_aware: true", alpha2);
+            scheme = rc with { Alpha2 = Double(alpha2, "quantize.alpha2") };
         }
         if (m.TryGetValue("rescomp_mode", out var rm))
         {
-            if (!q.CompensationAware) throw Error(ErrorCodes.ManifestCombination, "rescomp_mode needs compensation_aware: true", rm);
-            q = q with { ResCompMode = Enum(rm, "quantize.rescomp_mode", ("auto", ResCompMode.Auto), ("org", ResCompMode.Org), ("allw", ResCompMode.AllW)) };
+            if (scheme is not GptqScheme { CompensationAware: true } rc) throw Error(ErrorCodes.ManifestCombination, "rescomp_mode needs compensation_aware: true", rm);
+            scheme = rc with { ResCompMode = Enum(rm, "quantize.rescomp_mode", ("auto", ResCompMode.Auto), ("org", ResCompMode.Org), ("allw", ResCompMode.AllW)) };
         }
-        if (q.Method == QuantMethod.Rtn)
-        {
-            foreach (var key in new[] { "act_order", "static_groups", "damp", "block_size" })
-                if (m.TryGetValue(key, out var n))
-                    throw Error(ErrorCodes.ManifestCombination, $"{key} has no effect with method 'rtn' (no Hessian); remove it", n);
-        }
+        q = q with { Scheme = scheme };
         if (m.TryGetValue("layers", out var layers)) q = q with { Layers = ReadLayers(layers) };
         return q;
     }
@@ -255,7 +249,7 @@ public sealed class ManifestParser
         {
             if (q.Method is QuantMethod.SpQR or QuantMethod.BiLLM)
                 throw Error(ErrorCodes.ManifestCombination, $"format 'gptq' cannot store {Name(q.Method)} ({(q.Method == QuantMethod.SpQR ? "bilevel statistics and sparse outliers" : "binary groups and salient columns")}); use format 'dotquant'", f!);
-            if (q.RotateHadamard)
+            if (q.Rotation is not null)
                 throw Error(ErrorCodes.ManifestCombination, "format 'gptq' cannot carry a rotated model (the online Hadamard before down_proj and the untied head are DotQuant runtime features); use format 'dotquant'", f!);
             if (q.Bits is not (2 or 3 or 4 or 8) || q.Layers.Any(r => r.Bits is int b && b is not (2 or 3 or 4 or 8)))
                 throw Error(ErrorCodes.ManifestCombination, "format 'gptq' stores int2/3/4/8 only", f!);

@@ -1,10 +1,10 @@
+using System.Text.Json.Nodes;
 using DotQuant.Engine.Hessians;
 using DotQuant.Engine.Quantizers;
 using DotQuant.Engine.Rotation;
 
 namespace DotQuant.Engine.Manifest;
 
-public enum QuantMethod { Rtn, Gptq, Gptaq, SpQR, BiLLM }
 public enum OutputFormat { DotQuant, Gptq }
 
 /// <summary>Where a setting came from in quant.yaml, for diagnostics raised after parsing.</summary>
@@ -23,64 +23,44 @@ public sealed record CalibrationSpec(string Data, int Samples, int SequenceLengt
     public bool Bf16Stream { get; init; }
 }
 
+/// <summary>quant.yaml's quantize section: the method's scheme, the Hessian source (layer-wise or
+/// output-adaptive), the rotation and the per-layer rules.</summary>
 public sealed record QuantizeSpec
 {
-    public QuantMethod Method { get; init; } = QuantMethod.Gptq;
-    public bool OutputAdaptiveHessian { get; init; }
-    public bool CompensationAware { get; init; }
-    public bool RotateHadamard { get; init; }
-    public int Bits { get; init; } = 4;
-    public int GroupSize { get; init; } = 128;
-    public bool Symmetric { get; init; }
-    public bool ActOrder { get; init; }
-    public bool StaticGroups { get; init; }
-    public double Damp { get; init; } = 0.01;
-    public bool MseClip { get; init; }
-    public GridConvention Grid { get; init; } = GridConvention.Gptq;
-    public int BlockSize { get; init; } = 128;
-    /// <summary>GPTAQ's P scale (0.25 in every reference implementation; the paper has none).</summary>
-    public double Alpha { get; init; } = 0.25;
-    /// <summary>ResComp's R scale (0.25, hard-coded in the reference).</summary>
-    public double Alpha2 { get; init; } = 0.25;
-    public ResCompMode ResCompMode { get; init; } = ResCompMode.Auto;
-    public IReadOnlyList<LayerRule> Layers { get; init; } = [];
-    /// <summary>SpQR's statistics and outlier settings (bits and β1 come from bits/group_size).</summary>
-    public SpqrOptions Spqr { get; init; } = new();
-    public BillmOptions Billm { get; init; } = new();
+    public QuantScheme Scheme { get; init; } = new GptqScheme();
     /// <summary>Set when hessian: output_adaptive.</summary>
     public OacOptions? Oac { get; init; }
     /// <summary>Set when rotate: hadamard.</summary>
     public RotationOptions? Rotation { get; init; }
+    public IReadOnlyList<LayerRule> Layers { get; init; } = [];
+
+    public QuantMethod Method => Scheme.Method;
+    public int Bits => Scheme.Bits;
+    public int GroupSize => Scheme.GroupSize;
+    public bool Symmetric => Scheme.Symmetric;
+    public double Damp => Scheme.Damp;
+    public bool ActOrder => Scheme.ActOrder;
+    public bool StaticGroups => Scheme.StaticGroups;
+    /// <summary>GPTAQ needs the float stream (X_f); GPTQ+ResComp does not (D = 0, spec §5.3).</summary>
+    public bool NeedsFloatStream => Scheme is GptaqScheme;
 
     /// <summary>The plan for one linear: null when it stays unquantized.</summary>
     public SolverOptions? PlanFor(string linearName)
     {
         var rule = Layers.FirstOrDefault(r => r.Matches(linearName));
         if (rule is { Skip: true }) return null;
-        int bits = rule?.Bits ?? Bits;
-        int group = rule?.GroupSize ?? GroupSize;
-        return new SolverOptions
-        {
-            Kind = Method switch { QuantMethod.Rtn => SolverKind.Rtn, QuantMethod.SpQR => SolverKind.SpQR, QuantMethod.BiLLM => SolverKind.BiLLM, _ => SolverKind.Gptq },
-            Spqr = Method == QuantMethod.SpQR ? Spqr with { Bits = bits, GroupSize = group, ActOrder = ActOrder, Damp = Damp, BlockSize = BlockSize } : null,
-            Billm = Method == QuantMethod.BiLLM ? Billm with { BlockSize = BlockSize, Damp = Damp } : null,
-            Bits = bits,
-            GroupSize = group,
-            Symmetric = Symmetric,
-            Convention = Grid,
-            MseClip = MseClip,
-            ActOrder = ActOrder,
-            StaticGroups = StaticGroups,
-            Damp = Damp,
-            BlockSize = BlockSize,
-            Alpha = Method == QuantMethod.Gptaq ? Alpha : 0,
-            Alpha2 = CompensationAware ? Alpha2 : 0,
-            ResCompMode = ResCompMode,
-        };
+        return Scheme.Options(rule?.Bits ?? Scheme.Bits, rule?.GroupSize ?? Scheme.GroupSize);
     }
 
-    /// <summary>GPTAQ needs the float stream (X_f); GPTQ+ResComp does not (D = 0, spec §5.3).</summary>
-    public bool NeedsFloatStream => Method == QuantMethod.Gptaq;
+    /// <summary>The scheme part of dotquant.json (also hashed into the fingerprint).</summary>
+    public JsonObject ToJson()
+    {
+        var j = Scheme.ToJson();
+        j["hessian"] = Oac is null ? "layer" : "output_adaptive";
+        if (Oac is { } oac) j["output_adaptive"] = oac.ToJson();
+        if (Rotation is { } rot) j["rotation"] = rot.ToJson();
+        return j;
+    }
 }
 
 /// <summary>A float model to restore from a NuGet feed instead of a folder.</summary>

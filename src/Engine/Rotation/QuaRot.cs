@@ -11,7 +11,17 @@ namespace DotQuant.Engine.Rotation;
 /// <param name="DownProj">R4: fuse a Hadamard into down_proj and apply it online in the runtime.</param>
 /// <param name="SubtractEmbeddingMean">QuaRot's code does it for every model; it breaks exact
 /// invariance for RMSNorm models (spec §5.2), so it is off unless asked for.</param>
-public sealed record RotationOptions(long Seed = 0, bool Heads = true, bool DownProj = true, bool SubtractEmbeddingMean = false);
+public sealed record RotationOptions(long Seed = 0, bool Heads = true, bool DownProj = true, bool SubtractEmbeddingMean = false)
+{
+    public System.Text.Json.Nodes.JsonObject ToJson() => new()
+    {
+        ["kind"] = "hadamard",
+        ["seed"] = Seed,
+        ["heads"] = Heads,
+        ["down_proj"] = DownProj,
+        ["subtract_embedding_mean"] = SubtractEmbeddingMean,
+    };
+}
 
 /// <summary>QuaRot's computational invariance (spec §5): fold every RMSNorm scale into the linears
 /// that read it, untie the head, rotate the residual stream by Q = diag(±1)·H/√d (R1), rotate each
