@@ -1,10 +1,8 @@
-using System.Security.Cryptography;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using DotQuant.Engine.Calibration;
-using DotQuant.Engine.IO;
+using DotQuant.Tests;
 using DotQuant.Engine.Manifest;
-using static TorchSharp.torch;
 
 namespace DotQuant.Bench;
 
@@ -52,25 +50,12 @@ static class Pins
         .Replace("{FORMAT}", format)
         .Replace("{TASKS}", tasks ? $"  tasks: {{ names: [piqa], dir: {Path.Combine(shared, "data", "zeroshot")}, limit: 40 }}\n" : "");
 
-    /// <summary>Hashes of a fixed libtorch computation (matmul, Cholesky, bf16 rounding): tensors are
-    /// only comparable bit for bit between machines whose probes agree.</summary>
-    public static string NumericsProbe()
-    {
-        using var scope = NewDisposeScope();
-        var g = new Generator(1234);
-        var a = randn(257, 131, generator: g);
-        var h = a.t().matmul(a) + eye(131);
-        var l = linalg.cholesky(h);
-        var mix = cat([l.reshape(-1), h.to(ScalarType.BFloat16).to(ScalarType.Float32).reshape(-1), nn.functional.silu(a).reshape(-1)]);
-        return Convert.ToHexStringLower(SHA256.HashData(mix.contiguous().bytes))[..16];
-    }
-
     public static int Run(string shared, string outFile)
     {
         var root = new JsonObject
         {
             ["produced_by"] = "dotnet run -c Release --project bench/DotQuant.Bench -- pins",
-            ["numerics_probe"] = NumericsProbe(),
+            ["numerics_probe"] = TensorPins.NumericsProbe(),
             ["template"] = Template,
             ["cases"] = new JsonArray(),
         };
@@ -91,7 +76,7 @@ static class Pins
                 ["tasks"] = tasks,
                 ["perplexity_before"] = r.Before!.Perplexity,
                 ["perplexity_after"] = r.After!.Perplexity,
-                ["tensors"] = TensorHashes(r.Output),
+                ["tensors"] = new JsonObject(TensorPins.Of(r.Output).Select(kv => KeyValuePair.Create<string, JsonNode?>(kv.Key, kv.Value))),
             };
             if (tasks)
                 c["piqa"] = new JsonObject
@@ -104,21 +89,6 @@ static class Pins
         File.WriteAllText(outFile, root.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
         Console.WriteLine($"wrote {outFile}");
         return 0;
-    }
-
-    /// <summary>name → "DTYPE[shape]:sha256" of every tensor of a model folder (single file or shards).</summary>
-    public static JsonObject TensorHashes(string folder)
-    {
-        using var ckpt = Checkpoint.Open(folder);
-        var result = new JsonObject();
-        foreach (var info in ckpt.Tensors.OrderBy(t => t.Name, StringComparer.Ordinal))
-        {
-            using var t = ckpt.Load(info.Name);
-            using var c = t.contiguous();
-            string hash = info.Length == 0 ? "empty" : Convert.ToHexStringLower(SHA256.HashData(c.bytes))[..24];
-            result[info.Name] = $"{info.DType}[{string.Join(",", info.Shape)}]:{hash}";
-        }
-        return result;
     }
 
     sealed class TempFolder : IDisposable

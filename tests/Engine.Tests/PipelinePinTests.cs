@@ -1,11 +1,8 @@
-using System.Security.Cryptography;
 using System.Text.Json.Nodes;
 using DotQuant.Engine.Calibration;
-using DotQuant.Engine.IO;
 using DotQuant.Engine.Manifest;
 using DotQuant.Tests;
 using Xunit;
-using static TorchSharp.torch;
 
 namespace DotQuant.Engine.Tests;
 
@@ -36,7 +33,7 @@ public class PipelinePinTests
         File.WriteAllText(dir.File("quant.yaml"), yaml);
         var r = QuantizeJob.Run(ManifestParser.Load(dir.File("quant.yaml")), dir.File("build"));
 
-        bool exact = NumericsProbe() == (string)Pins["numerics_probe"]!;
+        bool exact = TensorPins.NumericsProbe() == (string)Pins["numerics_probe"]!;
         AssertClose((double)pin["perplexity_before"]!, r.Before!.Perplexity, exact, "perplexity before");
         AssertClose((double)pin["perplexity_after"]!, r.After!.Perplexity, exact, "perplexity after");
         if (pin["piqa"] is { } piqa)
@@ -46,7 +43,7 @@ public class PipelinePinTests
             AssertClose((double)piqa["acc_norm_after"]!, r.TasksAfter[0].AccNorm!.Value, exact, "piqa acc_norm after");
         }
         var expected = pin["tensors"]!.AsObject().ToDictionary(kv => kv.Key, kv => (string)kv.Value!);
-        var actual = TensorHashes(r.Output);
+        var actual = TensorPins.Of(r.Output);
         Assert.Equal(expected.Keys.Order(), actual.Keys.Order());
         if (exact)
         {
@@ -61,31 +58,5 @@ public class PipelinePinTests
     {
         if (exact) Assert.True(expected == actual, $"{what}: {actual:R}, pinned {expected:R}");
         else Assert.True(Math.Abs(actual - expected) <= 1e-3 * Math.Abs(expected), $"{what}: {actual:R}, pinned {expected:R}");
-    }
-
-    /// <summary>The bench's probe (bench/DotQuant.Bench/Pins.cs), computed the same way.</summary>
-    static string NumericsProbe()
-    {
-        using var scope = NewDisposeScope();
-        var g = new Generator(1234);
-        var a = randn(257, 131, generator: g);
-        var h = a.t().matmul(a) + eye(131);
-        var l = linalg.cholesky(h);
-        var mix = cat([l.reshape(-1), h.to(ScalarType.BFloat16).to(ScalarType.Float32).reshape(-1), nn.functional.silu(a).reshape(-1)]);
-        return Convert.ToHexStringLower(SHA256.HashData(mix.contiguous().bytes))[..16];
-    }
-
-    static Dictionary<string, string> TensorHashes(string folder)
-    {
-        using var ckpt = Checkpoint.Open(folder);
-        var result = new Dictionary<string, string>(StringComparer.Ordinal);
-        foreach (var info in ckpt.Tensors)
-        {
-            using var t = ckpt.Load(info.Name);
-            using var c = t.contiguous();
-            string hash = info.Length == 0 ? "empty" : Convert.ToHexStringLower(SHA256.HashData(c.bytes))[..24];
-            result[info.Name] = $"{info.DType}[{string.Join(",", info.Shape)}]:{hash}";
-        }
-        return result;
     }
 }

@@ -47,7 +47,8 @@ public static class SafeTensorsWriter
         }
     }
 
-    static void WriteBytes(Stream s, Tensor t)
+    /// <summary>A contiguous CPU tensor's bytes, in chunks below 2 GB.</summary>
+    internal static void WriteBytes(Stream s, Tensor t)
     {
         long total = t.NumberOfElements * t.ElementSize;
         if (total == 0) return;

@@ -88,7 +88,7 @@ public sealed class ShardedSafeTensorsWriter : IDisposable
     {
         if (t.device_type != TorchSharp.DeviceType.CPU) throw new ArgumentException($"tensor '{name}' is not on the CPU");
         using var c = t.contiguous();
-        Add(name, SafeTensorsDTypes.FromTorch(t.dtype), t.shape, t.NumberOfElements * t.ElementSize, s => WriteBytes(s, c));
+        Add(name, SafeTensorsDTypes.FromTorch(t.dtype), t.shape, t.NumberOfElements * t.ElementSize, s => SafeTensorsWriter.WriteBytes(s, c));
     }
 
     /// <summary>Appends a tensor whose bytes <paramref name="write"/> produces (e.g. straight from a mapped checkpoint).</summary>
@@ -173,24 +173,6 @@ public sealed class ShardedSafeTensorsWriter : IDisposable
             names.Add("model.safetensors.index.json");
         }
         return names;
-    }
-
-    static void WriteBytes(Stream s, Tensor t)
-    {
-        long total = t.NumberOfElements * t.ElementSize;
-        if (total == 0) return;
-        if (total <= int.MaxValue)
-        {
-            s.Write(t.bytes);
-            return;
-        }
-        using var flat = t.view(-1);
-        long perChunk = (1L << 30) / t.ElementSize;
-        for (long first = 0; first < t.NumberOfElements; first += perChunk)
-        {
-            using var part = flat.narrow(0, first, Math.Min(perChunk, t.NumberOfElements - first));
-            s.Write(part.bytes);
-        }
     }
 
     public void Dispose()

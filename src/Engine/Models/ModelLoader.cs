@@ -29,20 +29,7 @@ public static class ModelLoader
     }
 
     /// <summary>A model with every block in memory.</summary>
-    public static DecoderModel Load(string modelDir)
-    {
-        var model = Open(modelDir);
-        try
-        {
-            model.MakeResident();
-            return model;
-        }
-        catch
-        {
-            model.Dispose();
-            throw;
-        }
-    }
+    public static DecoderModel Load(string modelDir) => Resident(Open(modelDir));
 
     public static DecoderModel Open(ModelConfig config, IWeightSource weights, bool ownsSource = false) => config.ModelType switch
     {
@@ -50,9 +37,10 @@ public static class ModelLoader
         _ => throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"model_type '{config.ModelType}' is not supported", weights.Directory),
     };
 
-    public static DecoderModel Load(ModelConfig config, IWeightSource weights)
+    public static DecoderModel Load(ModelConfig config, IWeightSource weights) => Resident(Open(config, weights));
+
+    static DecoderModel Resident(DecoderModel model)
     {
-        var model = Open(config, weights);
         try
         {
             model.MakeResident();
