@@ -68,7 +68,7 @@ public sealed class Calibrator
                         Cancellation.ThrowIfCancellationRequested();
                         var solve = Stopwatch.StartNew();
                         var o = Plan.OptionsFor(lin.Name)!;
-                        var (q, rtnLoss) = Solve(lin, stats.H(lin), stats.D(lin), o);
+                        var (q, rtnLoss) = Solve(lin, stats.H(lin), stats.D(lin), o, stats.LastUser(lin, active));
                         solved[lin.Name] = q;
                         lin.SetWeight(q.Dequantize());
                         Report(Describe(lin, b, o, q, statSeconds + solve.Elapsed.TotalSeconds, rtnLoss));
@@ -94,12 +94,13 @@ public sealed class Calibrator
         }
     }
 
-    (SolvedLinear Q, double RtnLoss) Solve(NamedLinear lin, Tensor? h, Tensor? d, SolverOptions o)
+    (SolvedLinear Q, double RtnLoss) Solve(NamedLinear lin, Tensor? h, Tensor? d, SolverOptions o, bool lastUser)
     {
         using var w0 = lin.Weight.to(ScalarType.Float32);
-        var q = Solvers.Solve(w0, h, d, o, lin.Name, w => Events?.Invoke(new WarningEvent(w)), Cancellation);
-        double rtnLoss = h is not null && Solvers.RtnBaseline(o) is { } rtn ? RtnObjective(w0, h, rtn, q.DampUsed) : double.NaN;
-        return (q, rtnLoss);
+        // Measured before the solver may consume H; its damping is applied once the solver chose it.
+        var rtn = h is not null && Solvers.RtnBaseline(o) is { } ro ? RtnObjective.Of(w0, h, ro) : (RtnObjective?)null;
+        var q = Solvers.Solve(w0, h, d, o, lin.Name, w => Events?.Invoke(new WarningEvent(w)), Cancellation, consumeH: lastUser);
+        return (q, rtn?.At(q.DampUsed) ?? double.NaN);
     }
 
     /// <summary>The block's tensors in name order: solved linears packed, everything else as stored.</summary>
@@ -125,18 +126,25 @@ public sealed class Calibrator
         return new LayerReport(lin.Name, block, lin.InFeatures, lin.OutFeatures, true, bits, group, q.Loss, seconds, q.DampUsed, rtnLoss,
             q.PaperBits, q.StoredBits, q.Kind, (q as SpqrLinear)?.OutlierCount ?? 0, (q as BinaryLinear)?.SalientColumns ?? 0, q.Describe());
     }
+}
 
-    /// <summary>tr(ΔW H_λ ΔWᵀ) for round-to-nearest, with dead channels handled as the solver does,
-    /// so it is directly comparable with the solver's loss (spec V-4, V-12).</summary>
-    static double RtnObjective(Tensor w0, Tensor h, SolverOptions o, double damp)
+/// <summary>tr(ΔW H_λ ΔWᵀ) for round-to-nearest on the same grid, with dead channels handled as the
+/// solver does (their inputs get diag 1 and their weights 0), so it is directly comparable with the
+/// solver's loss (spec V-4, V-12). Kept as Σ(ΔW·H)⊙ΔW + λ·‖ΔW‖²: no copy of H is made, and the damping
+/// λ = damp·mean(diag H) is applied with whatever damp the solver ended up using.</summary>
+public readonly record struct RtnObjective(double Quadratic, double Squares, double MeanDiagonal)
+{
+    public static RtnObjective Of(Tensor w0, Tensor h, SolverOptions o)
     {
         using var scope = NewDisposeScope();
         using var rtn = RtnSolver.Solve(w0, o);
-        var hd = h.clone();
-        var dead = hd.diagonal().eq(0);
-        hd.diagonal().masked_fill_(dead, 1);
-        hd.diagonal().add_(damp * hd.diagonal().mean().item<float>());
+        var dead = h.diagonal().eq(0);
         var dw = w0.masked_fill(dead.unsqueeze(0), 0) - rtn.Dequantize();
-        return dw.matmul(hd).mul_(dw).sum().to(ScalarType.Float64).item<double>();
+        double quadratic = dw.matmul(h).mul_(dw).sum().to(ScalarType.Float64).item<double>();
+        double squares = dw.square().sum().to(ScalarType.Float64).item<double>();
+        double mean = h.diagonal().masked_fill(dead, 1).mean().item<float>();
+        return new RtnObjective(quadratic, squares, mean);
     }
+
+    public double At(double damp) => Quadratic + damp * MeanDiagonal * Squares;
 }

@@ -75,14 +75,26 @@ public sealed record MemoryPlan
         long streamElement = m.Calibration?.Bf16Stream == true ? 2 : 4;
         long streams = calibrated ? tokens * h * streamElement * (gptaq ? 2 : 1) + 2 * batchTokens * h * 4 : 0;
 
+        // The largest solve: H (the group's statistics; copied by the solver unless the linear is its
+        // last user, then consumed), two n² intermediates of the factorization, GPTAQ's D/P and
+        // ResComp's C/R, act order's permuted copy, and the solver's copies of W.
         long solver = 0;
-        foreach (var lp in planned)
-        {
-            long mm = lp.Linear.OutFeatures, n = lp.Linear.InFeatures, o = lp.Options!.Kind == SolverKind.Rtn ? 0 : 1;
-            long hessianCopies = o == 0 ? 0 : 4 + (lp.Options.ActOrder ? 2 : 0) + (gptaq ? 3 : 0) + (lp.Options.UsesResComp ? 2 : 0);
-            long weightCopies = 18 + (lp.Options.UsesResComp ? 4 : 0);       // w0, W, Q, dequantized (fp32), codes, packed
-            solver = Math.Max(solver, hessianCopies * n * n * 4 + weightCopies * mm * n);
-        }
+        var planOf = plan.Linears.ToDictionary(l => l.Linear.Name, StringComparer.Ordinal);
+        for (int b = 0; b < model.BlockCount; b++)
+            foreach (var group in model.LinearLayout(b))
+            {
+                var active = group.Where(l => planOf[l.Name].Options is not null).ToList();
+                for (int i = 0; i < active.Count; i++)
+                {
+                    var o = planOf[active[i].Name].Options!;
+                    long mm = active[i].OutFeatures, n = active[i].InFeatures;
+                    bool shared = q.Oac is null && i < active.Count - 1;
+                    long hessians = o.Kind == SolverKind.Rtn ? 0
+                        : 3 + (shared || o.Kind != SolverKind.Gptq ? 1 : 0) + (o.ActOrder ? 1 : 0) + (gptaq ? 3 : 0) + (o.UsesResComp ? 2 : 0);
+                    long weights = 18 + (o.UsesResComp ? 4 : 0);       // w0, W, Q, dequantized (fp32), codes, packed
+                    solver = Math.Max(solver, hessians * n * n * 4 + weights * mm * n);
+                }
+            }
 
         long activations = calibrated ? batchTokens * (3 * f + 8 * h + (long)c.NumHeads * c.HeadDim) * 4 + batchTokens * Math.Max(f, h) * 4 : 0;
 

@@ -46,6 +46,14 @@ public sealed class GroupStatistics : IDisposable
     public Tensor? H(NamedLinear linear) => _byLinear.TryGetValue(linear.Name, out var s) ? s.H : null;
     public Tensor? D(NamedLinear linear) => _byLinear.TryGetValue(linear.Name, out var s) ? s.D : null;
 
+    /// <summary>Whether <paramref name="linear"/> is the last of the group to use its H, in the order
+    /// <paramref name="solveOrder"/> (the solver may then consume it).</summary>
+    public bool LastUser(NamedLinear linear, IReadOnlyList<NamedLinear> solveOrder)
+    {
+        var h = H(linear);
+        return h is not null && solveOrder.SkipWhile(l => l.Name != linear.Name).Skip(1).All(l => !ReferenceEquals(H(l), h));
+    }
+
     public void Dispose()
     {
         foreach (var t in _owned) t.Dispose();

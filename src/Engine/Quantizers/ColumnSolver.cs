@@ -13,9 +13,12 @@ namespace DotQuant.Engine.Quantizers;
 public static class ColumnSolver
 {
     /// <param name="w0">Original weight [m, n] (any float dtype).</param>
-    /// <param name="h">H = (2/N)·X_q X_qᵀ [n, n]; not modified.</param>
+    /// <param name="h">H = (2/N)·X_q X_qᵀ [n, n]; not modified unless <paramref name="consumeH"/>.</param>
     /// <param name="d">D = (2/N)·(X_f − X_q) X_qᵀ [n, n] or null when X_f = X_q.</param>
-    public static QuantizedLinear Solve(Tensor w0, Tensor h, Tensor? d, SolverOptions o, string layer = "layer", Action<string>? warn = null, CancellationToken ct = default)
+    /// <param name="consumeH">The caller has no further use for <paramref name="h"/>: the solver works on
+    /// it in place and disposes it instead of copying it (one n² matrix less at the peak).</param>
+    public static QuantizedLinear Solve(Tensor w0, Tensor h, Tensor? d, SolverOptions o, string layer = "layer", Action<string>? warn = null,
+        CancellationToken ct = default, bool consumeH = false)
     {
         using var scope = NewDisposeScope();
         var dt = o.DType;
@@ -25,7 +28,7 @@ public static class ColumnSolver
             throw new ArgumentException($"{layer}: H is [{string.Join(",", h.shape)}], expected [{n},{n}]");
 
         var W = w0.to(dt, copy: true);
-        var H = h.to(dt, copy: true);
+        var H = consumeH && h.dtype == dt ? h : h.to(dt, copy: true);
         var D = d?.to(dt, copy: true);
         bool useP = D is not null && o.Alpha != 0;
         bool useR = o.UsesResComp;
