@@ -16,4 +16,13 @@ static class Sections
             : text.TrimEnd() + "\n\n" + block;
         File.WriteAllText(file, text);
     }
+
+    /// <summary>The content of a marked section, or null when the report has none.</summary>
+    public static string? Extract(string file, string name)
+    {
+        if (!File.Exists(file)) return null;
+        string text = File.ReadAllText(file), begin = $"<!-- {name}:begin -->\n", end = $"<!-- {name}:end -->";
+        int i = text.IndexOf(begin, StringComparison.Ordinal), j = text.IndexOf(end, StringComparison.Ordinal);
+        return i >= 0 && j > i ? text[(i + begin.Length)..j] : null;
+    }
 }

@@ -111,7 +111,10 @@ static class Streaming
                       $"{stopSeconds:F2} s after the signal (a cancellation token stops the solver loops at once; a 1 s deadline ends what a native call holds up), no output folder written.");
         sb.AppendLine();
 
-        // Resuming: SIGKILL after block 3 of the shallowest run, then --resume; bytes against the uninterrupted run.
+        // Resuming: SIGKILL after block 3 of the shallowest run (of at least two blocks), then --resume;
+        // bytes against the uninterrupted run.
+        small = depths.First(d => d >= 2);
+        smallModel = small == depths[^1] ? deepest : Path.Combine(root, $"llama7b-{small}");
         string resumeWork = Path.Combine(root, "resume");
         int killAfter = Math.Min(3, small - 2);
         var killed = Quantize(tool, resumeWork, smallModel, valid, 6 * GiB, resume: true, onLine: (line, p) =>

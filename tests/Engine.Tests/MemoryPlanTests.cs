@@ -63,8 +63,8 @@ public class MemoryPlanTests
         var (p8, p32) = (Plan(m, 8), Plan(m, 32));
         Assert.Equal(p8.Peak, p32.Peak);
         Assert.True(p32.Peak < 6L << 30, p32.Summary());
-        // One block of 7B in fp32 and the 11008² down_proj statistics dominate, as they should.
-        Assert.Equal(4L * (4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096), p32.Block);
+        // One block of 7B as stored (bf16) and the 11008² down_proj statistics dominate, as they should.
+        Assert.Equal(2L * (4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096), p32.Block);
         Assert.True(p32.Solver > 4L * 11008 * 11008 * 4, p32.Summary());
     }
 
@@ -83,13 +83,30 @@ public class MemoryPlanTests
     [Fact]
     public void A_plan_over_the_limit_is_refused_with_the_settings_that_fit()
     {
-        var m = Manifest("  method: gptq\n");
-        var plan = Plan(m, 2, limit: 2L << 30);
-        var e = Assert.Throws<DotQuantException>(() => plan.Check(m));
+        // 1024 samples × 512 tokens of 7B streams: 8 GiB of fp32 activations.
+        var m = Manifest("  method: gptq\n").Replace(8, 1024);
+        var (plan, check) = Planned(m, 2, 9L << 30);
+        var e = Assert.Throws<DotQuantException>(check);
         Assert.Equal(ErrorCodes.MemoryPlan, e.Code);
         Assert.Contains("stream_dtype: bf16", e.Message);
+        var samples = int.Parse(System.Text.RegularExpressions.Regex.Match(e.Message, @"calibration\.samples: (\d+)").Groups[1].Value);
+        Assert.InRange(samples, 100, 1023);
+        Assert.True(Plan(m.Replace(1024, samples), 2, 9L << 30).Peak <= 9L << 30);
+        Assert.True(Plan(m.Replace(1024, samples + 1), 2, 9L << 30).Peak > 9L << 30, "the advice is the largest count that fits");
         Assert.Contains("--max-memory", e.Message);
-        Plan(m, 2, limit: 64L << 30).Check(m);
+
+        // Nothing in the manifest shrinks one block's solve: the message says so.
+        var (_, tiny) = Planned(Manifest("  method: gptq\n"), 2, 1L << 30);
+        Assert.Contains("No setting of the manifest makes it fit", Assert.Throws<DotQuantException>(tiny).Message);
+        Planned(m, 2, 64L << 30).Check();
+    }
+
+    static (MemoryPlan Plan, Action Check) Planned(QuantManifest m, int layers, long limit)
+    {
+        var model = ModelLoader.Open(Config(layers), new ShapesOnly(layers));
+        var run = RunPlan.Create(m.Quantize, m.Output.Format, model);
+        var plan = MemoryPlan.Predict(m, run, model, limit, "test");
+        return (plan, () => plan.Check(m, run, model));
     }
 
     [Fact]
@@ -104,4 +121,10 @@ public class MemoryPlanTests
         Assert.Equal(one.Perplexity, three.Perplexity);
         Assert.Equal(one.PredictedTokens, three.PredictedTokens);
     }
+}
+
+static class ManifestSamples
+{
+    public static QuantManifest Replace(this QuantManifest m, int from, int to) =>
+        m.Calibration!.Samples == from ? m with { Calibration = m.Calibration with { Samples = to } } : throw new ArgumentException("samples");
 }

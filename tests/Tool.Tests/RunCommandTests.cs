@@ -158,6 +158,21 @@ public class RunCommandTests
     }
 
     [Fact]
+    public void AMemoryPlanOverTheLimitIsRefusedBeforeAnyWork()
+    {
+        using var dir = new TempDir();
+        string manifest = Manifest(dir, "  method: gptq\n  bits: 4\n  group_size: 16\n");
+        var r = CliRunner.Run("run", manifest, "--max-memory", "100M", "--format", "json");
+        Assert.Equal(1, r.ExitCode);
+        Assert.Contains("error DQ0154: memory plan: peak", r.Stderr);
+        Assert.Contains("\"event\":\"memory\"", r.Stdout);
+        Assert.DoesNotContain("\"event\":\"layer\"", r.Stdout);
+        Assert.False(Directory.Exists(dir.File("out")));
+        Assert.Equal(1, CliRunner.Run("run", manifest, "--max-memory", "lots").ExitCode);
+        Assert.Equal(0, CliRunner.Run("run", manifest, "--max-memory", "8G", "-v", "q").ExitCode);
+    }
+
+    [Fact]
     public void GateIsJudgedAgainOnACacheHit()
     {
         using var dir = new TempDir();

@@ -49,39 +49,30 @@ public sealed class Calibrator
                 Model = Model, Block = block, Stream = stream!, Contexts = contexts, Planned = planned, Scratch = Scratch,
                 Events = Events, Cancellation = Cancellation,
             };
-            var solved = new Dictionary<string, SolvedLinear>(StringComparer.Ordinal);
-            try
+            Hessians.BeginBlock(work);
+            foreach (var group in block.LinearGroups)
             {
-                Hessians.BeginBlock(work);
-                foreach (var group in block.LinearGroups)
+                var active = group.Where(l => planned.Contains(l.Name)).ToList();
+                foreach (var l in group.Where(l => !planned.Contains(l.Name)))
+                    Report(new LayerReport(l.Name, b, l.InFeatures, l.OutFeatures, false, 16, 0, double.NaN, 0, 0));
+                if (active.Count == 0) continue;
+                Cancellation.ThrowIfCancellationRequested();
+                var sw = Stopwatch.StartNew();
+                using var stats = Hessians.Group(work, group, active);
+                double statSeconds = sw.Elapsed.TotalSeconds / active.Count;
+                foreach (var lin in active)
                 {
-                    var active = group.Where(l => planned.Contains(l.Name)).ToList();
-                    foreach (var l in group.Where(l => !planned.Contains(l.Name)))
-                        Report(new LayerReport(l.Name, b, l.InFeatures, l.OutFeatures, false, 16, 0, double.NaN, 0, 0));
-                    if (active.Count == 0) continue;
                     Cancellation.ThrowIfCancellationRequested();
-                    var sw = Stopwatch.StartNew();
-                    using var stats = Hessians.Group(work, group, active);
-                    double statSeconds = sw.Elapsed.TotalSeconds / active.Count;
-                    foreach (var lin in active)
-                    {
-                        Cancellation.ThrowIfCancellationRequested();
-                        var solve = Stopwatch.StartNew();
-                        var o = Plan.OptionsFor(lin.Name)!;
-                        var (q, rtnLoss) = Solve(lin, stats.H(lin), stats.D(lin), o, stats.LastUser(lin, active));
-                        solved[lin.Name] = q;
-                        lin.SetWeight(q.Dequantize());
-                        Report(Describe(lin, b, o, q, statSeconds + solve.Elapsed.TotalSeconds, rtnLoss));
-                    }
+                    var solve = Stopwatch.StartNew();
+                    var o = Plan.OptionsFor(lin.Name)!;
+                    var (q, rtnLoss) = Solve(lin, stats.H(lin), stats.D(lin), o, stats.LastUser(lin, active));
+                    lin.UseSolved(q);          // later groups and the stream see the quantized weight
+                    Report(Describe(lin, b, o, q, statSeconds + solve.Elapsed.TotalSeconds, rtnLoss));
                 }
-                if (Hessians.NeedsCalibration) stream!.Advance(block, contexts, Cancellation);
-                Hessians.EndBlock(work);
-                Write(b, solved);
             }
-            finally
-            {
-                foreach (var q in solved.Values) q.Dispose();
-            }
+            if (Hessians.NeedsCalibration) stream!.Advance(block, contexts, Cancellation);
+            Hessians.EndBlock(work);
+            Write(block);
             Checkpoint?.Completed(b, stream, Hessians, all);
             Events?.Invoke(new BlockEvent(b, Model.BlockCount, blockTime.Elapsed.TotalSeconds));
         }
@@ -104,9 +95,10 @@ public sealed class Calibrator
     }
 
     /// <summary>The block's tensors in name order: solved linears packed, everything else as stored.</summary>
-    void Write(int b, Dictionary<string, SolvedLinear> solved)
+    void Write(DecoderBlock block)
     {
-        string prefix = Model.BlockPrefix(b);
+        var solved = block.Linears.Where(l => l.Solved is not null).ToDictionary(l => l.Name, l => l.Solved!, StringComparer.Ordinal);
+        string prefix = Model.BlockPrefix(block.Index);
         foreach (var name in Model.Weights.Names.Where(n => n.StartsWith(prefix, StringComparison.Ordinal)))
         {
             string? linear = name.EndsWith(".weight", StringComparison.Ordinal) ? name[..^".weight".Length] : null;

@@ -19,13 +19,15 @@ public sealed record MemoryPlan
     public const long RuntimeBytes = 400L << 20;
 
     public long Runtime { get; init; } = RuntimeBytes;
-    /// <summary>One block, fp32 once solved (+ GPTAQ's float copy of it).</summary>
+    /// <summary>One block as stored (a solved linear keeps its codes and grids, less than bf16), plus
+    /// GPTAQ's float copy of it.</summary>
     public long Block { get; init; }
     /// <summary>X_q (and GPTAQ's X_f) for every calibration sequence, plus one batch being advanced.</summary>
     public long Streams { get; init; }
     /// <summary>The largest linear's H (and D, P, R) with its factorization and the solver's copies of W.</summary>
     public long Solver { get; init; }
-    /// <summary>One batch through a block (MLP intermediate, attention, the captured input).</summary>
+    /// <summary>Gathering a group's statistics: one batch through the block (MLP intermediate, attention),
+    /// the captured input and the H being accumulated. Not at the same time as <see cref="Solver"/>.</summary>
     public long Activations { get; init; }
     /// <summary>OAC: the block's H̄ (all of them with schedule once), saved inputs and gradients.</summary>
     public long OutputAdaptive { get; init; }
@@ -36,14 +38,14 @@ public sealed record MemoryPlan
     public long? Limit { get; init; }
     public string LimitSource { get; init; } = "";
 
-    public long Calibration => Block + Streams + Solver + Activations + OutputAdaptive;
+    public long Calibration => Block + Streams + Math.Max(Solver, Activations) + OutputAdaptive;
     public long Peak => Runtime + Math.Max(Calibration, Evaluation);
 
     const long DefaultBudget = global::DotQuant.Engine.Evaluation.LayerMajor.DefaultActivationBudget;
 
     public string Summary() =>
         $"memory plan: peak {ByteSize.Format(Peak)} = runtime {ByteSize.Format(Runtime)} + max(calibration {ByteSize.Format(Calibration)} " +
-        $"[block {ByteSize.Format(Block)}, streams {ByteSize.Format(Streams)}, solver {ByteSize.Format(Solver)}, activations {ByteSize.Format(Activations)}" +
+        $"[block {ByteSize.Format(Block)}, streams {ByteSize.Format(Streams)}, max(solver {ByteSize.Format(Solver)}, statistics {ByteSize.Format(Activations)})" +
         (OutputAdaptive > 0 ? $", output-adaptive {ByteSize.Format(OutputAdaptive)}" : "") +
         $"], evaluation {ByteSize.Format(Evaluation)})" + (Limit is long l ? $"; limit {ByteSize.Format(l)} ({LimitSource})" : "");
 
@@ -67,18 +69,22 @@ public sealed record MemoryPlan
         long tokens = samples * length;
         long batchTokens = calibrated ? Math.Max(length, Math.Min(tokens, ActivationStream.TokensPerBatch / Math.Max(1, length) * length)) : 0;
 
-        // One block: every tensor under the block prefix, fp32 once solved.
-        long block = Enumerable.Range(0, model.BlockCount).Max(b => BlockBytes(model, b));
+        // One block: every tensor under the block prefix as stored.
         long storedBlock = Enumerable.Range(0, model.BlockCount).Max(b => StoredBytes(model, b));
-        if (gptaq) block += storedBlock;
+        long block = storedBlock * (gptaq ? 2 : 1);
 
         long streamElement = m.Calibration?.Bf16Stream == true ? 2 : 4;
         long streams = calibrated ? tokens * h * streamElement * (gptaq ? 2 : 1) + 2 * batchTokens * h * 4 : 0;
 
-        // The largest solve: H (the group's statistics; copied by the solver unless the linear is its
-        // last user, then consumed), two n² intermediates of the factorization, GPTAQ's D/P and
-        // ResComp's C/R, act order's permuted copy, and the solver's copies of W.
-        long solver = 0;
+        // The largest solve: the group's H (kept by the group unless the linear is its last user, whose
+        // solver consumes it), the solver's own H, three n² intermediates of the factorization (the
+        // inverse is symmetrized through a temporary), GPTAQ's D copy and P, ResComp's C and R, act
+        // order's permuted copy, and the solver's W (w0, W, Q in fp32 and the codes: 13 bytes per weight).
+        // Gathering statistics: the H being accumulated, the captured input, one batch's forward
+        // temporaries and a solved linear dequantized for its product (4 bytes per weight).
+        long solver = 0, statistics = 0;
+        long largest = model.LinearLayout(0).SelectMany(g => g).Max(l => l.OutFeatures * l.InFeatures);
+        long forward = batchTokens * (4 * f + 10 * h) * 4 + 4 * largest;
         var planOf = plan.Linears.ToDictionary(l => l.Linear.Name, StringComparer.Ordinal);
         for (int b = 0; b < model.BlockCount; b++)
             foreach (var group in model.LinearLayout(b))
@@ -87,16 +93,20 @@ public sealed record MemoryPlan
                 for (int i = 0; i < active.Count; i++)
                 {
                     var o = planOf[active[i].Name].Options!;
-                    long mm = active[i].OutFeatures, n = active[i].InFeatures;
+                    long mm = active[i].OutFeatures, n = active[i].InFeatures, nn = n * n * 4;
+                    if (o.Kind == SolverKind.Rtn)
+                    {
+                        solver = Math.Max(solver, 13 * mm * n);
+                        continue;
+                    }
                     bool shared = q.Oac is null && i < active.Count - 1;
-                    long hessians = o.Kind == SolverKind.Rtn ? 0
-                        : 3 + (shared || o.Kind != SolverKind.Gptq ? 1 : 0) + (o.ActOrder ? 1 : 0) + (gptaq ? 3 : 0) + (o.UsesResComp ? 2 : 0);
-                    long weights = 18 + (o.UsesResComp ? 4 : 0);       // w0, W, Q, dequantized (fp32), codes, packed
-                    solver = Math.Max(solver, hessians * n * n * 4 + weights * mm * n);
+                    long held = (o.Kind != SolverKind.Gptq || shared ? 1 : 0) + (gptaq ? 1 : 0);
+                    long during = held + 1 + 3 + (o.ActOrder ? 1 : 0) + (gptaq ? 2 : 0) + (o.UsesResComp ? 2 : 0);
+                    solver = Math.Max(solver, during * nn + (13 + (o.UsesResComp ? 4 : 0)) * mm * n);
+                    if (calibrated) statistics = Math.Max(statistics, (gptaq ? 2 : 1) * (nn + batchTokens * n * 4) + forward);
                 }
             }
-
-        long activations = calibrated ? batchTokens * (3 * f + 8 * h + (long)c.NumHeads * c.HeadDim) * 4 + batchTokens * Math.Max(f, h) * 4 : 0;
+        long activations = calibrated ? Math.Max(statistics, forward) : 0;
 
         long oac = 0;
         if (q.Oac is { } oo && calibrated)
@@ -108,11 +118,11 @@ public sealed record MemoryPlan
             oac = hbar + saved + graph;
         }
 
-        // Evaluation: one block (fp32 conversion of the largest linear on the fly), head, logits.
-        long largest = model.LinearLayout(0).SelectMany(g => g).Max(l => l.OutFeatures * l.InFeatures);
-        long evalFixed = storedBlock + block / 2 + largest * 4 + v * h * 4 + (128L << 20) + 4096 * (3 * f + 8 * h) * 4;
-        long budget = DefaultBudget;
-        if (limit is long lim)
+        // Evaluation: one block (the largest linear made fp32 for its product), head, logits, one batch.
+        bool evaluates = m.Evaluate is not null;
+        long evalFixed = evaluates ? storedBlock + largest * 4 + v * h * 4 + (128L << 20) + 4096 * (4 * f + 10 * h) * 4 : 0;
+        long budget = evaluates ? DefaultBudget : 0;
+        if (limit is long lim && evaluates)
         {
             long room = lim - RuntimeBytes - evalFixed;
             budget = Math.Clamp(room, 64L << 20, DefaultBudget);
@@ -124,36 +134,38 @@ public sealed record MemoryPlan
         };
     }
 
-    static long BlockBytes(DecoderModel model, int b)
-    {
-        string prefix = model.BlockPrefix(b);
-        return model.Weights.Names.Where(n => n.StartsWith(prefix, StringComparison.Ordinal))
-            .Sum(n => model.Weights.Describe(n) is { } d ? d.Shape.Aggregate(1L, (x, y) => x * y) * 4 : 0);
-    }
-
     static long StoredBytes(DecoderModel model, int b)
     {
         string prefix = model.BlockPrefix(b);
         return model.Weights.Names.Where(n => n.StartsWith(prefix, StringComparison.Ordinal)).Sum(n => model.Weights.Describe(n)?.Bytes ?? 0);
     }
 
-    /// <summary>Refuses with DQ0154 when the peak exceeds the limit, naming the settings that would fit.</summary>
-    public void Check(QuantManifest m)
+    /// <summary>Refuses with DQ0154 when the peak exceeds the limit, naming the settings that would
+    /// make it fit (each checked by planning the run again with it).</summary>
+    public void Check(QuantManifest m, RunPlan plan, DecoderModel model)
     {
         if (Limit is not long limit || Peak <= limit) return;
+        bool Fits(QuantManifest changed) => Predict(changed, plan, model, limit, LimitSource).Peak <= limit;
         var advice = new List<string>();
         if (m.Calibration is { } cal && Streams > 0)
         {
-            if (!cal.Bf16Stream) advice.Add($"calibration.stream_dtype: bf16 (streams {ByteSize.Format(Streams)} → about half)");
-            long perSample = Streams / Math.Max(1, cal.Samples);
-            long room = limit - (Peak - Streams);
-            if (perSample > 0 && room > 0 && room / perSample < cal.Samples)
-                advice.Add($"calibration.samples: {Math.Max(1, room / perSample)} (or a shorter sequence_length)");
+            if (!cal.Bf16Stream && Fits(m with { Calibration = cal with { Bf16Stream = true } }))
+                advice.Add("calibration.stream_dtype: bf16");
+            int lo = 0, hi = cal.Samples - 1;               // the most samples that fit
+            while (lo < hi)
+            {
+                int mid = (lo + hi + 1) / 2;
+                if (Fits(m with { Calibration = cal with { Samples = mid } })) lo = mid; else hi = mid - 1;
+            }
+            if (lo > 0) advice.Add($"calibration.samples: {lo}");
         }
-        if (m.Quantize.Oac is { Schedule: OacSchedule.Once }) advice.Add("output_adaptive.schedule: sequential (schedule once keeps every H̄ in memory)");
-        if (advice.Count == 0) advice.Add("a machine with more memory (the largest block and its solver alone need this much)");
+        if (m.Quantize.Oac is { Schedule: OacSchedule.Once } oac && Fits(m with { Quantize = m.Quantize with { Oac = oac with { Schedule = OacSchedule.Sequential } } }))
+            advice.Add("output_adaptive.schedule: sequential (schedule once keeps every H̄ in memory)");
+        string fix = advice.Count > 0
+            ? $"Settings that would fit: {string.Join("; or ", advice)}."
+            : "No setting of the manifest makes it fit (one block and the largest linear's solve need this much): use a machine with more memory.";
         throw new DotQuantException(ErrorCodes.MemoryPlan,
-            $"{Summary()} exceeds the limit. Settings that would fit: {string.Join("; ", advice)}. Raise the limit with --max-memory if the estimate is too cautious.", m.Path);
+            $"{Summary()} exceeds the limit. {fix} Raise the limit with --max-memory if the estimate is too cautious.", m.Path);
     }
 
     /// <summary>The memory this process may use: its cgroup's limit when there is one (v1 or v2), else MemAvailable.</summary>

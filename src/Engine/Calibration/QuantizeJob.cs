@@ -78,7 +78,7 @@ public static class QuantizeJob
         var (limit, limitSource) = options.MaxMemory is long max ? (max, "--max-memory") : MemoryPlan.Available();
         var memory = MemoryPlan.Predict(m, plan, model, limit, limitSource);
         Emit(new MemoryEvent(memory));
-        memory.Check(m);
+        memory.Check(m, plan, model);
         using var hessians = HessianSources.For(q);
 
         // Evaluation before (a resumed run has the figures already).

@@ -37,8 +37,6 @@ public abstract class DecoderBlock : IDisposable
     public abstract int Index { get; }
     public abstract IReadOnlyList<IReadOnlyList<NamedLinear>> LinearGroups { get; }
     public IEnumerable<NamedLinear> Linears => LinearGroups.SelectMany(g => g);
-    /// <summary>Bytes of the block's tensors as held (the memory plan's unit).</summary>
-    public abstract long Bytes { get; }
 
     /// <summary>Runs the block on fp32 hidden states [B, T, H].</summary>
     public abstract Tensor Forward(Tensor hidden, ForwardContext context, LinearInputObserver? observer = null);

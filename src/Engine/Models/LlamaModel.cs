@@ -18,9 +18,6 @@ public sealed class LlamaModel : DecoderModel
 
         public override int Index => index;
         public override IReadOnlyList<IReadOnlyList<NamedLinear>> LinearGroups => [[Q, K, V], [O], [Gate, Up], [Down]];
-        public override long Bytes =>
-            All.Sum(l => l.Weight.NumberOfElements * l.Weight.ElementSize + (l.Bias is { } b ? b.NumberOfElements * b.ElementSize : 0))
-            + (InputNorm.NumberOfElements + PostAttentionNorm.NumberOfElements) * InputNorm.ElementSize;
 
         public override Tensor Forward(Tensor hidden, ForwardContext ctx, LinearInputObserver? observer = null) =>
             model.ForwardBlock(this, hidden, ctx, observer);
@@ -131,10 +128,8 @@ public sealed class LlamaModel : DecoderModel
         }
         catch
         {
-            // A linear owns its weight and bias; dispose each object once.
-            foreach (var x in loaded.OfType<NamedLinear>()) x.Dispose();
-            var owned = loaded.OfType<NamedLinear>().SelectMany(l => new[] { l.Weight, l.Bias }).ToHashSet();
-            foreach (var x in loaded.OfType<Tensor>().Where(t => !owned.Contains(t))) x.Dispose();
+            // A linear owns its weight and bias; disposing a tensor twice is harmless.
+            foreach (var x in loaded) x.Dispose();
             throw;
         }
     }

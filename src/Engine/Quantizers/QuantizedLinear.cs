@@ -35,16 +35,25 @@ public sealed class QuantizedLinear : SolvedLinear
     }
 
     /// <summary>scale[g_idx[k], r] · (code[r, k] − zero[g_idx[k], r]), computed in the scales'
-    /// dtype exactly as the solver computed it, returned as <paramref name="dtype"/> (fp32 default).</summary>
+    /// dtype exactly as the solver computed it, returned as <paramref name="dtype"/> (fp32 default).
+    /// A few thousand rows at a time, so the only large allocation is the result.</summary>
     public override Tensor Dequantize(ScalarType dtype = ScalarType.Float32)
     {
-        using var scope = NewDisposeScope();
-        var sd = Scales.dtype;
+        long m = Codes.shape[0], n = Codes.shape[1];
+        long rows = Math.Max(1, (16L << 20) / Math.Max(1, n));
+        var w = empty([m, n], dtype);
         using var g = GIdx.to(ScalarType.Int64);
-        var s = Scales.index_select(0, g).t();                       // [out, in]
-        var z = Zeros.to(sd).index_select(0, g).t();
-        var w = (Codes.to(sd) - z).mul_(s).to(dtype);
-        return scope.MoveToOuter(w);
+        for (long r0 = 0; r0 < m; r0 += rows)
+        {
+            using var scope = NewDisposeScope();
+            long count = Math.Min(rows, m - r0);
+            var sd = Scales.dtype;
+            var s = Scales.narrow(1, r0, count).index_select(0, g).t();                   // [rows, in]
+            var z = Zeros.narrow(1, r0, count).to(sd).index_select(0, g).t();
+            var part = (Codes.narrow(0, r0, count).to(sd) - z).mul_(s);
+            w.narrow(0, r0, count).copy_(part);
+        }
+        return w;
     }
 
     public override void Dispose()
