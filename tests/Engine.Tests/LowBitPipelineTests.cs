@@ -56,6 +56,26 @@ public class LowBitPipelineTests
     }
 
     [Fact]
+    public void Bf16_streams_change_the_result_only_slightly()
+    {
+        using var dir = new TempDir();
+        JobResult Run(string stream)
+        {
+            File.WriteAllText(dir.File(stream + ".yaml"), Manifest(dir, "  method: gptq\n  bits: 4\n  group_size: 16\n", stream)
+                .Replace("  sequence_length: 64\n", $"  sequence_length: 64\n  stream_dtype: {stream}\n").Replace("max_sequences: 6", "max_sequences: 16"));
+            return QuantizeJob.Run(ManifestParser.Load(dir.File(stream + ".yaml")), dir.File("build"));
+        }
+        var a = Run("fp32");
+        var b = Run("bf16");
+        Assert.Equal(a.Before!.Perplexity, b.Before!.Perplexity);
+        Assert.NotEqual(a.After!.Perplexity, b.After!.Perplexity);           // the streams really were bf16
+        Assert.True(Math.Abs(b.After.Perplexity / a.After.Perplexity - 1) < 0.03, $"{a.After.Perplexity} vs {b.After.Perplexity}");
+        // The calibration losses agree per layer on average (single layers move a few percent).
+        double ratio = a.Layers.Zip(b.Layers).Where(p => p.First.Quantized).Average(p => p.Second.Loss / p.First.Loss);
+        Assert.InRange(ratio, 0.98, 1.02);
+    }
+
+    [Fact]
     public void Same_inputs_give_the_same_bytes()
     {
         using var dir = new TempDir();

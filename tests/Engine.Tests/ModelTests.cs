@@ -8,6 +8,32 @@ using static TorchSharp.torch;
 
 namespace DotQuant.Engine.Tests;
 
+/// <summary>llama-tiny (hidden 256, 6 layers, GQA 4/2, untied head; trained here) against the check
+/// numbers its README gives from an independent functional forward.</summary>
+public class LlamaTinyTests
+{
+    static string Dir => Path.Combine(SharedPaths.Root, "models", "llama-tiny");
+
+    [Fact]
+    public void LogitsAndFirstWindowMatchTheReference()
+    {
+        using var model = ModelLoader.Open(Dir);
+        using var ids = tensor(new long[] { 1, 403, 407, 261, 378 }, [1, 5]);
+        using var logits = model.Forward(ids);
+        var last = logits[0, -1].data<float>().ToArray();
+        var expected = new[] { -0.98182f, -6.11606f, -1.97182f, -9.74694f, -9.81443f, -9.90605f, -9.74233f, -9.82872f };
+        for (int i = 0; i < expected.Length; i++) Assert.True(Math.Abs(last[i] - expected[i]) < 2e-4, $"logit {i}: {last[i]} vs {expected[i]}");
+        var top = last.Select((v, i) => (v, i)).OrderByDescending(p => p.v).Take(5).Select(p => p.i).ToArray();
+        Assert.Equal(new[] { 267, 426, 410, 432, 261 }, top);
+
+        var tok = HfTokenizer.Load(Dir);
+        var wiki = tok.Encode(File.ReadAllText(SharedPaths.Data("wikitext2", "wiki.test.gptq-joined.txt")));
+        Assert.Equal(815_069, wiki.Length);
+        var first = Perplexity.Windows(model, wiki, 512, 1);
+        Assert.InRange(first.MeanNll, 2.890144 - 1e-4, 2.890144 + 1e-4);
+    }
+}
+
 /// <summary>The float path on the shared pretrained model against its published reference numbers.</summary>
 public class Stories260KTests
 {
