@@ -11,6 +11,7 @@ namespace DotQuant.Engine.Tests;
 /// recorded with it (`dotquant-bench pins`). Tensors are compared by SHA-256 where this machine's
 /// libtorch computes like the recording machine (the numerics probe agrees); elsewhere the figures
 /// must agree to 1e-3.</summary>
+[Collection("pipeline")]
 public class PipelinePinTests
 {
     static readonly JsonNode Pins = JsonNode.Parse(File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "Golden", "pipeline-pins.json")))!;
