@@ -82,30 +82,9 @@ public static class QuantizeJob
         using var hessians = HessianSources.For(q);
 
         // Evaluation before (a resumed run has the figures already).
-        PerplexityResult? before = state?.Before, after = null;
-        int[]? evalIds = null;
-        int evalLength = 0;
-        if (m.Evaluate?.Perplexity is { } ppl)
-        {
-            if (!File.Exists(ppl.Data)) throw new DotQuantException(ErrorCodes.EvalData, $"evaluation data not found: {ppl.Data}", m.Path);
-            evalIds = tokenizer.Encode(File.ReadAllText(ppl.Data));
-            evalLength = ppl.SequenceLength ?? Math.Min(2048, config.MaxPositionEmbeddings);
-            if (before is null)
-            {
-                Emit(new InfoEvent("evaluate", "perplexity before quantization"));
-                before = Perplexity.Windows(model, evalIds, evalLength, ppl.MaxSequences, activationBudget: memory.EvaluationBudget, ct: ct);
-                Emit(new PerplexityEvent("before", before));
-            }
-        }
-        IReadOnlyList<ZeroShotTask> tasks = m.Evaluate?.Tasks is { } ts ? ts.Files.Select(f => ZeroShotTask.Load(f, null, ts.Limit)).ToList() : [];
-        List<TaskResult> ScoreTasks(DecoderModel scored, string when) => tasks.Select(t =>
-        {
-            Emit(new InfoEvent("evaluate", $"{t.Name} {when} quantization"));
-            var r = ZeroShot.Evaluate(scored, tokenizer, t, activationBudget: memory.EvaluationBudget, ct: ct);
-            Emit(new TaskEvent(when, r));
-            return r;
-        }).ToList();
-        var tasksBefore = state is not null && state.TasksBefore.Count == tasks.Count ? state.TasksBefore : ScoreTasks(model, "before");
+        var evaluation = new RunEvaluation(m, config, tokenizer, memory.EvaluationBudget, Emit);
+        var before = state?.Before ?? evaluation.Perplexity(model, "before", ct);
+        var tasksBefore = state is not null && state.TasksBefore.Count == evaluation.TaskCount ? state.TasksBefore : evaluation.Tasks(model, "before", ct);
 
         IReadOnlyList<long[]> sequences = [];
         if (hessians.NeedsCalibration)
@@ -143,16 +122,7 @@ public static class QuantizeJob
             writer.AddStored(name, weights);
         writer.FinishTensors(m.ModelPath);
 
-        Action<JsonObject>? patch = rotated is null ? null : c =>
-        {
-            c["tie_word_embeddings"] = false;
-            c["dotquant_rotation"] = new JsonObject
-            {
-                ["down_proj_input"] = rotated.DownProj is null ? "none" : "hadamard",
-                ["residual"] = rotated.Residual.ToString(),
-                ["seed"] = q.Rotation!.Seed,
-            };
-        };
+        Action<JsonObject>? patch = rotated is null ? null : rotated.PatchConfig;
         var info = new PackageInfo
         {
             ModelType = config.ModelType,
@@ -166,30 +136,20 @@ public static class QuantizeJob
         writer.WriteMetadata(m.ModelPath, info, patch);
 
         // Evaluation after, from what was written.
+        PerplexityResult? after = null;
         List<TaskResult> tasksAfter = [];
-        if (evalIds is not null || tasks.Count > 0)
+        if (evaluation.Any)
         {
             using var written = ModelLoader.Open(run.Output);
-            if (evalIds is not null)
-            {
-                Emit(new InfoEvent("evaluate", "perplexity after quantization"));
-                after = Perplexity.Windows(written, evalIds, evalLength, m.Evaluate!.Perplexity!.MaxSequences, activationBudget: memory.EvaluationBudget, ct: ct);
-                Emit(new PerplexityEvent("after", after));
-            }
-            tasksAfter = ScoreTasks(written, "after");
+            after = evaluation.Perplexity(written, "after", ct);
+            tasksAfter = evaluation.Tasks(written, "after", ct);
         }
-        if (before is not null && after is not null)
+        if (evaluation.Info(before, after, tasksBefore, tasksAfter) is { } measured)
         {
-            info = info with
-            {
-                Evaluation = new EvaluationInfo(Path.GetFileName(m.Evaluate!.Perplexity!.Data), after.Windows, m.Evaluate.Perplexity.SequenceLength, before.Perplexity, after.Perplexity)
-                {
-                    Tasks = tasksBefore.Zip(tasksAfter).ToList(),
-                },
-            };
+            info = info with { Evaluation = measured };
             writer.WriteMetadata(m.ModelPath, info, patch);
         }
-        bool gatePassed = m.Evaluate?.Gate is not { } gate || before is null || after is null || gate.Judge(before.Perplexity, after.Perplexity);
+        bool gatePassed = evaluation.GatePassed(before, after);
 
         ct.ThrowIfCancellationRequested();
         run.Publish(destination, options.ContentAddressed);

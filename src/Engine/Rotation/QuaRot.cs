@@ -109,7 +109,7 @@ public static class QuaRot
         }
 
         var config = c with { TieWordEmbeddings = false, DownProjHadamard = downPlan is not null };
-        return new QuaRotSource(source, config, files, residualPlan, downPlan);
+        return new QuaRotSource(source, config, o, files, residualPlan, downPlan);
     }
 
     /// <summary>x·Q a bounded number of rows at a time (the embedding of a large vocabulary in fp64

@@ -16,9 +16,12 @@ public sealed class QuaRotSource : IWeightSource, IDisposable
     readonly Dictionary<string, (SafeTensorsFile File, SafeTensorInfo Info)> _rotated = new(StringComparer.Ordinal);
     readonly List<string> _names;
 
-    internal QuaRotSource(Checkpoint source, ModelConfig config, IEnumerable<string> files, HadamardPlan residual, HadamardPlan? down)
+    readonly RotationOptions _options;
+
+    internal QuaRotSource(Checkpoint source, ModelConfig config, RotationOptions options, IEnumerable<string> files, HadamardPlan residual, HadamardPlan? down)
     {
         _source = source;
+        _options = options;
         Config = config;
         Residual = residual;
         DownProj = down;
@@ -45,6 +48,19 @@ public sealed class QuaRotSource : IWeightSource, IDisposable
     public HadamardPlan? DownProj { get; }
     /// <summary>Every tensor of the rotated model (+ lm_head when it was tied).</summary>
     public IReadOnlyList<string> Names => _names;
+
+    /// <summary>What a package of the rotated model says in its config.json: untied head, and the
+    /// online Hadamard the runtime applies before down_proj.</summary>
+    public void PatchConfig(System.Text.Json.Nodes.JsonObject config)
+    {
+        config["tie_word_embeddings"] = false;
+        config["dotquant_rotation"] = new System.Text.Json.Nodes.JsonObject
+        {
+            ["down_proj_input"] = DownProj is null ? "none" : "hadamard",
+            ["residual"] = Residual.ToString(),
+            ["seed"] = _options.Seed,
+        };
+    }
 
     public bool Contains(string name) => _rotated.ContainsKey(name) || _source.Contains(name);
 
