@@ -34,8 +34,8 @@ if (args.Length >= 4 && args[0] == "synthetic")
 if (args.Length > 0 && args[0] == "streaming")
 {
     // The memory section of results.md (about two and a half hours; --quick for a smoke run).
-    string report = Option("--out") ?? Path.Combine(benchDir, "results.md");
-    Streaming.Run(shared, Path.GetFullPath(Path.Combine(benchDir, "..")), quick, section => Sections.Splice(report, Streaming.Marker, section));
+    string memoryReport = Option("--out") ?? Path.Combine(benchDir, "results.md");
+    Streaming.Run(shared, Path.GetFullPath(Path.Combine(benchDir, "..")), quick, section => Sections.Splice(memoryReport, Streaming.Marker, section));
     return 0;
 }
 if (args.Length >= 4 && args[0] == "limited")
