@@ -29,6 +29,11 @@ public static class ErrorCodes
     public const string ShardIndex = "DQ0109";
     public const string NoCheckpoint = "DQ0110";
     public const string SafetensorsWrite = "DQ0111";
+    public const string GgufTruncated = "DQ0112";
+    public const string GgufHeader = "DQ0113";
+    public const string GgufTensor = "DQ0114";
+    public const string GgufUnsupported = "DQ0115";
+    public const string GgufWrite = "DQ0116";
 
     // Model configuration and weights
     public const string ConfigMissing = "DQ0120";

@@ -1,0 +1,48 @@
+namespace DotQuant.Engine.Gguf.Blocks;
+
+/// <summary>One GGUF block format: how a row of floats is stored and read back. <see cref="Quantize"/>
+/// is llama.cpp's reference quantizer for the type (quantize_row_*_ref: round to nearest with that
+/// type's scale rule, float arithmetic in the same order), so its bytes equal llama-quantize's
+/// without an importance matrix; <see cref="Dequantize"/> is what llama.cpp computes with.</summary>
+public abstract class BlockCodec
+{
+    public abstract GgmlType Type { get; }
+    public GgmlTypeInfo Info => GgmlTypeInfo.Of(Type);
+
+    /// <summary>Quantizes one row (a multiple of the block size) into <see cref="GgmlTypeInfo.RowBytes"/> bytes.</summary>
+    public abstract void Quantize(ReadOnlySpan<float> row, Span<byte> destination);
+
+    public abstract void Dequantize(ReadOnlySpan<byte> source, Span<float> row);
+
+    static readonly Dictionary<GgmlType, BlockCodec> Codecs = new BlockCodec[]
+    {
+        new F32Codec(), new F16Codec(), new BF16Codec(),
+        new Q4_0Codec(), new Q4_1Codec(), new Q5_0Codec(), new Q5_1Codec(), new Q8_0Codec(),
+    }.ToDictionary(c => c.Type);
+
+    public static bool TryGet(GgmlType type, out BlockCodec codec) => Codecs.TryGetValue(type, out codec!);
+
+    public static BlockCodec For(GgmlType type) =>
+        Codecs.TryGetValue(type, out var c) ? c : throw new NotSupportedException($"ggml type {type} has no codec here");
+
+    protected void CheckLengths(int elements, int bytes)
+    {
+        var info = Info;
+        if (elements % info.BlockSize != 0)
+            throw new ArgumentException($"{Type}: a row of {elements} is not a multiple of the block of {info.BlockSize}");
+        if (bytes != info.RowBytes(elements))
+            throw new ArgumentException($"{Type}: {bytes} bytes for {elements} elements, {info.RowBytes(elements)} expected");
+    }
+
+    /// <summary>fp32 → fp16 as ggml stores it (IEEE round to nearest even, like F16C's _cvtss_sh).</summary>
+    protected static ushort ToHalf(float x) => BitConverter.HalfToUInt16Bits((Half)x);
+
+    protected static float FromHalf(ReadOnlySpan<byte> two) => (float)BitConverter.UInt16BitsToHalf((ushort)(two[0] | two[1] << 8));
+
+    protected static void WriteHalf(Span<byte> two, float x)
+    {
+        ushort h = ToHalf(x);
+        two[0] = (byte)h;
+        two[1] = (byte)(h >> 8);
+    }
+}

@@ -1,0 +1,80 @@
+using DotQuant.Engine.Gguf.Blocks;
+using DotQuant.Engine.IO;
+using DotQuant.Engine.Diagnostics;
+using static TorchSharp.torch;
+
+namespace DotQuant.Engine.Gguf;
+
+/// <summary>A Hugging Face Llama-family folder as a float GGUF (F32, F16 or BF16 matrices; vectors F32,
+/// as llama.cpp keeps norms and biases), what convert_hf_to_gguf.py does. Tensors stream from the
+/// mapped checkpoint a slab of rows at a time, so memory stays far below one tensor.</summary>
+public static class GgufFloatExport
+{
+    const long SlabBytes = 64L << 20;
+
+    public static void Write(string modelDir, string path, GgmlType type, string? name = null)
+    {
+        if (type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16))
+            throw new DotQuantException(ErrorCodes.GgufUnsupported, $"a float GGUF is F32, F16 or BF16, not {type}");
+        var config = ModelConfig.Load(modelDir);
+        using var ckpt = Checkpoint.Open(modelDir);
+        var mappings = LlamaGgufLayout.Tensors(config, ckpt.Contains);
+        var vocab = GgufVocab.Load(modelDir, config.VocabSize);
+        var specs = mappings.Select(m => new GgufTensorSpec(m.Name, m.Dims, m.IsMatrix ? type : GgmlType.F32)).ToList();
+        var metadata = Header(config, name ?? Path.GetFileName(Path.GetFullPath(modelDir).TrimEnd('/')), FileType(type))
+            .Concat(vocab.Metadata());
+        using var writer = new GgufWriter(path, metadata, specs);
+        for (int i = 0; i < mappings.Count; i++)
+            WriteTensor(writer, ckpt, mappings[i], BlockCodec.For(specs[i].Type));
+        writer.Commit();
+    }
+
+    /// <summary>general.* keys then the architecture's hyperparameters, in the converter's order.</summary>
+    public static IEnumerable<KeyValuePair<string, GgufValue>> Header(ModelConfig config, string name, uint fileType)
+    {
+        yield return new("general.architecture", GgufValue.Of(LlamaGgufLayout.Architecture(config)));
+        yield return new("general.name", GgufValue.Of(name));
+        yield return new("general.file_type", GgufValue.Of(fileType));
+        foreach (var kv in LlamaGgufLayout.Hyperparameters(config)) yield return kv;
+    }
+
+    /// <summary>llama_ftype of a float file.</summary>
+    static uint FileType(GgmlType type) => type switch { GgmlType.F32 => 0, GgmlType.F16 => 1, _ => 32 };
+
+    /// <summary>Writes one tensor through a codec, rows permuted by the mapping, a slab at a time.</summary>
+    public static void WriteTensor(GgufWriter writer, Checkpoint ckpt, GgufTensorMapping m, BlockCodec codec)
+    {
+        if (!m.IsMatrix)
+        {
+            using var scope = NewDisposeScope();
+            var v = ckpt.Load(m.Source, m.Shape).to(ScalarType.Float32).contiguous();
+            var values = v.data<float>().ToArray();
+            if (m.RowOrder is { } order) values = order.Select(r => values[r]).ToArray();
+            Encode(writer, codec, values, values.Length, 1);
+            return;
+        }
+        long rows = m.Shape[0], rowLength = m.Shape[1];
+        long slab = Math.Max(1, SlabBytes / (rowLength * 4));
+        for (long first = 0; first < rows; first += slab)
+        {
+            using var scope = NewDisposeScope();
+            long count = Math.Min(slab, rows - first);
+            var ids = m.RowOrder is { } order
+                ? tensor(order.Skip((int)first).Take((int)count).Select(r => (long)r).ToArray())
+                : arange(first, first + count, dtype: ScalarType.Int64);
+            var block = ckpt.LoadRows(m.Source, ids).to(ScalarType.Float32).contiguous();
+            Encode(writer, codec, block.data<float>().ToArray(), (int)rowLength, (int)count);
+        }
+    }
+
+    static void Encode(GgufWriter writer, BlockCodec codec, float[] values, int rowLength, int rows)
+    {
+        if (values.Any(v => !float.IsFinite(v)))
+            throw new DotQuantException(ErrorCodes.NonFinite, $"{writer.Expecting?.Name}: the checkpoint holds NaN or Inf");
+        int rowBytes = (int)codec.Info.RowBytes(rowLength);
+        var bytes = new byte[(long)rowBytes * rows];
+        for (int r = 0; r < rows; r++)
+            codec.Quantize(values.AsSpan(r * rowLength, rowLength), bytes.AsSpan(r * rowBytes, rowBytes));
+        writer.Append(bytes);
+    }
+}

@@ -1,0 +1,118 @@
+using DotQuant.Engine.Diagnostics;
+using DotQuant.Engine.IO;
+
+namespace DotQuant.Engine.Gguf;
+
+/// <summary>One checkpoint tensor as llama.cpp names and orders it. <see cref="RowOrder"/>, when set,
+/// gives for each GGUF row the checkpoint row it holds (rows are independent in every GGUF type, so
+/// quantized rows are permuted exactly like float ones).</summary>
+public sealed record GgufTensorMapping(string Source, string Name, long[] Shape, int[]? RowOrder)
+{
+    public bool IsMatrix => Shape.Length == 2;
+    /// <summary>ggml dims: the torch shape reversed.</summary>
+    public long[] Dims => Shape.Reverse().ToArray();
+}
+
+/// <summary>How the Llama family (llama, mistral → llama.cpp's "llama"; qwen2 → "qwen2") is laid out
+/// in GGUF: tensor names, llama.cpp's q/k row order, the architecture's hyperparameter keys. What
+/// llama.cpp's converter does, in .NET; what it cannot represent is refused (DQ0115).</summary>
+public static class LlamaGgufLayout
+{
+    public static string Architecture(ModelConfig c) => c.ModelType switch
+    {
+        "llama" or "mistral" => "llama",
+        "qwen2" => "qwen2",
+        _ => throw new DotQuantException(ErrorCodes.GgufUnsupported, $"model_type '{c.ModelType}' has no GGUF layout here"),
+    };
+
+    /// <summary>llama.cpp's "llama" rotary is interleaved (pairs 2i, 2i+1) where transformers rotates
+    /// halves; its converter reorders q and k rows per head (convert_hf_to_gguf.py LlamaModel.permute).</summary>
+    static bool PermutesQk(ModelConfig c) => Architecture(c) == "llama";
+
+    public static IReadOnlyList<GgufTensorMapping> Tensors(ModelConfig c, Func<string, bool> contains)
+    {
+        Refuse(c);
+        long h = c.HiddenSize, q = (long)c.NumHeads * c.HeadDim, kv = (long)c.NumKvHeads * c.HeadDim, f = c.IntermediateSize;
+        var list = new List<GgufTensorMapping> { new("model.embed_tokens.weight", "token_embd.weight", [c.VocabSize, h], null) };
+        for (int i = 0; i < c.NumLayers; i++)
+        {
+            string p = $"model.layers.{i}.", b = $"blk.{i}.";
+            int[]? qOrder = PermutesQk(c) ? HeadPairOrder(c.NumHeads, (int)q) : null;
+            int[]? kOrder = PermutesQk(c) ? HeadPairOrder(c.NumKvHeads, (int)kv) : null;
+            list.Add(new(p + "input_layernorm.weight", b + "attn_norm.weight", [h], null));
+            list.Add(new(p + "self_attn.q_proj.weight", b + "attn_q.weight", [q, h], qOrder));
+            list.Add(new(p + "self_attn.k_proj.weight", b + "attn_k.weight", [kv, h], kOrder));
+            list.Add(new(p + "self_attn.v_proj.weight", b + "attn_v.weight", [kv, h], null));
+            if (c.QkvBias)
+            {
+                list.Add(new(p + "self_attn.q_proj.bias", b + "attn_q.bias", [q], qOrder));
+                list.Add(new(p + "self_attn.k_proj.bias", b + "attn_k.bias", [kv], kOrder));
+                list.Add(new(p + "self_attn.v_proj.bias", b + "attn_v.bias", [kv], null));
+            }
+            list.Add(new(p + "self_attn.o_proj.weight", b + "attn_output.weight", [h, q], null));
+            if (c.OutputBias) list.Add(new(p + "self_attn.o_proj.bias", b + "attn_output.bias", [h], null));
+            list.Add(new(p + "post_attention_layernorm.weight", b + "ffn_norm.weight", [h], null));
+            list.Add(new(p + "mlp.gate_proj.weight", b + "ffn_gate.weight", [f, h], null));
+            list.Add(new(p + "mlp.up_proj.weight", b + "ffn_up.weight", [f, h], null));
+            list.Add(new(p + "mlp.down_proj.weight", b + "ffn_down.weight", [h, f], null));
+        }
+        list.Add(new("model.norm.weight", "output_norm.weight", [h], null));
+        // A tied head is token_embd itself: llama.cpp falls back to it when output.weight is absent.
+        if (!c.TieWordEmbeddings && contains("lm_head.weight"))
+            list.Add(new("lm_head.weight", "output.weight", [c.VocabSize, h], null));
+        return list;
+    }
+
+    /// <summary>GGUF row r holds checkpoint row order[r]: per head, rows (s, i) of the halves layout
+    /// [2, d/2] become (i, s), i.e. reshape(heads, 2, d/2).swapaxes(1, 2).</summary>
+    public static int[] HeadPairOrder(int heads, int rows)
+    {
+        int half = rows / heads / 2;
+        var order = new int[rows];
+        for (int head = 0; head < heads; head++)
+            for (int i = 0; i < half; i++)
+                for (int s = 0; s < 2; s++)
+                    order[head * 2 * half + i * 2 + s] = head * 2 * half + s * half + i;
+        return order;
+    }
+
+    public static IEnumerable<KeyValuePair<string, GgufValue>> Hyperparameters(ModelConfig c)
+    {
+        string a = Architecture(c);
+        yield return new($"{a}.context_length", GgufValue.Of((uint)c.MaxPositionEmbeddings));
+        yield return new($"{a}.embedding_length", GgufValue.Of((uint)c.HiddenSize));
+        yield return new($"{a}.block_count", GgufValue.Of((uint)c.NumLayers));
+        yield return new($"{a}.feed_forward_length", GgufValue.Of((uint)c.IntermediateSize));
+        yield return new($"{a}.attention.head_count", GgufValue.Of((uint)c.NumHeads));
+        yield return new($"{a}.attention.head_count_kv", GgufValue.Of((uint)c.NumKvHeads));
+        yield return new($"{a}.rope.freq_base", GgufValue.Of((float)c.RopeTheta));
+        yield return new($"{a}.attention.layer_norm_rms_epsilon", GgufValue.Of((float)c.RmsNormEps));
+        if (c.HeadDim != c.HiddenSize / c.NumHeads)
+        {
+            yield return new($"{a}.attention.key_length", GgufValue.Of((uint)c.HeadDim));
+            yield return new($"{a}.attention.value_length", GgufValue.Of((uint)c.HeadDim));
+        }
+        if (a == "llama")
+        {
+            yield return new($"{a}.rope.dimension_count", GgufValue.Of((uint)c.HeadDim));
+            yield return new($"{a}.vocab_size", GgufValue.Of((uint)c.VocabSize));
+        }
+        if (c.RopeScaling is { Type: "linear" } s)
+        {
+            yield return new($"{a}.rope.scaling.type", GgufValue.Of("linear"));
+            yield return new($"{a}.rope.scaling.factor", GgufValue.Of((float)s.Factor));
+        }
+    }
+
+    static void Refuse(ModelConfig c)
+    {
+        if (c.RopeScaling is { } s && s.Type != "linear")
+            throw new DotQuantException(ErrorCodes.GgufUnsupported, $"rope_scaling type '{s.Type}' is not written to GGUF yet (linear and none are)");
+        if (c.DownProjHadamard)
+            throw new DotQuantException(ErrorCodes.GgufUnsupported, "a QuaRot model applies an online Hadamard transform before down_proj, which llama.cpp's graph does not have");
+        if (c.HiddenAct != "silu")
+            throw new DotQuantException(ErrorCodes.GgufUnsupported, $"hidden_act '{c.HiddenAct}': llama.cpp's {Architecture(c)} graph uses SiLU");
+        if (c.MlpBias)
+            throw new DotQuantException(ErrorCodes.GgufUnsupported, "mlp_bias: llama.cpp's llama graph has no MLP biases");
+    }
+}

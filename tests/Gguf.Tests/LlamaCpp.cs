@@ -1,0 +1,45 @@
+using LLama;
+using LLama.Common;
+using LLama.Native;
+
+namespace DotQuant.Gguf.Tests;
+
+/// <summary>llama.cpp through LLamaSharp, the implementation we did not write. The native library
+/// must be loaded by an ordinary call before LLamaQuantizer (its first native call otherwise throws
+/// DllNotFoundException).</summary>
+static class LlamaCpp
+{
+    static readonly Lazy<bool> Loaded = new(() =>
+    {
+        NativeLibraryConfig.All.WithLogCallback((level, message) => { });
+        NativeApi.llama_empty_call();
+        return true;
+    });
+
+    public static void EnsureLoaded() => _ = Loaded.Value;
+
+    public static void Quantize(string source, string destination, LLamaFtype type)
+    {
+        EnsureLoaded();
+        if (!LLamaQuantizer.Quantize(source, destination, type, nthread: 2, allowRequantize: false))
+            throw new InvalidOperationException($"llama.cpp could not quantize {source} to {type}");
+    }
+
+    public static LLamaWeights Load(string path, out ModelParams parameters, uint context = 512)
+    {
+        EnsureLoaded();
+        parameters = new ModelParams(path) { ContextSize = context, BatchSize = context, UBatchSize = context, GpuLayerCount = 0, Threads = 2 };
+        return LLamaWeights.LoadFromFile(parameters);
+    }
+
+    /// <summary>Logits [positions][vocab] for one sequence, every position requested.</summary>
+    public static float[][] Logits(LLamaWeights weights, ModelParams parameters, int[] ids)
+    {
+        using var context = weights.CreateContext(parameters);
+        var batch = new LLamaBatch();
+        for (int i = 0; i < ids.Length; i++) batch.Add((LLamaToken)ids[i], i, LLamaSeqId.Zero, true);
+        var result = context.NativeHandle.Decode(batch);
+        if (result != DecodeResult.Ok) throw new InvalidOperationException($"llama_decode: {result}");
+        return Enumerable.Range(0, ids.Length).Select(i => context.NativeHandle.GetLogitsIth(i).ToArray()).ToArray();
+    }
+}

@@ -1,0 +1,84 @@
+using System.Text;
+using DotQuant.Engine.Gguf;
+using DotQuant.Engine.Gguf.Blocks;
+using DotQuant.Engine.Models;
+using DotQuant.Engine.Tokenization;
+using DotQuant.Tests;
+using LLama.Native;
+using static TorchSharp.torch;
+
+namespace DotQuant.Gguf.Tests;
+
+/// <summary>Our GGUF files and block formats against llama.cpp: its quantizer, its loader, its tokenizer
+/// and its forward pass.</summary>
+public class LlamaCppChecks
+{
+    static string LlamaTiny => Path.Combine(SharedPaths.Root, "models", "llama-tiny");
+
+    /// <summary>llama.cpp's reference quantizers are deterministic (no importance matrix): our codecs
+    /// must produce its bytes for every tensor it stores in that type.</summary>
+    [Theory]
+    [InlineData(LLamaFtype.MOSTLY_Q4_0, GgmlType.Q4_0)]
+    [InlineData(LLamaFtype.MOSTLY_Q4_1, GgmlType.Q4_1)]
+    [InlineData(LLamaFtype.MOSTLY_Q5_0, GgmlType.Q5_0)]
+    [InlineData(LLamaFtype.MOSTLY_Q5_1, GgmlType.Q5_1)]
+    [InlineData(LLamaFtype.MOSTLY_Q8_0, GgmlType.Q8_0)]
+    [InlineData(LLamaFtype.MOSTLY_F16, GgmlType.F16)]
+    public void RoundToNearestGivesLlamaCppsQuantizerBytes(LLamaFtype ftype, GgmlType type)
+    {
+        using var dir = new TempDir();
+        GgufFloatExport.Write(LlamaTiny, dir.File("f32.gguf"), GgmlType.F32);
+        LlamaCpp.Quantize(dir.File("f32.gguf"), dir.File("q.gguf"), ftype);
+
+        using var f32 = GgufFile.Open(dir.File("f32.gguf"));
+        using var q = GgufFile.Open(dir.File("q.gguf"));
+        var codec = BlockCodec.For(type);
+        int compared = 0;
+        foreach (var t in q.Tensors.Where(t => t.Type == type))
+        {
+            var source = f32.Tensor(t.Name)!;
+            var floats = new float[source.ElementCount];
+            BlockCodec.For(GgmlType.F32).Dequantize(f32.ReadAll(source), floats);
+            var ours = new byte[t.Bytes];
+            int rowBytes = (int)codec.Info.RowBytes(t.RowLength);
+            for (int r = 0; r < t.Rows; r++)
+                codec.Quantize(floats.AsSpan(r * (int)t.RowLength, (int)t.RowLength), ours.AsSpan(r * rowBytes, rowBytes));
+            var theirs = q.ReadAll(t);
+            int first = ours.AsSpan().CommonPrefixLength(theirs);
+            Assert.True(first == theirs.Length, $"{t.Name} ({type}): first differing byte at {first} of {theirs.Length}");
+            compared++;
+        }
+        // Every block matrix of llama-tiny is stored in the requested type (rows of 256 and 768).
+        Assert.True(compared >= 6 * 7, $"only {compared} tensors were stored as {type}");
+    }
+
+    [Fact]
+    public void LlamaCppRunsOurFloatFileWithOurTokensAndLogits()
+    {
+        using var dir = new TempDir();
+        GgufFloatExport.Write(LlamaTiny, dir.File("f32.gguf"), GgmlType.F32);
+        using var weights = LlamaCpp.Load(dir.File("f32.gguf"), out var parameters);
+
+        var tokenizer = HfTokenizer.Load(LlamaTiny);
+        string text = File.ReadAllText(SharedPaths.Data("wikitext2", "wiki.test.gptq-joined.txt"))[..3000];
+        var ours = tokenizer.Encode(text, addBos: true);
+        var theirs = weights.Tokenize(text, true, false, Encoding.UTF8).Select(t => (int)t).ToArray();
+        Assert.Equal(ours, theirs);
+
+        var ids = ours.Take(128).ToArray();
+        var llama = LlamaCpp.Logits(weights, parameters, ids);
+        using var model = ModelLoader.Open(LlamaTiny);
+        using var input = tensor(ids.Select(i => (long)i).ToArray(), [1, ids.Length]);
+        using var logits = model.Forward(input);
+        var engine = logits[0].data<float>().ToArray();
+        int vocab = llama[0].Length;
+        double worst = 0;
+        for (int p = 0; p < ids.Length; p++)
+        {
+            var row = engine.AsSpan(p * vocab, vocab);
+            double range = row.ToArray().Max() - row.ToArray().Min();
+            for (int v = 0; v < vocab; v++) worst = Math.Max(worst, Math.Abs(row[v] - llama[p][v]) / range);
+        }
+        Assert.True(worst < 1e-3, $"largest logit difference {worst:E2} of the range");
+    }
+}
