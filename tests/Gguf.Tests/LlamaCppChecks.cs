@@ -1,6 +1,8 @@
 using System.Text;
 using DotQuant.Engine.Gguf;
 using DotQuant.Engine.Gguf.Blocks;
+using DotQuant.Engine.Gguf.Grids;
+using DotQuant.Engine.Quantizers;
 using DotQuant.Engine.Models;
 using DotQuant.Engine.Tokenization;
 using DotQuant.Tests;
@@ -46,6 +48,15 @@ public class LlamaCppChecks
             var theirs = q.ReadAll(t);
             int first = ours.AsSpan().CommonPrefixLength(theirs);
             Assert.True(first == theirs.Length, $"{t.Name} ({type}): first differing byte at {first} of {theirs.Length}");
+            if (type is not GgmlType.F16)
+            {
+                // The solvers' grid: round-to-nearest on it is llama.cpp's quantizer too.
+                using var w = from_array(floats).reshape(t.Rows, t.RowLength);
+                using var solved = (GgufLinear)RtnSolver.Solve(w, new SolverOptions { Kind = SolverKind.Rtn, GgufType = type, GroupSize = 32 });
+                var grid = solved.EncodeRows(0, t.Rows);
+                first = grid.AsSpan().CommonPrefixLength(theirs);
+                Assert.True(first == theirs.Length, $"{t.Name} ({type}) on the solver's grid: first differing byte at {first} of {theirs.Length}");
+            }
             compared++;
         }
         // Every block matrix of llama-tiny is stored in the requested type (rows of 256 and 768).

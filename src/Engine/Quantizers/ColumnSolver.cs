@@ -17,7 +17,7 @@ public static class ColumnSolver
     /// <param name="d">D = (2/N)·(X_f − X_q) X_qᵀ [n, n] or null when X_f = X_q.</param>
     /// <param name="consumeH">The caller has no further use for <paramref name="h"/>: the solver works on
     /// it in place and disposes it instead of copying it (one n² matrix less at the peak).</param>
-    public static QuantizedLinear Solve(Tensor w0, Tensor h, Tensor? d, SolverOptions o, string layer = "layer", Action<string>? warn = null,
+    public static SolvedLinear Solve(Tensor w0, Tensor h, Tensor? d, SolverOptions o, string layer = "layer", Action<string>? warn = null,
         CancellationToken ct = default, bool consumeH = false)
     {
         using var scope = NewDisposeScope();
@@ -35,9 +35,15 @@ public static class ColumnSolver
         // C = X_f X_qᵀ = H + D from the undamped H, before dead-channel handling (reference).
         var C = useR ? (D is null ? H.clone() : H + D) : null;
         var grid = o.Grid;
+        if (grid.BlockSize is int fixedGroup && fixedGroup != g)
+            throw new ArgumentException($"{layer}: the grid's blocks are {fixedGroup} columns; group size {o.GroupSize} was asked for");
+        int B = Math.Max(1, o.BlockSize);
+        // A fresh grid is found inside the lazy block, so no group may straddle two blocks.
+        if (grid.FreshGroups && o.GroupSize != -1 && B % g != 0) B = (B + g - 1) / g * g;
 
         // Quirk Q1: the first grid sees W before dead columns are zeroed.
-        QuantGrid? current = o.GroupSize == -1 ? grid.Find(W) : null;
+        IColumnGrid? current = o.GroupSize == -1 ? grid.Find(W) : null;
+        long groupStart = 0;
 
         var dead = H.diagonal().eq(0);
         if (dead.any().item<bool>())
@@ -48,7 +54,7 @@ public static class ColumnSolver
         }
         var W0 = useR ? W.clone() : null;   // dead columns zeroed in W0 too
 
-        QuantGrid[]? staticGrids = null;
+        IColumnGrid[]? staticGrids = null;
         if (o.StaticGroups && o.GroupSize != -1)
             staticGrids = Enumerable.Range(0, (int)((n + g - 1) / g))
                 .Select(k => grid.Find(W.narrow(1, k * g, Math.Min(g, n - k * g)))).ToArray();
@@ -74,10 +80,9 @@ public static class ColumnSolver
 
         var Q = zeros(m, n, dtype: dt);
         var codes = zeros(m, n, dtype: ScalarType.Byte);
-        var created = new List<QuantGrid>();       // dynamic grids in creation order
+        var created = new List<IColumnGrid>();     // dynamic grids in creation order
         if (current is not null) created.Add(current);
         double loss = 0;
-        int B = Math.Max(1, o.BlockSize);
         bool allw = o.AllW;
 
         for (long i1 = 0; i1 < n; i1 += B)
@@ -98,19 +103,27 @@ public static class ColumnSolver
                 if (o.GroupSize != -1)
                 {
                     if (staticGrids is not null)
-                        current = staticGrids[(permHost is null ? c : permHost[c]) / g];
+                    {
+                        long original = permHost is null ? c : permHost[c];
+                        current = staticGrids[original / g];
+                        groupStart = original / g * g;
+                    }
                     else if (c % g == 0)
                     {
-                        // Quirk Q3: the grid comes from the outer W, which has not yet received the
-                        // in-block updates of this block when g < B.
-                        current = grid.Find(W.narrow(1, c, Math.Min(g, n - c)));
+                        // Quirk Q3 (reference grids): the grid comes from the outer W, which has not yet
+                        // received the in-block updates of this block when g < B. Fresh grids (GGUF
+                        // blocks) see the error-updated columns.
+                        long width = Math.Min(g, n - c);
+                        current = grid.Find(grid.FreshGroups ? W1.narrow(1, t, width) : W.narrow(1, c, width));
                         created.Add(current);
+                        groupStart = c;
                     }
                 }
                 using var colScope = NewDisposeScope();
                 var w = W1.select(1, t).clone();
-                var code = current!.Codes(w);
-                var q = current.Dequantize(code);
+                long within = staticGrids is not null ? (permHost is null ? c : permHost[c]) - groupStart : c - groupStart;
+                var code = current!.Codes(w, within);
+                var q = current.Dequantize(code, within);
                 Q.select(1, c).copy_(q);
                 codes.select(1, c).copy_(code);
                 double ujj = U1[t, t].to(ScalarType.Float64).item<double>();
@@ -140,7 +153,7 @@ public static class ColumnSolver
                     var source = W1;
                     if (allw)
                     {
-                        var (lo, hi) = current!.Range();
+                        var (lo, hi) = current!.Range(0);
                         source = W1.clamp(lo.unsqueeze(1), hi.unsqueeze(1));
                     }
                     if (P is not null) later.add_(source.matmul(P.narrow(0, i1, count).narrow(1, i2, n - i2)));
@@ -159,19 +172,7 @@ public static class ColumnSolver
 
         var gIdx = GroupIndex(n, g, o, invperm);
         var grids = staticGrids ?? created.ToArray();
-        var scaleStack = grids.Select(x => x.Scale).ToArray();
-        var zeroStack = grids.Select(x => x.Zero).ToArray();
-        var result = new QuantizedLinear
-        {
-            Codes = scope.MoveToOuter(codes),
-            Scales = scope.MoveToOuter(stack(scaleStack)),
-            Zeros = scope.MoveToOuter(stack(zeroStack).to(ScalarType.Int32)),
-            GIdx = scope.MoveToOuter(gIdx),
-            Bits = o.Bits,
-            GroupSize = o.GroupSize,
-            Loss = loss,
-            DampUsed = factor.Damp,
-        };
+        var result = grid.Assemble(codes, grids, gIdx, o, loss, factor.Damp);
         foreach (var x in grids) x.Dispose();
         return result;
     }

@@ -14,7 +14,7 @@ public enum GridConvention
 /// <summary>A per-output-row uniform grid: code = clamp(round(x/scale) + zero, 0, 2^b−1),
 /// x̂ = scale·(code − zero). Every convention is expressed in this unsigned form (QuaRot's signed
 /// codes are shifted by 2^(b−1)), which is exactly what the checkpoint formats store.</summary>
-public sealed class QuantGrid : IDisposable
+public sealed class QuantGrid : IColumnGrid
 {
     public Tensor Scale { get; }   // [m]
     public Tensor Zero { get; }    // [m], integer-valued
@@ -50,6 +50,10 @@ public sealed class QuantGrid : IDisposable
     /// <summary>The representable range per row: [(0 − zero)·scale, (maxq − zero)·scale].</summary>
     public (Tensor Min, Tensor Max) Range() => ((-Zero) * Scale, (MaxQ - Zero) * Scale);
 
+    Tensor IColumnGrid.Codes(Tensor x, long column) => Codes(x);
+    Tensor IColumnGrid.Dequantize(Tensor codes, long column) => Dequantize(codes);
+    (Tensor Min, Tensor Max) IColumnGrid.Range(long column) => Range();
+
     (Tensor, Tensor) Broadcast(Tensor x) => x.dim() == 1 ? (Scale, Zero) : (Scale.unsqueeze(1), Zero.unsqueeze(1));
 
     public void Dispose()
@@ -63,8 +67,29 @@ public sealed class QuantGrid : IDisposable
 /// MSE clipping search of §2.5c, and optionally rounding scales to fp16 so the grid the solver
 /// compensates against is exactly the grid the checkpoint stores.</summary>
 public sealed record GridOptions(int Bits, bool Symmetric, GridConvention Convention = GridConvention.Gptq,
-    bool MseClip = false, bool Fp16Scales = true, double MseNorm = 2.4, int MseGrid = 100, double MseMaxShrink = 0.8)
+    bool MseClip = false, bool Fp16Scales = true, double MseNorm = 2.4, int MseGrid = 100, double MseMaxShrink = 0.8) : IGridFamily
 {
+    public int? BlockSize => null;
+    public bool FreshGroups => false;
+    IColumnGrid IGridFamily.Find(Tensor w) => Find(w);
+
+    /// <summary>Codes with per-group scales and integer zeros: the layout the DotQuant and GPTQ formats store.</summary>
+    public SolvedLinear Assemble(Tensor codes, IReadOnlyList<IColumnGrid> grids, Tensor gIdx, SolverOptions o, double loss, double damp)
+    {
+        var q = grids.Cast<QuantGrid>().ToArray();
+        return new QuantizedLinear
+        {
+            Codes = codes.to(ScalarType.Byte, copy: true).DetachFromDisposeScope(),
+            Scales = stack(q.Select(x => x.Scale)).DetachFromDisposeScope(),
+            Zeros = stack(q.Select(x => x.Zero)).to(ScalarType.Int32).DetachFromDisposeScope(),
+            GIdx = gIdx.to(ScalarType.Int32, copy: true).DetachFromDisposeScope(),
+            Bits = o.Bits,
+            GroupSize = o.GroupSize,
+            Loss = loss,
+            DampUsed = damp,
+        };
+    }
+
     public QuantGrid Find(Tensor w)
     {
         using var scope = NewDisposeScope();

@@ -6,30 +6,26 @@ namespace DotQuant.Engine.Quantizers;
 /// statistics: the baseline every calibrator must beat.</summary>
 public static class RtnSolver
 {
-    public static QuantizedLinear Solve(Tensor w0, SolverOptions o)
+    public static SolvedLinear Solve(Tensor w0, SolverOptions o)
     {
         using var scope = NewDisposeScope();
         var W = w0.to(o.DType);
         long n = W.shape[1];
         int g = o.GroupSize == -1 ? (int)n : o.GroupSize;
+        var family = o.Grid;
+        if (family.BlockSize is int fixedGroup && fixedGroup != g)
+            throw new ArgumentException($"the grid's blocks are {fixedGroup} columns; group size {o.GroupSize} was asked for");
         var codes = new List<Tensor>();
-        var grids = new List<QuantGrid>();
+        var grids = new List<IColumnGrid>();
         for (long c = 0; c < n; c += g)
         {
             var slice = W.narrow(1, c, Math.Min(g, n - c));
-            var grid = o.Grid.Find(slice);
+            var grid = family.Find(slice);
             grids.Add(grid);
-            codes.Add(grid.Codes(slice));
+            codes.Add(grid.Codes(slice, 0));
         }
-        var result = new QuantizedLinear
-        {
-            Codes = scope.MoveToOuter(cat(codes, 1).to(ScalarType.Byte)),
-            Scales = scope.MoveToOuter(stack(grids.Select(x => x.Scale))),
-            Zeros = scope.MoveToOuter(stack(grids.Select(x => x.Zero)).to(ScalarType.Int32)),
-            GIdx = scope.MoveToOuter(arange(n, dtype: ScalarType.Int64).div(g, RoundingMode.floor).to(ScalarType.Int32)),
-            Bits = o.Bits,
-            GroupSize = o.GroupSize,
-        };
+        var gIdx = arange(n, dtype: ScalarType.Int64).div(g, RoundingMode.floor).to(ScalarType.Int32);
+        var result = family.Assemble(cat(codes, 1).to(ScalarType.Byte), grids, gIdx, o, double.NaN, 0);
         foreach (var x in grids) x.Dispose();
         return result;
     }

@@ -45,7 +45,13 @@ public sealed record SolverOptions
     /// <summary>Solver precision (fp32 like the reference; fp64 for golden tests).</summary>
     public ScalarType DType { get; init; } = ScalarType.Float32;
 
-    public GridOptions Grid => new(Bits, Symmetric, Convention, MseClip, Fp16Scales);
+    /// <summary>A GGUF block format to solve on (its blocks fix the group size), or null for the
+    /// min–max integer grids of the GPTQ family.</summary>
+    public Gguf.GgmlType? GgufType { get; init; }
+
+    public IGridFamily Grid => GgufType is { } t
+        ? Gguf.Grids.GgufGridFamily.For(t)
+        : new GridOptions(Bits, Symmetric, Convention, MseClip, Fp16Scales);
     public bool UsesResComp => Alpha2 != 0;
     public bool AllW => UsesResComp && (ResCompMode == ResCompMode.AllW || (ResCompMode == ResCompMode.Auto && Bits > 2));
 }

@@ -12,6 +12,10 @@ public abstract class LegacyCodec : BlockCodec
 
     protected abstract void WriteBlock(ReadOnlySpan<byte> codes, float d, float m, Span<byte> block);
 
+    /// <summary>One block from its 32 codes (as stored: unsigned nibbles, Q8_0's signed bytes) and its
+    /// d and m; d and m must already be fp16 values (a solver's grid), so nothing is rounded twice.</summary>
+    public void EncodeBlock(ReadOnlySpan<byte> codes, float d, float m, Span<byte> block) => WriteBlock(codes, d, m, block);
+
     protected abstract void DequantizeBlock(ReadOnlySpan<byte> block, Span<float> x);
 
     public override void Quantize(ReadOnlySpan<float> row, Span<byte> destination)

@@ -1,0 +1,43 @@
+using DotQuant.Engine.Diagnostics;
+using DotQuant.Engine.Quantizers;
+using static TorchSharp.torch;
+
+namespace DotQuant.Engine.Gguf.Grids;
+
+/// <summary>A GGUF block format as the solvers' grid family: blocks of 32 input columns, each row's
+/// grid fixed when the column loop reaches the block (from the error-updated weights), solved linears
+/// assembled as <see cref="GgufLinear"/>.</summary>
+public sealed class GgufGridFamily : IGridFamily
+{
+    readonly LegacyGrid.Rule _rule;
+    readonly int _bits;
+
+    public GgmlType Type { get; }
+    public int? BlockSize => GgmlTypeInfo.Of(Type).BlockSize;
+    public bool FreshGroups => true;
+
+    GgufGridFamily(GgmlType type, LegacyGrid.Rule rule, int bits) { Type = type; _rule = rule; _bits = bits; }
+
+    public static GgufGridFamily For(GgmlType type) => type switch
+    {
+        GgmlType.Q4_0 => new(type, LegacyGrid.Rule.Symmetric, 4),
+        GgmlType.Q5_0 => new(type, LegacyGrid.Rule.Symmetric, 5),
+        GgmlType.Q4_1 => new(type, LegacyGrid.Rule.Affine, 4),
+        GgmlType.Q5_1 => new(type, LegacyGrid.Rule.Affine, 5),
+        GgmlType.Q8_0 => new(type, LegacyGrid.Rule.Q8, 8),
+        _ => throw new DotQuantException(ErrorCodes.GgufUnsupported, $"solving on {type} blocks is not supported yet (q4_0, q4_1, q5_0, q5_1, q8_0 are)"),
+    };
+
+    public IColumnGrid Find(Tensor w) => LegacyGrid.Find(_rule, _bits, w);
+
+    public SolvedLinear Assemble(Tensor codes, IReadOnlyList<IColumnGrid> grids, Tensor gIdx, SolverOptions o, double loss, double damp)
+    {
+        var blocks = grids.Cast<LegacyGrid>().ToArray();
+        return new GgufLinear(Type,
+            codes.to(ScalarType.Byte, copy: true).DetachFromDisposeScope(),
+            stack(blocks.Select(b => b.D16)).DetachFromDisposeScope(),
+            stack(blocks.Select(b => b.M16)).DetachFromDisposeScope(),
+            gIdx.to(ScalarType.Int64, copy: true).DetachFromDisposeScope())
+        { Loss = loss, DampUsed = damp };
+    }
+}
