@@ -52,8 +52,8 @@ public class SolverTests
         var (w, h, d) = Layer();
         var o = OptionsOf(c);
         using var q = c.TryGetProperty("rtn", out _)
-            ? RtnSolver.Solve(w, o)
-            : ColumnSolver.Solve(w, h, c.GetProperty("useD").GetBoolean() ? d : null, o);
+            ? Grid.Rtn(w, o)
+            : Grid.Gptq(w, h, c.GetProperty("useD").GetBoolean() ? d : null, o);
         var expected = tensor(c.GetProperty("Q").EnumerateArray().Select(e => e.GetDouble()).ToArray(), w.shape, ScalarType.Float64);
         using var actual = q.Dequantize(ScalarType.Float64);
         double err = (actual - expected).abs().max().item<double>();
@@ -73,8 +73,8 @@ public class SolverTests
         foreach (bool sym in new[] { false, true })
         {
             var o = new SolverOptions { Bits = 4, Symmetric = sym, Damp = 1e8, DType = ScalarType.Float64, Fp16Scales = false };
-            using var gptq = ColumnSolver.Solve(w, h, null, o);
-            using var rtn = RtnSolver.Solve(w, o);
+            using var gptq = Grid.Gptq(w, h, null, o);
+            using var rtn = Grid.Rtn(w, o);
             // asym: exact; GPTQ-style sym: equal except a ±1 code at the −absmax rounding tie (spec §2.5a).
             var diff = (gptq.Codes.to(ScalarType.Int32) - rtn.Codes.to(ScalarType.Int32)).abs();
             Assert.True(diff.max().item<int>() <= (sym ? 1 : 0));
@@ -89,7 +89,7 @@ public class SolverTests
         foreach (var (g, act) in new[] { (-1, false), (8, true), (16, false) })
         {
             var o = new SolverOptions { Bits = 3, GroupSize = g, ActOrder = act, DType = ScalarType.Float64, Fp16Scales = false };
-            using var q = ColumnSolver.Solve(w, h, null, o);
+            using var q = Grid.Gptq(w, h, null, o);
             // tr((W0 − Q) H_λ (W0 − Q)ᵀ) with the dead channel's diagonal set to 1 and its column zeroed.
             var hd = h.clone();
             var dead = hd.diagonal().eq(0);
@@ -106,7 +106,7 @@ public class SolverTests
     public void GptqIsIndependentOfBlockSize()
     {
         var (w, h, _) = Layer();
-        Tensor Run(int b, int g) => ColumnSolver.Solve(w, h, null, new SolverOptions { Bits = 3, BlockSize = b, GroupSize = g, DType = ScalarType.Float64, Fp16Scales = false }).Dequantize(ScalarType.Float64);
+        Tensor Run(int b, int g) => Grid.Gptq(w, h, null, new SolverOptions { Bits = 3, BlockSize = b, GroupSize = g, DType = ScalarType.Float64, Fp16Scales = false }).Dequantize(ScalarType.Float64);
         var reference = Run(128, -1);
         // Exact in exact arithmetic (the lazy GEMM re-orders the same rank-1 updates); in fp64 only
         // summation order differs, far below one quantization step.
@@ -121,14 +121,14 @@ public class SolverTests
     {
         var (w, h, d) = Layer();
         var o = new SolverOptions { Bits = 3, GroupSize = 8, ActOrder = true, DType = ScalarType.Float64, Fp16Scales = false };
-        using var gptq = ColumnSolver.Solve(w, h, null, o);
-        using var zeroD = ColumnSolver.Solve(w, h, zeros_like(d), o with { Alpha = 0.25 });
-        using var zeroAlpha = ColumnSolver.Solve(w, h, d, o with { Alpha = 0 });
+        using var gptq = Grid.Gptq(w, h, null, o);
+        using var zeroD = Grid.Gptq(w, h, zeros_like(d), o with { Alpha = 0.25 });
+        using var zeroAlpha = Grid.Gptq(w, h, d, o with { Alpha = 0 });
         Assert.True(Same(gptq.Codes, zeroD.Codes));
         Assert.True(Same(gptq.Codes, zeroAlpha.Codes));
 
-        using var gptaq = ColumnSolver.Solve(w, h, d, o with { Alpha = 0.25 });
-        using var rescompOff = ColumnSolver.Solve(w, h, d, o with { Alpha = 0.25, Alpha2 = 0 });
+        using var gptaq = Grid.Gptq(w, h, d, o with { Alpha = 0.25 });
+        using var rescompOff = Grid.Gptq(w, h, d, o with { Alpha = 0.25, Alpha2 = 0 });
         Assert.True(Same(gptaq.Codes, rescompOff.Codes));
         Assert.False(Same(gptaq.Codes, gptq.Codes));
     }
@@ -178,9 +178,9 @@ public class SolverTests
             var h = xq.matmul(xq.t()) * (2.0 / k);
             var d = (xf - xq).matmul(xq.t()) * (2.0 / k);
             var o = new SolverOptions { Bits = 3, GroupSize = 32, ActOrder = true, DType = ScalarType.Float64, Fp16Scales = false };
-            var rtnQ = RtnSolver.Solve(w, o).Dequantize(ScalarType.Float64);
-            var gptqQ = ColumnSolver.Solve(w, h, null, o).Dequantize(ScalarType.Float64);
-            var gptaqQ = ColumnSolver.Solve(w, h, d, o with { Alpha = 0.25 }).Dequantize(ScalarType.Float64);
+            var rtnQ = Grid.Rtn(w, o).Dequantize(ScalarType.Float64);
+            var gptqQ = Grid.Gptq(w, h, null, o).Dequantize(ScalarType.Float64);
+            var gptaqQ = Grid.Gptq(w, h, d, o with { Alpha = 0.25 }).Dequantize(ScalarType.Float64);
             double Sym(Tensor q) => (w - q).matmul(h).matmul((w - q).t()).trace().item<double>();
             double Asym(Tensor q) => (w.matmul(xf) - q.matmul(xq)).square().sum().item<double>();
             Assert.True(Sym(gptqQ) < Sym(rtnQ), $"seed {seed}: GPTQ {Sym(gptqQ)} vs RTN {Sym(rtnQ)}");
@@ -193,7 +193,7 @@ public class SolverTests
     {
         var (w, h, _) = Layer();
         var o = new SolverOptions { Bits = 4, GroupSize = 8 };
-        using var q = ColumnSolver.Solve(w.to(ScalarType.Float32), h.to(ScalarType.Float32), null, o);
+        using var q = Grid.Gptq(w.to(ScalarType.Float32), h.to(ScalarType.Float32), null, o);
         Assert.True(Same(q.Scales.to(ScalarType.Float16).to(ScalarType.Float32), q.Scales));
         Assert.Equal(5, q.Scales.shape[0]);                     // 40 / 8 groups
         Assert.Equal(new long[] { 16, 40 }, q.Codes.shape);
@@ -223,13 +223,13 @@ public class SolverTests
         var (w, h, _) = Layer();
         var o = new SolverOptions { Bits = 4, GroupSize = 8, DType = ScalarType.Float64, Fp16Scales = false };
         var expectedPlain = Enumerable.Range(0, 40).Select(k => k / 8).ToArray();
-        using var plain = ColumnSolver.Solve(w, h, null, o);
+        using var plain = Grid.Gptq(w, h, null, o);
         Assert.Equal(expectedPlain, plain.GIdx.data<int>().ToArray());
         // act order + static groups: groups stay contiguous in the original order.
-        using var stat = ColumnSolver.Solve(w, h, null, o with { ActOrder = true, StaticGroups = true });
+        using var stat = Grid.Gptq(w, h, null, o with { ActOrder = true, StaticGroups = true });
         Assert.Equal(expectedPlain, stat.GIdx.data<int>().ToArray());
         // act order + dynamic groups: channel k belongs to the group in which it was processed.
-        using var dyn = ColumnSolver.Solve(w, h, null, o with { ActOrder = true });
+        using var dyn = Grid.Gptq(w, h, null, o with { ActOrder = true });
         var order = h.diagonal().sort(0, descending: true, stable: true).Indices.data<long>().ToArray();
         var gidx = dyn.GIdx.data<int>().ToArray();
         for (int position = 0; position < 40; position++)
@@ -256,4 +256,11 @@ public class SolverTests
         var e = Assert.Throws<Diagnostics.DotQuantException>(() => InverseCholesky.Factor(nan, 0.01, "layers.1.o_proj"));
         Assert.Contains("layers.1.o_proj", e.Message);
     }
+}
+
+/// <summary>The solvers on the min–max grids, typed as the layout these tests inspect.</summary>
+static class Grid
+{
+    public static QuantizedLinear Gptq(Tensor w, Tensor h, Tensor? d, SolverOptions o) => (QuantizedLinear)ColumnSolver.Solve(w, h, d, o);
+    public static QuantizedLinear Rtn(Tensor w, SolverOptions o) => (QuantizedLinear)RtnSolver.Solve(w, o);
 }

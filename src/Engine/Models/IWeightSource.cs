@@ -31,7 +31,10 @@ public interface IWeightSource
     Tensor LoadStored(string name);
     /// <summary>Rows <paramref name="rows"/> (int64) of a 2-D floating-point tensor in its stored dtype
     /// (embedding lookups without reading the whole table).</summary>
-    Tensor LoadRows(string name, Tensor rows)
+    Tensor LoadRows(string name, Tensor rows) => LoadRowsOfWhole(name, rows);
+
+    /// <summary>Rows picked from the whole tensor (for sources that cannot read rows alone).</summary>
+    Tensor LoadRowsOfWhole(string name, Tensor rows)
     {
         using var all = LoadStored(name);
         return all.index_select(0, rows);

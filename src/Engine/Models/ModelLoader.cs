@@ -1,5 +1,6 @@
 using DotQuant.Engine.Diagnostics;
 using DotQuant.Engine.Formats;
+using DotQuant.Engine.Gguf;
 using DotQuant.Engine.IO;
 
 namespace DotQuant.Engine.Models;
@@ -13,6 +14,12 @@ public static class ModelLoader
     /// (quantized linears are dequantized when their block is loaded).</summary>
     public static DecoderModel Open(string modelDir)
     {
+        if (GgufPath(modelDir) is { } gguf)
+        {
+            var g = GgufWeightSource.Open(gguf);
+            try { return Open(g.Config, g, ownsSource: true); }
+            catch { g.Dispose(); throw; }
+        }
         if (!Directory.Exists(modelDir))
             throw new DotQuantException(ErrorCodes.FileNotFound, $"model folder not found: {modelDir}", modelDir);
         var config = ModelConfig.Load(modelDir);
@@ -26,6 +33,21 @@ public static class ModelLoader
             ((IDisposable)source).Dispose();
             throw;
         }
+    }
+
+    /// <summary>The GGUF file a path stands for: a .gguf file, or a folder without config.json holding
+    /// exactly one; null for a Hugging Face folder.</summary>
+    public static string? GgufPath(string path)
+    {
+        if (File.Exists(path) && path.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase)) return path;
+        if (!Directory.Exists(path) || File.Exists(Path.Combine(path, "config.json"))) return null;
+        var files = Directory.GetFiles(path, "*.gguf");
+        return files.Length switch
+        {
+            0 => null,
+            1 => files[0],
+            _ => throw new DotQuantException(ErrorCodes.FileNotFound, $"{path} holds {files.Length} GGUF files; name the one to use", path),
+        };
     }
 
     /// <summary>A model with every block in memory.</summary>

@@ -1,0 +1,68 @@
+using DotQuant.Engine.Diagnostics;
+using DotQuant.Engine.IO;
+
+namespace DotQuant.Engine.Gguf;
+
+/// <summary>The transformers config a GGUF file's metadata stands for (llama and qwen2 architectures).</summary>
+public static class GgufModelConfig
+{
+    public static ModelConfig From(GgufFile f)
+    {
+        string arch = f["general.architecture"]?.AsString()
+            ?? throw new DotQuantException(ErrorCodes.GgufHeader, "general.architecture is missing", f.Path);
+        if (arch is not ("llama" or "qwen2"))
+            throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"GGUF architecture '{arch}' is not supported (llama, qwen2)", f.Path);
+        long Int(string key) => f[$"{arch}.{key}"] is { } v
+            ? Checked(v, key)
+            : throw new DotQuantException(ErrorCodes.GgufHeader, $"{arch}.{key} is missing", f.Path);
+        long Checked(GgufValue v, string key)
+        {
+            try { return v.AsInteger(); }
+            catch (InvalidCastException) { throw new DotQuantException(ErrorCodes.GgufHeader, $"{arch}.{key} is {v.Type}, not an integer", f.Path); }
+        }
+        // GGUF stores these as float32; the shortest decimal that round-trips recovers the config's
+        // value (1e-5f → 1e-5), so a converted checkpoint evaluates exactly as the original.
+        double Float(string key, double fallback) => f[$"{arch}.{key}"] is { } v
+            ? v.Value is float single ? double.Parse(single.ToString("R", System.Globalization.CultureInfo.InvariantCulture), System.Globalization.CultureInfo.InvariantCulture) : v.AsFloat()
+            : fallback;
+
+        int hidden = (int)Int("embedding_length"), heads = (int)Int("attention.head_count");
+        int kvHeads = f[$"{arch}.attention.head_count_kv"] is { } kv ? (int)kv.AsInteger() : heads;
+        if (hidden <= 0 || heads <= 0 || kvHeads <= 0 || heads % kvHeads != 0)
+            throw new DotQuantException(ErrorCodes.ConfigInconsistent, $"{arch}: {heads} heads, {kvHeads} KV heads, width {hidden} do not fit together", f.Path);
+        int headDim = f[$"{arch}.attention.key_length"] is { } k ? (int)k.AsInteger() : hidden / heads;
+        var embed = f.Tensor("token_embd.weight")
+            ?? throw new DotQuantException(ErrorCodes.WeightMissing, "token_embd.weight is missing", f.Path);
+        RopeScaling? scaling = f[$"{arch}.rope.scaling.type"]?.AsString() switch
+        {
+            null or "none" => null,
+            "linear" => new RopeScaling("linear", Float("rope.scaling.factor", 1)),
+            var other => throw new DotQuantException(ErrorCodes.GgufUnsupported, $"rope scaling '{other}' in GGUF is not supported yet", f.Path),
+        };
+        if (f.Tensor("rope_freqs.weight") is not null)
+            throw new DotQuantException(ErrorCodes.GgufUnsupported, "rope_freqs (Llama 3.1 style frequency factors) in GGUF is not supported yet", f.Path);
+        bool qkvBias = f.Tensor("blk.0.attn_q.bias") is not null;
+        return new ModelConfig
+        {
+            ModelType = arch,
+            HiddenSize = hidden,
+            NumLayers = (int)Int("block_count"),
+            NumHeads = heads,
+            NumKvHeads = kvHeads,
+            HeadDim = headDim,
+            IntermediateSize = (int)Int("feed_forward_length"),
+            VocabSize = (int)embed.Dims[1],
+            RmsNormEps = Float("attention.layer_norm_rms_epsilon", 1e-6),
+            RopeTheta = Float("rope.freq_base", 10000),
+            RopeScaling = scaling,
+            TieWordEmbeddings = f.Tensor("output.weight") is null,
+            QkvBias = qkvBias,
+            OutputBias = f.Tensor("blk.0.attn_output.bias") is not null,
+            MlpBias = false,
+            MaxPositionEmbeddings = f[$"{arch}.context_length"] is { } c ? (int)c.AsInteger() : 2048,
+            HiddenAct = "silu",
+            BosTokenId = f["tokenizer.ggml.bos_token_id"] is { } b ? (int)b.AsInteger() : null,
+            EosTokenIds = f["tokenizer.ggml.eos_token_id"] is { } e ? [(int)e.AsInteger()] : [],
+        };
+    }
+}
