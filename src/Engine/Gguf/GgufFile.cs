@@ -150,7 +150,7 @@ public sealed class GgufFile : IDisposable
                     throw Bad(ErrorCodes.GgufTensor, $"tensor '{name}' has rows of {dims[0]}, not a multiple of {info.Name}'s block of {info.BlockSize}");
                 ulong offset = U64();
                 if (offset % (ulong)alignment != 0) throw Bad(ErrorCodes.GgufTensor, $"tensor '{name}' starts at {offset}, not a multiple of the alignment {alignment}");
-                if (offset > (ulong)length) throw Bad(ErrorCodes.GgufTensor, $"tensor '{name}' starts at {offset}, beyond the file's {length} bytes");
+                if (offset > (ulong)length) throw Truncated($"tensor '{name}' starts at {offset}, beyond the file's {length} bytes");
                 tensors.Add(new GgufTensorInfo(name, dims, info.Type, (long)offset));
             }
 

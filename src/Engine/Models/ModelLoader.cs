@@ -35,6 +35,19 @@ public static class ModelLoader
         }
     }
 
+    /// <summary>The config of a Hugging Face folder or of a GGUF file (from its metadata).</summary>
+    public static ModelConfig LoadConfig(string path)
+    {
+        if (GgufPath(path) is not { } gguf) return ModelConfig.Load(path);
+        using var f = GgufFile.Open(gguf);
+        return GgufModelConfig.From(f);
+    }
+
+    /// <summary>Where a model's tokenizer files are: the folder itself, or the folder holding a GGUF file
+    /// (GGUF's embedded vocabulary is not used for tokenizing yet, so tokenizer.json must sit beside it).</summary>
+    public static string TokenizerFolder(string path) =>
+        GgufPath(path) is { } gguf ? Path.GetDirectoryName(Path.GetFullPath(gguf))! : path;
+
     /// <summary>The GGUF file a path stands for: a .gguf file, or a folder without config.json holding
     /// exactly one; null for a Hugging Face folder.</summary>
     public static string? GgufPath(string path)

@@ -15,7 +15,7 @@ public static class EvalCommand
 {
     public static Command Create(TextWriter stdout)
     {
-        var models = new Argument<string[]>("MODEL_DIR") { Description = "Hugging Face model folders (float, DotQuant or GPTQ); with several, a comparison table against the first", Arity = ArgumentArity.OneOrMore };
+        var models = new Argument<string[]>("MODEL_DIR") { Description = "Hugging Face model folders (float, DotQuant or GPTQ) or GGUF files (tokenizer.json beside them); with several, a comparison table against the first", Arity = ArgumentArity.OneOrMore };
         var data = new Option<string?>("--data") { Description = "UTF-8 text file for perplexity" };
         var seqLen = new Option<int?>("--sequence-length") { Description = "window length (default: min(2048, max_position_embeddings))" };
         var maxWindows = new Option<int?>("--max-windows") { Description = "evaluate only the first N windows (or documents)" };
@@ -52,14 +52,14 @@ public static class EvalCommand
             if (parse.GetValue(separator) is not null)
                 throw new DotQuantException(ErrorCodes.EvalArgument, "--document-separator works for a single model without --tasks");
 
-            var first = ModelConfig.Load(dirs[0]);
+            var first = ModelLoader.LoadConfig(dirs[0]);
             var plan = new EvalPlan(dataPath, parse.GetValue(seqLen) ?? Math.Min(2048, first.MaxPositionEmbeddings), cap, taskNames,
                 parse.GetValue(tasksDir), parse.GetValue(limit), parse.GetValue(bos));
             var loaded = EvalSuite.LoadTasks(plan);
             var summaries = new List<EvalSummary>();
             foreach (var dir in dirs)
             {
-                var tokenizer = HfTokenizer.Load(dir);
+                var tokenizer = HfTokenizer.Load(ModelLoader.TokenizerFolder(dir));
                 using var m = ModelLoader.Open(dir);
                 if (!json) stdout.WriteLine($"{dir}:");
                 summaries.Add(EvalSuite.Run(m, tokenizer, plan, loaded, text, json ? null : s => stdout.WriteLine("  " + s)));
@@ -78,8 +78,8 @@ public static class EvalCommand
 
     static int Single(TextWriter stdout, string dir, string dataPath, string text, int? seq, int? cap, string? sep, bool bos, bool json)
     {
-        var config = ModelConfig.Load(dir);
-        var tokenizer = HfTokenizer.Load(dir);
+        var config = ModelLoader.LoadConfig(dir);
+        var tokenizer = HfTokenizer.Load(ModelLoader.TokenizerFolder(dir));
         int length = seq ?? Math.Min(2048, config.MaxPositionEmbeddings);
         if (length < 2) throw new DotQuantException(ErrorCodes.EvalArgument, "--sequence-length must be at least 2");
         using var m = ModelLoader.Open(dir);

@@ -1,3 +1,5 @@
+using DotQuant.Engine.Models;
+using DotQuant.Engine.Gguf;
 using System.CommandLine;
 using System.Text.Json.Nodes;
 using DotQuant.Engine.IO;
@@ -15,6 +17,7 @@ public static class InspectCommand
         cmd.SetAction(parse =>
         {
             string p = parse.GetValue(path)!;
+            if (ModelLoader.GgufPath(p) is { } gguf) return InspectGguf(stdout, gguf, parse.GetValue(format) == "json");
             using var ckpt = Checkpoint.Open(p);
             var tensors = ckpt.Tensors.OrderBy(t => t.Name, StringComparer.Ordinal).ToList();
             long parameters = tensors.Sum(t => t.ElementCount);
@@ -62,5 +65,41 @@ public static class InspectCommand
             return ExitCodes.Ok;
         });
         return cmd;
+    
+    /// <summary>A GGUF file: its metadata (arrays summarized) and tensors with their ggml types.</summary>
+    static int InspectGguf(TextWriter stdout, string path, bool json)
+    {
+        using var f = GgufFile.Open(path);
+        long parameters = f.Tensors.Sum(t => t.ElementCount), bytes = f.Tensors.Sum(t => t.Bytes);
+        double bpw = parameters == 0 ? 0 : bytes * 8.0 / parameters;
+        if (json)
+        {
+            var meta = new JsonObject();
+            foreach (var (k, v) in f.Metadata)
+                meta[k] = v.Value is Array a ? (JsonNode)new JsonObject { ["type"] = v.ElementType.ToString(), ["length"] = a.Length } : JsonValue.Create(v.Value.ToString());
+            var list = new JsonArray();
+            foreach (var t in f.Tensors)
+                list.Add(new JsonObject
+                {
+                    ["name"] = t.Name,
+                    ["type"] = t.Type.ToString(),
+                    ["shape"] = new JsonArray(t.Shape.Select(d => (JsonNode)d).ToArray()),
+                    ["bytes"] = t.Bytes,
+                });
+            OutputFormat.WriteJson(stdout, new JsonObject
+            {
+                ["path"] = Path.GetFullPath(path), ["format"] = "gguf", ["version"] = f.Version,
+                ["metadata"] = meta, ["tensors"] = list, ["tensor_count"] = f.Tensors.Count,
+                ["parameters"] = parameters, ["bytes"] = bytes, ["bits_per_weight"] = Math.Round(bpw, 4),
+            });
+            return ExitCodes.Ok;
+        }
+        stdout.WriteLine($"GGUF v{f.Version}, {f.Metadata.Count} metadata keys, {f.Tensors.Count} tensors, {parameters:N0} parameters in {bytes:N0} B ({bpw:F2} bits per weight)");
+        foreach (var (k, v) in f.Metadata) stdout.WriteLine($"  {k} = {v}");
+        int width = Math.Max(4, f.Tensors.Count == 0 ? 4 : f.Tensors.Max(t => t.Name.Length));
+        foreach (var t in f.Tensors)
+            stdout.WriteLine($"{t.Name.PadRight(width)}  {t.Type,-5}  [{string.Join(", ", t.Shape)}]  {t.Bytes:N0} B");
+        return ExitCodes.Ok;
     }
+}
 }
