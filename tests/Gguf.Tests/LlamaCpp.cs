@@ -18,10 +18,10 @@ static class LlamaCpp
 
     public static void EnsureLoaded() => _ = Loaded.Value;
 
-    public static void Quantize(string source, string destination, LLamaFtype type)
+    public static void Quantize(string source, string destination, LLamaFtype type, bool allowRequantize = false)
     {
         EnsureLoaded();
-        if (!LLamaQuantizer.Quantize(source, destination, type, nthread: 2, allowRequantize: false))
+        if (!LLamaQuantizer.Quantize(source, destination, type, nthread: 2, allowRequantize: allowRequantize))
             throw new InvalidOperationException($"llama.cpp could not quantize {source} to {type}");
     }
 

@@ -40,7 +40,7 @@ public sealed class GgufWeightSource : IWeightSource, IDisposable
                 if (!t.Shape.SequenceEqual(m.Shape))
                     throw new DotQuantException(ErrorCodes.WeightShape, $"'{m.Name}' is [{string.Join(", ", t.Shape)}]; the metadata implies [{string.Join(", ", m.Shape)}]", path);
                 if (!BlockCodec.TryGet(t.Type, out _))
-                    throw new DotQuantException(ErrorCodes.GgufUnsupported, $"'{m.Name}' is stored as {t.Type}, which this version cannot decode yet (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)", path);
+                    throw new DotQuantException(ErrorCodes.GgufUnsupported, $"'{m.Name}' is stored as {t.Type}, which this version cannot decode yet (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K to Q6_K)", path);
                 map[m.Source] = (t, m);
                 names.Add(m.Source);
             }

@@ -18,6 +18,7 @@ public abstract class BlockCodec
     {
         new F32Codec(), new F16Codec(), new BF16Codec(),
         new Q4_0Codec(), new Q4_1Codec(), new Q5_0Codec(), new Q5_1Codec(), new Q8_0Codec(),
+        new Q2_KCodec(), new Q3_KCodec(), new Q4_KCodec(), new Q5_KCodec(), new Q6_KCodec(),
     }.ToDictionary(c => c.Type);
 
     public static bool TryGet(GgmlType type, out BlockCodec codec) => Codecs.TryGetValue(type, out codec!);
