@@ -28,7 +28,13 @@ static class LlamaCpp
     public static LLamaWeights Load(string path, out ModelParams parameters, uint context = 512)
     {
         EnsureLoaded();
-        parameters = new ModelParams(path) { ContextSize = context, BatchSize = context, UBatchSize = context, GpuLayerCount = 0, Threads = 2 };
+        // An fp32 KV cache and plain attention: llama.cpp's defaults (fp16 cache, flash attention on the
+        // CPU) round K, V and Q to fp16, which is not the model's arithmetic.
+        parameters = new ModelParams(path)
+        {
+            ContextSize = context, BatchSize = context, UBatchSize = context, GpuLayerCount = 0, Threads = 2,
+            TypeK = GGMLType.GGML_TYPE_F32, TypeV = GGMLType.GGML_TYPE_F32, FlashAttention = false,
+        };
         return LLamaWeights.LoadFromFile(parameters);
     }
 

@@ -90,7 +90,11 @@ public static class SentencePieceModel
         {
             case 0: Varint(b, ref at); break;
             case 1: at += 8; break;
-            case 2: at += checked((int)Varint(b, ref at)); break;
+            case 2:
+                // Read the length first: `at += Varint(b, ref at)` would add to the old position.
+                int length = checked((int)Varint(b, ref at));
+                at += length;
+                break;
             case 5: at += 4; break;
             default: throw new FormatException($"protobuf wire type {wire}");
         }
