@@ -55,12 +55,7 @@ public class GridSolverTests
             Assert.True(eg < 0.8 * er, $"{type}: GPTQ error {eg:G4} vs round-to-nearest {er:G4}");
 
             // The bytes, decoded by the block codec (llama.cpp's arithmetic), are the solver's weight.
-            var bytes = gptq.EncodeRows(0, gptq.OutFeatures);
-            var decoded = new float[gptq.OutFeatures * gptq.InFeatures];
-            var codec = BlockCodec.For(type);
-            int rowBytes = (int)codec.Info.RowBytes(gptq.InFeatures), n = (int)gptq.InFeatures;
-            for (int r = 0; r < gptq.OutFeatures; r++)
-                codec.Dequantize(bytes.AsSpan(r * rowBytes, rowBytes), decoded.AsSpan(r * n, n));
+            var decoded = BlockCodec.For(type).DequantizeRows(gptq.EncodeRows(0, gptq.OutFeatures), (int)gptq.InFeatures);
             Assert.Equal(qg.data<float>().ToArray(), decoded);
         }
     }

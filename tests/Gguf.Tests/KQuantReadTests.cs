@@ -32,14 +32,8 @@ public class KQuantReadTests
         {
             foreach (var t in q.Tensors.Where(t => t.Dims.Length == 2))
             {
-                var original = new float[t.ElementCount];
-                BlockCodec.For(GgmlType.F32).Dequantize(f32.ReadAll(f32.Tensor(t.Name)!), original);
-                var decoded = new float[t.ElementCount];
-                var codec = BlockCodec.For(t.Type);
-                var bytes = q.ReadAll(t);
-                int rowBytes = (int)codec.Info.RowBytes(t.RowLength), n = (int)t.RowLength;
-                for (int r = 0; r < t.Rows; r++)
-                    codec.Dequantize(bytes.AsSpan(r * rowBytes, rowBytes), decoded.AsSpan(r * n, n));
+                var original = f32.Decode(f32.Tensor(t.Name)!);
+                var decoded = q.Decode(t);
                 double err = 0, norm = 0;
                 for (int i = 0; i < decoded.Length; i++) { err += Math.Pow(decoded[i] - original[i], 2); norm += original[i] * (double)original[i]; }
                 double relative = Math.Sqrt(err / norm);
@@ -54,16 +48,10 @@ public class KQuantReadTests
         using (var back = GgufFile.Open(dir.File("back.gguf")))
             foreach (var t in q.Tensors.Where(t => t.Type != GgmlType.F32))
             {
-                var decoded = new float[t.ElementCount];
-                var codec = BlockCodec.For(t.Type);
-                var bytes = q.ReadAll(t);
-                int rowBytes = (int)codec.Info.RowBytes(t.RowLength), n = (int)t.RowLength;
-                for (int r = 0; r < t.Rows; r++)
-                    codec.Dequantize(bytes.AsSpan(r * rowBytes, rowBytes), decoded.AsSpan(r * n, n));
-                var llama = new float[t.ElementCount];
+                var decoded = q.Decode(t);
                 var f = back.Tensor(t.Name)!;
                 Assert.Equal(GgmlType.F32, f.Type);
-                BlockCodec.For(GgmlType.F32).Dequantize(back.ReadAll(f), llama);
+                var llama = back.Decode(f);
                 int first = Enumerable.Range(0, decoded.Length).FirstOrDefault(i => BitConverter.SingleToInt32Bits(decoded[i]) != BitConverter.SingleToInt32Bits(llama[i]), -1);
                 Assert.True(first < 0, $"{t.Name} ({t.Type}): element {first} decodes to {(first < 0 ? 0 : decoded[first])}, llama.cpp {(first < 0 ? 0 : llama[first])}");
             }
@@ -72,20 +60,7 @@ public class KQuantReadTests
         const int length = 512, windows = 4;
         using var model = ModelLoader.Open(dir.File("q.gguf"));
         var ours = Perplexity.Windows(model, ids, length, windows);
-        using var weights = LlamaCpp.Load(dir.File("q.gguf"), out var parameters, length);
-        double nll = 0;
-        for (int w = 0; w < windows; w++)
-        {
-            var window = ids.AsSpan(w * length, length).ToArray();
-            var logits = LlamaCpp.Logits(weights, parameters, window);
-            for (int p = 0; p < length - 1; p++)
-            {
-                var row = logits[p];
-                double max = row.Max();
-                nll += Math.Log(row.Sum(v => Math.Exp(v - max))) + max - row[window[p + 1]];
-            }
-        }
-        double theirs = Math.Exp(nll / (windows * (length - 1)));
+        double theirs = LlamaCpp.Perplexity(dir.File("q.gguf"), ids, length, windows);
         Assert.True(Math.Abs(ours.Perplexity / theirs - 1) < 1e-3, $"{ftype}: eval {ours.Perplexity:F4} vs llama.cpp {theirs:F4}");
     }
 }

@@ -38,6 +38,27 @@ static class LlamaCpp
         return LLamaWeights.LoadFromFile(parameters);
     }
 
+    /// <summary>llama.cpp's perplexity with our protocol (Perplexity.Windows): the first
+    /// <paramref name="windows"/> non-overlapping windows of <paramref name="length"/> ids, no BOS,
+    /// mean NLL over every predicted token, exp.</summary>
+    public static double Perplexity(string path, int[] ids, int length, int windows)
+    {
+        using var weights = Load(path, out var parameters, (uint)length);
+        double nll = 0;
+        for (int w = 0; w < windows; w++)
+        {
+            var window = ids.AsSpan(w * length, length).ToArray();
+            var logits = Logits(weights, parameters, window);
+            for (int p = 0; p < length - 1; p++)
+            {
+                var row = logits[p];
+                double max = row.Max();
+                nll += Math.Log(row.Sum(v => Math.Exp(v - max))) + max - row[window[p + 1]];
+            }
+        }
+        return Math.Exp(nll / (windows * (length - 1)));
+    }
+
     /// <summary>Logits [positions][vocab] for one sequence, every position requested.</summary>
     public static float[][] Logits(LLamaWeights weights, ModelParams parameters, int[] ids)
     {

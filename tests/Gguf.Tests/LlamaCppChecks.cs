@@ -38,13 +38,8 @@ public class LlamaCppChecks
         int compared = 0;
         foreach (var t in q.Tensors.Where(t => t.Type == type))
         {
-            var source = f32.Tensor(t.Name)!;
-            var floats = new float[source.ElementCount];
-            BlockCodec.For(GgmlType.F32).Dequantize(f32.ReadAll(source), floats);
-            var ours = new byte[t.Bytes];
-            int rowBytes = (int)codec.Info.RowBytes(t.RowLength);
-            for (int r = 0; r < t.Rows; r++)
-                codec.Quantize(floats.AsSpan(r * (int)t.RowLength, (int)t.RowLength), ours.AsSpan(r * rowBytes, rowBytes));
+            var floats = f32.Decode(f32.Tensor(t.Name)!);
+            var ours = codec.QuantizeRows(floats, (int)t.RowLength);
             var theirs = q.ReadAll(t);
             int first = ours.AsSpan().CommonPrefixLength(theirs);
             Assert.True(first == theirs.Length, $"{t.Name} ({type}): first differing byte at {first} of {theirs.Length}");

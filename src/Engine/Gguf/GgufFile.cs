@@ -82,6 +82,9 @@ public sealed class GgufFile : IDisposable
         return bytes;
     }
 
+    /// <summary>A whole tensor decoded to fp32 with llama.cpp's arithmetic (row-major, ggml order).</summary>
+    public float[] Decode(GgufTensorInfo t) => Blocks.BlockCodec.For(t.Type).DequantizeRows(ReadAll(t), (int)t.RowLength);
+
     public void Dispose() => _handle.Dispose();
 
     /// <summary>A bounds-checked little-endian cursor over the header.</summary>

@@ -71,10 +71,6 @@ public static class GgufFloatExport
     {
         if (values.Any(v => !float.IsFinite(v)))
             throw new DotQuantException(ErrorCodes.NonFinite, $"{writer.Expecting?.Name}: the checkpoint holds NaN or Inf");
-        int rowBytes = (int)codec.Info.RowBytes(rowLength);
-        var bytes = new byte[(long)rowBytes * rows];
-        for (int r = 0; r < rows; r++)
-            codec.Quantize(values.AsSpan(r * rowLength, rowLength), bytes.AsSpan(r * rowBytes, rowBytes));
-        writer.Append(bytes);
+        writer.Append(codec.QuantizeRows(values.AsSpan(0, rowLength * rows), rowLength));
     }
 }

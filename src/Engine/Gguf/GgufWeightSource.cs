@@ -96,12 +96,9 @@ public sealed class GgufWeightSource : IWeightSource, IDisposable
     float[] Decode(GgufTensorInfo t, long first, long count)
     {
         var codec = BlockCodec.For(t.Type);
-        long rowBytes = codec.Info.RowBytes(t.RowLength);
-        var bytes = new byte[rowBytes * count];
+        var bytes = new byte[codec.Info.RowBytes(t.RowLength) * count];
         _file.ReadRows(t, first, count, bytes);
-        var values = new float[count * t.RowLength];
-        for (long r = 0; r < count; r++)
-            codec.Dequantize(bytes.AsSpan((int)(r * rowBytes), (int)rowBytes), values.AsSpan((int)(r * t.RowLength), (int)t.RowLength));
+        var values = codec.DequantizeRows(bytes, (int)t.RowLength);
         foreach (float v in values)
             if (!float.IsFinite(v))
                 throw new DotQuantException(ErrorCodes.NonFinite, $"'{t.Name}' decodes to NaN or Inf", _file.Path);

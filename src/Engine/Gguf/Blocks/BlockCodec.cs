@@ -14,6 +14,26 @@ public abstract class BlockCodec
 
     public abstract void Dequantize(ReadOnlySpan<byte> source, Span<float> row);
 
+    /// <summary>Consecutive rows of <paramref name="rowLength"/> elements, each quantized as one row.</summary>
+    public byte[] QuantizeRows(ReadOnlySpan<float> values, int rowLength)
+    {
+        int rowBytes = (int)Info.RowBytes(rowLength), rows = values.Length / rowLength;
+        var bytes = new byte[(long)rowBytes * rows];
+        for (int r = 0; r < rows; r++)
+            Quantize(values.Slice(r * rowLength, rowLength), bytes.AsSpan(r * rowBytes, rowBytes));
+        return bytes;
+    }
+
+    /// <summary>Consecutive stored rows of <paramref name="rowLength"/> elements, decoded.</summary>
+    public float[] DequantizeRows(ReadOnlySpan<byte> bytes, int rowLength)
+    {
+        int rowBytes = (int)Info.RowBytes(rowLength), rows = bytes.Length / rowBytes;
+        var values = new float[(long)rowLength * rows];
+        for (int r = 0; r < rows; r++)
+            Dequantize(bytes.Slice(r * rowBytes, rowBytes), values.AsSpan(r * rowLength, rowLength));
+        return values;
+    }
+
     static readonly Dictionary<GgmlType, BlockCodec> Codecs = new BlockCodec[]
     {
         new F32Codec(), new F16Codec(), new BF16Codec(),
