@@ -41,22 +41,62 @@ public class GridSolverTests
     [InlineData(GgmlType.Q5_0)]
     [InlineData(GgmlType.Q5_1)]
     [InlineData(GgmlType.Q8_0)]
-    public void GptqOnTheGridBeatsRoundToNearestAndIsWhatTheBytesDecodeTo(GgmlType type)
+    [InlineData(GgmlType.Q2_K)]
+    [InlineData(GgmlType.Q3_K)]
+    [InlineData(GgmlType.Q4_K)]
+    [InlineData(GgmlType.Q5_K)]
+    [InlineData(GgmlType.Q6_K)]
+    public void GptqOnTheGridBeatsRoundToNearest(GgmlType type)
     {
         var (w, h) = Problem();
         using (w) using (h)
         {
-            var o = new SolverOptions { GgufType = type, GroupSize = 32 };
-            using var rtn = (GgufLinear)RtnSolver.Solve(w, o with { Kind = SolverKind.Rtn });
-            using var gptq = (GgufLinear)ColumnSolver.Solve(w, h, null, o);
+            var o = new SolverOptions { GgufType = type, GroupSize = GgmlTypeInfo.Of(type).BlockSize };
+            using var rtn = (GgufRowsLinear)RtnSolver.Solve(w, o with { Kind = SolverKind.Rtn });
+            using var gptq = (GgufRowsLinear)ColumnSolver.Solve(w, h, null, o);
             using var qr = rtn.Dequantize();
             using var qg = gptq.Dequantize();
             double er = Error(w, qr, h), eg = Error(w, qg, h);
             Assert.True(eg < 0.8 * er, $"{type}: GPTQ error {eg:G4} vs round-to-nearest {er:G4}");
+        }
+    }
 
-            // The bytes, decoded by the block codec (llama.cpp's arithmetic), are the solver's weight.
-            var decoded = BlockCodec.For(type).DequantizeRows(gptq.EncodeRows(0, gptq.OutFeatures), (int)gptq.InFeatures);
-            Assert.Equal(qg.data<float>().ToArray(), decoded);
+    /// <summary>What the column loop computes with (the grid's codes and values, a column at a time or a
+    /// block at once) is what llama.cpp's quantizer stores and its to_float decodes.</summary>
+    [Theory]
+    [InlineData(GgmlType.Q4_0)]
+    [InlineData(GgmlType.Q4_1)]
+    [InlineData(GgmlType.Q5_1)]
+    [InlineData(GgmlType.Q8_0)]
+    [InlineData(GgmlType.Q2_K)]
+    [InlineData(GgmlType.Q3_K)]
+    [InlineData(GgmlType.Q4_K)]
+    [InlineData(GgmlType.Q5_K)]
+    [InlineData(GgmlType.Q6_K)]
+    public void TheSolversGridIsWhatTheBytesDecodeTo(GgmlType type)
+    {
+        var (w, h) = Problem();
+        using (w) using (h)
+        {
+            var family = new SolverOptions { GgufType = type }.Grid;
+            int g = family.BlockSize!.Value;
+            using var slice = w.narrow(1, g, g).contiguous();
+            using var grid = family.Find(slice);
+            using var codes = grid.Codes(slice, 0);
+            using var values = grid.Dequantize(codes, 0);
+            var codec = BlockCodec.For(type);
+            var floats = slice.data<float>().ToArray();
+            var decoded = codec.DequantizeRows(codec.QuantizeRows(floats, g), g);
+            Assert.Equal(decoded, values.data<float>().ToArray());
+            foreach (int c in new[] { 0, 1, 17, g / 2 + 3, g - 1 })
+            {
+                using var column = grid.Codes(slice.select(1, c), c);
+                using var expected = codes.select(1, c);
+                Assert.True(column.eq(expected).all().item<bool>(), $"{type}: column {c} coded differently alone");
+                using var v = grid.Dequantize(column, c);
+                using var ev = values.select(1, c);
+                Assert.True(v.eq(ev).all().item<bool>(), $"{type}: column {c} decoded differently alone");
+            }
         }
     }
 }

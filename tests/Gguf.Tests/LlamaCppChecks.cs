@@ -58,6 +58,40 @@ public class LlamaCppChecks
         Assert.True(compared >= 6 * 7, $"only {compared} tensors were stored as {type}");
     }
 
+    /// <summary>The k-quants' reference quantizers (scale searches included) are deterministic too: every
+    /// k-quant tensor of llama.cpp's named mixes, byte for byte, from our codecs and on the solvers' grid.</summary>
+    [Theory]
+    [InlineData(LLamaFtype.MOSTLY_Q2_K)]
+    [InlineData(LLamaFtype.MOSTLY_Q3_K_M)]
+    [InlineData(LLamaFtype.MOSTLY_Q4_K_M)]
+    [InlineData(LLamaFtype.MOSTLY_Q5_K_M)]
+    [InlineData(LLamaFtype.MOSTLY_Q6_K)]
+    public void KQuantRoundToNearestGivesLlamaCppsQuantizerBytes(LLamaFtype ftype)
+    {
+        using var dir = new TempDir();
+        GgufFloatExport.Write(LlamaTiny, dir.File("f32.gguf"), GgmlType.F32);
+        LlamaCpp.Quantize(dir.File("f32.gguf"), dir.File("q.gguf"), ftype);
+
+        using var f32 = GgufFile.Open(dir.File("f32.gguf"));
+        using var q = GgufFile.Open(dir.File("q.gguf"));
+        var types = new HashSet<GgmlType>();
+        foreach (var t in q.Tensors.Where(t => t.Type is GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K))
+        {
+            var floats = f32.Decode(f32.Tensor(t.Name)!);
+            var ours = BlockCodec.For(t.Type).QuantizeRows(floats, (int)t.RowLength);
+            var theirs = q.ReadAll(t);
+            int first = ours.AsSpan().CommonPrefixLength(theirs);
+            Assert.True(first == theirs.Length, $"{t.Name} ({t.Type}): first differing byte at {first} of {theirs.Length}");
+            using var w = from_array(floats).reshape(t.Rows, t.RowLength);
+            using var solved = (GgufRowsLinear)RtnSolver.Solve(w, new SolverOptions { Kind = SolverKind.Rtn, GgufType = t.Type, GroupSize = 256 });
+            var grid = solved.EncodeRows(0, t.Rows);
+            first = grid.AsSpan().CommonPrefixLength(theirs);
+            Assert.True(first == theirs.Length, $"{t.Name} ({t.Type}) on the solver's grid: first differing byte at {first} of {theirs.Length}");
+            types.Add(t.Type);
+        }
+        Assert.NotEmpty(types);
+    }
+
     /// <summary>llama-tiny: untied head, GQA, vocabulary scored from merge ranks (no tokenizer.model);
     /// stories260K: tied head, vocabulary from its SentencePiece tokenizer.model.</summary>
     [Theory]

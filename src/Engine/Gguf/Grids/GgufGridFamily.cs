@@ -1,4 +1,5 @@
 using DotQuant.Engine.Diagnostics;
+using DotQuant.Engine.Gguf.Blocks;
 using DotQuant.Engine.Quantizers;
 using static TorchSharp.torch;
 
@@ -11,12 +12,14 @@ public sealed class GgufGridFamily : IGridFamily
 {
     readonly LegacyGrid.Rule _rule;
     readonly int _bits;
+    readonly KQuantCodec? _kquant;
 
     public GgmlType Type { get; }
     public int? BlockSize => GgmlTypeInfo.Of(Type).BlockSize;
     public bool FreshGroups => true;
 
     GgufGridFamily(GgmlType type, LegacyGrid.Rule rule, int bits) { Type = type; _rule = rule; _bits = bits; }
+    GgufGridFamily(GgmlType type, KQuantCodec codec) { Type = type; _kquant = codec; }
 
     public static GgufGridFamily For(GgmlType type) => type switch
     {
@@ -25,13 +28,17 @@ public sealed class GgufGridFamily : IGridFamily
         GgmlType.Q4_1 => new(type, LegacyGrid.Rule.Affine, 4),
         GgmlType.Q5_1 => new(type, LegacyGrid.Rule.Affine, 5),
         GgmlType.Q8_0 => new(type, LegacyGrid.Rule.Q8, 8),
-        _ => throw new DotQuantException(ErrorCodes.GgufUnsupported, $"solving on {type} blocks is not supported yet (q4_0, q4_1, q5_0, q5_1, q8_0 are)"),
+        GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K => new(type, (KQuantCodec)BlockCodec.For(type)),
+        _ => throw new DotQuantException(ErrorCodes.GgufUnsupported, $"solving on {type} blocks is not supported (q4_0, q4_1, q5_0, q5_1, q8_0 and q2_k to q6_k are)"),
     };
 
-    public IColumnGrid Find(Tensor w) => LegacyGrid.Find(_rule, _bits, w);
+    public IColumnGrid Find(Tensor w) => _kquant is { } k ? KQuantGrid.Find(k, w) : LegacyGrid.Find(_rule, _bits, w);
 
     public SolvedLinear Assemble(Tensor codes, IReadOnlyList<IColumnGrid> grids, Tensor gIdx, SolverOptions o, double loss, double damp)
     {
+        if (_kquant is not null)
+            return new KQuantLinear(Type, codes.to(ScalarType.Byte, copy: true).DetachFromDisposeScope(), grids.Cast<KQuantGrid>().Select(g => g.Headers).ToArray())
+            { Loss = loss, DampUsed = damp };
         var blocks = grids.Cast<LegacyGrid>().ToArray();
         return new GgufLinear(Type,
             codes.to(ScalarType.Byte, copy: true).DetachFromDisposeScope(),

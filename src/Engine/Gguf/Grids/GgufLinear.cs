@@ -6,45 +6,20 @@ namespace DotQuant.Engine.Gguf.Grids;
 
 /// <summary>A linear solved on a GGUF block grid: codes [out, in] with each block's d and m (fp16
 /// values), encoded row by row into exactly the bytes llama.cpp reads.</summary>
-public sealed class GgufLinear(GgmlType type, Tensor codes, Tensor d16, Tensor m16, Tensor gIdx) : SolvedLinear
+public sealed class GgufLinear(GgmlType type, Tensor codes, Tensor d16, Tensor m16, Tensor gIdx) : GgufRowsLinear
 {
-    public GgmlType Type => type;
+    public override GgmlType Type => type;
     /// <summary>Codes [out, in] (uint8; Q8_0's signed codes shifted by 128).</summary>
     public Tensor Codes => codes;
     /// <summary>Per block: d [blocks, out] and m [blocks, out] (zero for symmetric types), fp16-exact.</summary>
     public Tensor D => d16;
     public Tensor M => m16;
 
-    public override string Kind => "gguf";
     public override long OutFeatures => codes.shape[0];
     public override long InFeatures => codes.shape[1];
-    public override double PaperBits => GgmlTypeInfo.Of(type).BitsPerWeight;
-
-    public override Tensor Dequantize(ScalarType dtype = ScalarType.Float32)
-    {
-        long m = OutFeatures, n = InFeatures;
-        long rows = Math.Max(1, (16L << 20) / Math.Max(1, n));
-        var w = empty([m, n], dtype);
-        for (long r0 = 0; r0 < m; r0 += rows)
-        {
-            using var scope = NewDisposeScope();
-            long count = Math.Min(rows, m - r0);
-            var d = d16.narrow(1, r0, count).index_select(0, gIdx).t();
-            var c = codes.narrow(0, r0, count).to(ScalarType.Float32);
-            var part = type switch
-            {
-                GgmlType.Q4_1 or GgmlType.Q5_1 => c * d + m16.narrow(1, r0, count).index_select(0, gIdx).t(),
-                GgmlType.Q4_0 => (c - 8f) * d,
-                GgmlType.Q5_0 => (c - 16f) * d,
-                _ => (c - 128f) * d,
-            };
-            w.narrow(0, r0, count).copy_(part);
-        }
-        return w;
-    }
 
     /// <summary>The llama.cpp bytes of rows [first, first + count).</summary>
-    public byte[] EncodeRows(long first, long count)
+    public override byte[] EncodeRows(long first, long count)
     {
         var codec = (LegacyCodec)BlockCodec.For(type);
         int n = (int)InFeatures, blocks = n / 32, size = codec.Info.TypeSize;
@@ -66,13 +41,6 @@ public sealed class GgufLinear(GgmlType type, Tensor codes, Tensor d16, Tensor m
                 codec.EncodeBlock(block, ds[r * blocks + b], ms[r * blocks + b], bytes.AsSpan((r * blocks + b) * size, size));
             }
         return bytes;
-    }
-
-    /// <summary>In a safetensors package the blocks travel as raw bytes [out, row bytes].</summary>
-    public override void Pack(IDictionary<string, Tensor> tensors, string prefix)
-    {
-        int rowBytes = (int)GgmlTypeInfo.Of(type).RowBytes(InFeatures);
-        tensors[prefix + ".gguf_blocks"] = tensor(EncodeRows(0, OutFeatures), [OutFeatures, rowBytes]);
     }
 
     public override void Dispose()
