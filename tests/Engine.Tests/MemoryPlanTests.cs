@@ -53,7 +53,7 @@ public class MemoryPlanTests
     static MemoryPlan Plan(QuantManifest m, int layers, long? limit = null)
     {
         using var model = ModelLoader.Open(Config(layers), new ShapesOnly(layers));
-        return MemoryPlan.Predict(m, RunPlan.Create(m.Quantize, m.Output.Format, model), model, limit, "test");
+        return MemoryPlan.Predict(m, RunPlan.Create(m.Quantize, m.Output, model), model, limit, "test");
     }
 
     [Fact]
@@ -104,7 +104,7 @@ public class MemoryPlanTests
     static (MemoryPlan Plan, Action Check) Planned(QuantManifest m, int layers, long limit)
     {
         var model = ModelLoader.Open(Config(layers), new ShapesOnly(layers));
-        var run = RunPlan.Create(m.Quantize, m.Output.Format, model);
+        var run = RunPlan.Create(m.Quantize, m.Output, model);
         var plan = MemoryPlan.Predict(m, run, model, limit, "test");
         return (plan, () => plan.Check(m, run, model));
     }

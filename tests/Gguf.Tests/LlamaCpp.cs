@@ -21,7 +21,8 @@ static class LlamaCpp
     public static void Quantize(string source, string destination, LLamaFtype type, bool allowRequantize = false)
     {
         EnsureLoaded();
-        if (!LLamaQuantizer.Quantize(source, destination, type, nthread: 2, allowRequantize: allowRequantize))
+        // quantizeOutputTensor: as llama-quantize does by default (LLamaSharp's default leaves output.weight F32).
+        if (!LLamaQuantizer.Quantize(source, destination, type, nthread: 2, allowRequantize: allowRequantize, quantizeOutputTensor: true))
             throw new InvalidOperationException($"llama.cpp could not quantize {source} to {type}");
     }
 

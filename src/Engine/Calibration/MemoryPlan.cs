@@ -63,7 +63,7 @@ public sealed record MemoryPlan
         var q = m.Quantize;
         long h = c.HiddenSize, f = c.IntermediateSize, v = c.VocabSize;
         var planned = plan.Linears.Where(l => l.Options is not null).ToList();
-        bool calibrated = q.Method != QuantMethod.Rtn;
+        bool calibrated = q.Scheme.NeedsCalibration;
         bool gptaq = q.NeedsFloatStream;
         long samples = calibrated ? m.Calibration!.Samples : 0, length = calibrated ? m.Calibration!.SequenceLength : 0;
         long tokens = samples * length;

@@ -73,7 +73,7 @@ public static class QuantizeJob
         using var rotatedScope = rotated;
         IWeightSource weights = rotated is null ? checkpoint : rotated;
         using var model = ModelLoader.Open(rotated?.Config ?? config, weights);
-        var plan = RunPlan.Create(q, m.Output.Format, model);
+        var plan = RunPlan.Create(q, m.Output, model);
         foreach (var w in plan.Warnings) Emit(new WarningEvent(w));
         var (limit, limitSource) = options.MaxMemory is long max ? (max, "--max-memory") : MemoryPlan.Available();
         var memory = MemoryPlan.Predict(m, plan, model, limit, limitSource);
@@ -96,7 +96,7 @@ public static class QuantizeJob
         }
 
         // Calibration, block by block, written as it goes.
-        using var writer = PackageWriter.Create(m.Output.Format, q, run.Output, Path.Combine(run.Scratch, "shards"), m.Output.ShardBytes, state?.Writer);
+        using var writer = PackageWriter.Create(m, plan, model, run.Output, run.Scratch, state?.Writer);
         int first = state?.NextBlock ?? 0;
         if (first > 0) Emit(new InfoEvent("resume", $"resuming after block {first} of {model.BlockCount} ({run.Root})"));
         var storage = m.Calibration?.Bf16Stream == true ? ScalarType.BFloat16 : ScalarType.Float32;
@@ -140,7 +140,7 @@ public static class QuantizeJob
         List<TaskResult> tasksAfter = [];
         if (evaluation.Any)
         {
-            using var written = ModelLoader.Open(run.Output);
+            using var written = ModelLoader.Open(writer.EvaluationPath);
             after = evaluation.Perplexity(written, "after", ct);
             tasksAfter = evaluation.Tasks(written, "after", ct);
         }

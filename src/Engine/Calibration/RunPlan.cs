@@ -1,3 +1,4 @@
+using DotQuant.Engine.Gguf;
 using DotQuant.Engine.Manifest;
 using DotQuant.Engine.Models;
 using DotQuant.Engine.Quantizers;
@@ -30,17 +31,19 @@ public sealed class RunPlan
     public IReadOnlyDictionary<string, string> SkipReasons =>
         Linears.Where(l => l.SkipReason is not null).ToDictionary(l => l.Linear.Name, l => l.SkipReason!, StringComparer.Ordinal);
 
-    public static RunPlan Create(QuantizeSpec q, OutputFormat format, DecoderModel model)
+    public static RunPlan Create(QuantizeSpec q, OutputSpec output, DecoderModel model)
     {
+        var format = output.Format;
         var linears = new List<LinearPlan>();
         var warnings = new List<string>();
+        var gguf = output.Gguf is { } recipe ? GgufPackageLayout.For(model.Config, model.Weights, recipe) : null;
         for (int b = 0; b < model.BlockCount; b++)
             foreach (var lin in model.LinearLayout(b).SelectMany(g => g))
             {
                 var o = q.PlanFor(lin.Name);
                 if (o is null)
                 {
-                    linears.Add(new LinearPlan(lin, b, null, "skipped by a layers rule"));
+                    linears.Add(new LinearPlan(lin, b, null, q.Scheme is NoneScheme ? $"method none: stored as {output.Gguf!.Base}" : "skipped by a layers rule"));
                     continue;
                 }
                 if (format == OutputFormat.Gptq && (lin.InFeatures % 32 != 0 || lin.OutFeatures % 32 != 0 || (o.GroupSize > 0 && lin.InFeatures % o.GroupSize != 0)))
@@ -50,8 +53,25 @@ public sealed class RunPlan
                     linears.Add(new LinearPlan(lin, b, null, why));
                     continue;
                 }
+                if (gguf is not null)
+                {
+                    linears.Add(OnGgufBlocks(gguf, q, lin, b, o));
+                    continue;
+                }
                 linears.Add(new LinearPlan(lin, b, o, null));
             }
         return new RunPlan(linears, warnings);
+    }
+
+    /// <summary>A linear of a GGUF output: the named mix's type for it (or a layer rule's), solved on that
+    /// type's blocks; rows no quantized block divides stay F16, as llama-quantize leaves them.</summary>
+    static LinearPlan OnGgufBlocks(GgufPackageLayout gguf, QuantizeSpec q, LinearSpec lin, int block, SolverOptions o)
+    {
+        var mapping = gguf.Require(lin.Name + ".weight");
+        var type = gguf.Recipe.TypeFor(mapping.Name, lin.InFeatures, block, gguf.Shape, q.RuleFor(lin.Name)?.GgufType);
+        var info = GgmlTypeInfo.Of(type);
+        if (type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16)
+            return new LinearPlan(lin, block, null, lin.InFeatures % 32 != 0 ? $"rows of {lin.InFeatures} fit no GGUF block; stored as {type}" : $"stored as {type} by a layers rule");
+        return new LinearPlan(lin, block, o with { GgufType = type, GroupSize = info.BlockSize, Bits = GgufRecipe.NominalBits(type) }, null);
     }
 }

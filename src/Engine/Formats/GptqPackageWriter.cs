@@ -13,7 +13,7 @@ namespace DotQuant.Engine.Formats;
 /// carries quantization_config and quantize_config.json is written too. GPTQ v1 stores zero − 1, which
 /// cannot hold a zero point of 0: qzeros are written as v1 while the run goes, and if any layer turned
 /// out to need it the finished shards' qzeros are rewritten in place as v2 (gptq_v2).</summary>
-public sealed class GptqPackageWriter : PackageWriter
+public sealed class GptqPackageWriter : SafeTensorsPackageWriter
 {
     readonly QuantizeSpec _scheme;
     List<(string Name, int Bits, int Rows)> _qzeros = [];

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using DotQuant.Engine.Calibration;
 using DotQuant.Engine.Diagnostics;
 using DotQuant.Engine.IO;
 using DotQuant.Engine.Manifest;
@@ -8,39 +9,79 @@ using DotQuant.Engine.Quantizers;
 
 namespace DotQuant.Engine.Formats;
 
-/// <summary>Assembles a package folder from what a run produces, block after block: float tensors are
-/// copied through as stored, each solved linear is packed as the format stores it, and everything
-/// goes straight to a sharded safetensors writer (nothing accumulates in memory). The metadata
-/// files are written last. One subclass per output format.</summary>
+/// <summary>Assembles an output from what a run produces, block after block: float tensors are copied
+/// through (or converted, as the format stores them), each solved linear is packed as the format stores
+/// it, and everything goes straight to disk (nothing accumulates in memory). The metadata files are
+/// written last. One subclass per output format.</summary>
 public abstract class PackageWriter : IDisposable
 {
     protected static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
-    static readonly string[] CopiedFiles = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "tokenizer.model"];
 
-    protected ShardedSafeTensorsWriter Tensors { get; }
     /// <summary>The folder being assembled (swapped into place by the caller when complete).</summary>
     public string Folder { get; }
 
-    protected PackageWriter(string folder, string scratch, long shardBytes, JsonNode? state)
+    protected PackageWriter(string folder)
     {
         Folder = folder;
         Directory.CreateDirectory(folder);
+    }
+
+    /// <summary>The writer for a manifest's output format. <paramref name="state"/> resumes an interrupted run.</summary>
+    public static PackageWriter Create(QuantManifest m, RunPlan plan, DecoderModel model, string folder, string scratch, JsonNode? state = null) => m.Output.Format switch
+    {
+        OutputFormat.DotQuant => new DotQuantPackageWriter(folder, Path.Combine(scratch, "shards"), m.Output.ShardBytes, state),
+        OutputFormat.Gptq => new GptqPackageWriter(m.Quantize, folder, Path.Combine(scratch, "shards"), m.Output.ShardBytes, state),
+        OutputFormat.Gguf => new GgufPackageWriter(m, plan, model, folder, scratch, state),
+        _ => throw new ArgumentOutOfRangeException(nameof(m)),
+    };
+
+    /// <summary>A float tensor the run does not quantize (norms, embeddings, skipped linears).</summary>
+    public abstract void AddStored(string name, IWeightSource source);
+
+    /// <summary>Packs one solved linear as the format stores it (tensor names start with <paramref name="prefix"/>).</summary>
+    public abstract void AddLinear(string prefix, SolvedLinear q);
+
+    /// <summary>Everything added so far made durable; the returned state resumes the writer.</summary>
+    public abstract JsonNode Commit();
+
+    /// <summary>Completes the tensor files in <see cref="Folder"/> and copies the tokenizer files.</summary>
+    public abstract void FinishTensors(string sourceModelDir);
+
+    /// <summary>The metadata files. Called again when the evaluation after quantization has completed the info.</summary>
+    public abstract void WriteMetadata(string sourceModelDir, PackageInfo info, Action<JsonObject>? configPatch);
+
+    /// <summary>What the evaluation after quantization opens (<see cref="ModelLoader.Open(string)"/>).</summary>
+    public virtual string EvaluationPath => Folder;
+
+    protected static readonly string[] TokenizerFiles = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "tokenizer.model"];
+
+    protected void CopyTokenizerFiles(string sourceModelDir)
+    {
+        foreach (var f in TokenizerFiles)
+            if (File.Exists(Path.Combine(sourceModelDir, f)))
+                File.Copy(Path.Combine(sourceModelDir, f), Path.Combine(Folder, f), overwrite: true);
+    }
+
+    protected void WriteJson(string name, JsonNode node) => File.WriteAllText(Path.Combine(Folder, name), node.ToJsonString(Indented));
+
+    public abstract void Dispose();
+}
+
+/// <summary>Formats stored as (sharded) safetensors plus JSON metadata: the native format and GPTQ.</summary>
+public abstract class SafeTensorsPackageWriter : PackageWriter
+{
+    protected ShardedSafeTensorsWriter Tensors { get; }
+
+    protected SafeTensorsPackageWriter(string folder, string scratch, long shardBytes, JsonNode? state) : base(folder)
+    {
         Tensors = state?["tensors"] is { } t
             ? ShardedSafeTensorsWriter.Resume(scratch, shardBytes, ShardedSafeTensorsWriter.State.FromJson(t))
             : new ShardedSafeTensorsWriter(scratch, shardBytes);
         if (state?["format"] is JsonObject f) RestoreFormatState(f);
     }
 
-    /// <summary>The writer for a manifest's output format.</summary>
-    public static PackageWriter Create(OutputFormat format, QuantizeSpec scheme, string folder, string scratch, long shardBytes, JsonNode? state = null) => format switch
-    {
-        OutputFormat.DotQuant => new DotQuantPackageWriter(folder, scratch, shardBytes, state),
-        OutputFormat.Gptq => new GptqPackageWriter(scheme, folder, scratch, shardBytes, state),
-        _ => throw new ArgumentOutOfRangeException(nameof(format)),
-    };
-
     /// <summary>Copies a float tensor through as stored (straight from the mapped file when it can).</summary>
-    public void AddStored(string name, IWeightSource source)
+    public override void AddStored(string name, IWeightSource source)
     {
         if (source is Checkpoint ckpt)
         {
@@ -52,27 +93,17 @@ public abstract class PackageWriter : IDisposable
         Tensors.Add(name, t);
     }
 
-    /// <summary>Packs one solved linear as the format stores it (tensor names start with <paramref name="prefix"/>).</summary>
-    public abstract void AddLinear(string prefix, SolvedLinear q);
-
-    /// <summary>Everything added so far made durable; the returned state resumes the writer.</summary>
-    public JsonNode Commit() => new JsonObject { ["tensors"] = Tensors.Commit().ToJson(), ["format"] = FormatState() };
+    public override JsonNode Commit() => new JsonObject { ["tensors"] = Tensors.Commit().ToJson(), ["format"] = FormatState() };
 
     protected virtual JsonObject FormatState() => new();
     protected virtual void RestoreFormatState(JsonObject state) { }
 
-    /// <summary>Closes the shards into <see cref="Folder"/> and copies the tokenizer files.</summary>
-    public virtual void FinishTensors(string sourceModelDir)
+    /// <summary>Closes the shards into <see cref="PackageWriter.Folder"/> and copies the tokenizer files.</summary>
+    public override void FinishTensors(string sourceModelDir)
     {
         Tensors.Finish(Folder);
-        foreach (var f in CopiedFiles)
-            if (File.Exists(Path.Combine(sourceModelDir, f)))
-                File.Copy(Path.Combine(sourceModelDir, f), Path.Combine(Folder, f), overwrite: true);
+        CopyTokenizerFiles(sourceModelDir);
     }
-
-    /// <summary>config.json (the source's, patched) and the format's metadata. Called again when the
-    /// evaluation after quantization has completed the info.</summary>
-    public abstract void WriteMetadata(string sourceModelDir, PackageInfo info, Action<JsonObject>? configPatch);
 
     protected JsonObject SourceConfig(string sourceModelDir, Action<JsonObject>? configPatch)
     {
@@ -81,15 +112,13 @@ public abstract class PackageWriter : IDisposable
         return config;
     }
 
-    protected void WriteJson(string name, JsonNode node) => File.WriteAllText(Path.Combine(Folder, name), node.ToJsonString(Indented));
-
-    public void Dispose() => Tensors.Dispose();
+    public override void Dispose() => Tensors.Dispose();
 }
 
 /// <summary>The native format (docs/format.md): each layer packs itself (<see cref="SolvedLinear.Pack"/>),
 /// dotquant.json describes the scheme and every layer.</summary>
 public sealed class DotQuantPackageWriter(string folder, string scratch, long shardBytes, JsonNode? state)
-    : PackageWriter(folder, scratch, shardBytes, state)
+    : SafeTensorsPackageWriter(folder, scratch, shardBytes, state)
 {
     public override void AddLinear(string prefix, SolvedLinear q)
     {

@@ -1,6 +1,7 @@
 using DotQuant.Engine.Gguf.Blocks;
 using DotQuant.Engine.IO;
 using DotQuant.Engine.Diagnostics;
+using DotQuant.Engine.Models;
 using static TorchSharp.torch;
 
 namespace DotQuant.Engine.Gguf;
@@ -42,7 +43,7 @@ public static class GgufFloatExport
     static uint FileType(GgmlType type) => type switch { GgmlType.F32 => 0, GgmlType.F16 => 1, _ => 32 };
 
     /// <summary>Writes one tensor through a codec, rows permuted by the mapping, a slab at a time.</summary>
-    public static void WriteTensor(GgufWriter writer, Checkpoint ckpt, GgufTensorMapping m, BlockCodec codec)
+    public static void WriteTensor(GgufWriter writer, IWeightSource ckpt, GgufTensorMapping m, BlockCodec codec)
     {
         if (!m.IsMatrix)
         {

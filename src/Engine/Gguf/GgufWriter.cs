@@ -3,6 +3,9 @@ using DotQuant.Engine.Diagnostics;
 
 namespace DotQuant.Engine.Gguf;
 
+/// <summary>Where a resumable writer stands: bytes durable and the next tensor to write.</summary>
+public readonly record struct GgufWriterState(long Length, int Tensor);
+
 /// <summary>A tensor the writer is told about before any data: name, ggml dims (row length first), type.</summary>
 public sealed record GgufTensorSpec(string Name, long[] Dims, GgmlType Type)
 {
@@ -29,55 +32,98 @@ public sealed class GgufWriter : IDisposable
     int _current;
     long _writtenOfCurrent;
     bool _committed;
+    readonly bool _ownsTemp;
 
     public GgufWriter(string path, IEnumerable<KeyValuePair<string, GgufValue>> metadata, IReadOnlyList<GgufTensorSpec> tensors, int alignment = DefaultAlignment)
+        : this(path, null, metadata, tensors, alignment, null) { }
+
+    /// <param name="temp">Where the file is assembled (beside the destination when null). A run that can be
+    /// resumed names it, so the next process finds it.</param>
+    /// <param name="resume">Continue the file at <paramref name="temp"/> from a <see cref="Checkpoint"/>: its
+    /// header must be exactly the one these arguments produce (same tensors, same metadata).</param>
+    public GgufWriter(string path, string? temp, IEnumerable<KeyValuePair<string, GgufValue>> metadata, IReadOnlyList<GgufTensorSpec> tensors,
+        int alignment = DefaultAlignment, GgufWriterState? resume = null)
     {
         if (alignment <= 0 || (alignment & (alignment - 1)) != 0)
             throw new ArgumentException($"alignment {alignment} is not a power of two", nameof(alignment));
         Validate(tensors, path);
         _path = Path.GetFullPath(path);
-        _temp = _path + $".tmp-{Environment.ProcessId}";
+        _temp = temp is null ? _path + $".tmp-{Environment.ProcessId}" : Path.GetFullPath(temp);
+        _ownsTemp = temp is null;
         _tensors = tensors;
         _alignment = alignment;
-        var kv = metadata.ToList();
-        if (alignment != DefaultAlignment && !kv.Any(p => p.Key == "general.alignment"))
-            kv.Add(new("general.alignment", GgufValue.Of((uint)alignment)));
+        var header = Header(metadata, tensors, alignment);
         try
         {
-            _stream = new FileStream(_temp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
-            var w = new BinaryWriter(_stream, Encoding.UTF8, leaveOpen: true);
-            w.Write("GGUF"u8);
-            w.Write(Version);
-            w.Write((ulong)tensors.Count);
-            w.Write((ulong)kv.Count);
-            var keys = new HashSet<string>(StringComparer.Ordinal);
-            foreach (var (key, value) in kv)
+            if (resume is { } r)
             {
-                if (!keys.Add(key)) throw new ArgumentException($"metadata key '{key}' appears twice");
-                WriteString(w, key);
-                w.Write((uint)value.Type);
-                WriteValue(w, value);
+                _stream = new FileStream(_temp, FileMode.Open, FileAccess.ReadWrite, FileShare.None, 1 << 20);
+                var existing = new byte[header.Length];
+                if (r.Length < header.Length || _stream.Length < r.Length || _stream.Read(existing) != existing.Length || !existing.AsSpan().SequenceEqual(header)
+                    || r.Tensor < 0 || r.Tensor > tensors.Count)
+                    throw new DotQuantException(ErrorCodes.GgufWrite, $"{_temp} does not continue this output (its header or length differs); run without --resume", _temp);
+                _stream.SetLength(r.Length);
+                _stream.Seek(r.Length, SeekOrigin.Begin);
+                _current = r.Tensor;
             }
-            long offset = 0;
-            foreach (var t in tensors)
+            else
             {
-                WriteString(w, t.Name);
-                w.Write((uint)t.Dims.Length);
-                foreach (var d in t.Dims) w.Write((ulong)d);
-                w.Write((uint)t.Type);
-                w.Write((ulong)offset);
-                offset += Pad(t.Bytes);
+                _stream = new FileStream(_temp, FileMode.Create, FileAccess.ReadWrite, FileShare.None, 1 << 20);
+                _stream.Write(header);
             }
-            w.Flush();
-            PadStream();
             SkipEmpty();
         }
         catch (IOException e)
         {
             _stream?.Dispose();
-            TryDelete(_temp);
+            if (resume is null) TryDelete(_temp);
             throw new DotQuantException(ErrorCodes.GgufWrite, $"could not write {path}: {e.Message}", path, e);
         }
+    }
+
+    /// <summary>The file's header: magic, version, counts, metadata, tensor infos (offsets aligned), padding.</summary>
+    static byte[] Header(IEnumerable<KeyValuePair<string, GgufValue>> metadata, IReadOnlyList<GgufTensorSpec> tensors, int alignment)
+    {
+        var kv = metadata.ToList();
+        if (alignment != DefaultAlignment && !kv.Any(p => p.Key == "general.alignment"))
+            kv.Add(new("general.alignment", GgufValue.Of((uint)alignment)));
+        using var ms = new MemoryStream();
+        var w = new BinaryWriter(ms, Encoding.UTF8, leaveOpen: true);
+        w.Write("GGUF"u8);
+        w.Write(Version);
+        w.Write((ulong)tensors.Count);
+        w.Write((ulong)kv.Count);
+        var keys = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var (key, value) in kv)
+        {
+            if (!keys.Add(key)) throw new ArgumentException($"metadata key '{key}' appears twice");
+            WriteString(w, key);
+            w.Write((uint)value.Type);
+            WriteValue(w, value);
+        }
+        long offset = 0;
+        foreach (var t in tensors)
+        {
+            WriteString(w, t.Name);
+            w.Write((uint)t.Dims.Length);
+            foreach (var d in t.Dims) w.Write((ulong)d);
+            w.Write((uint)t.Type);
+            w.Write((ulong)offset);
+            offset += (t.Bytes + alignment - 1) / alignment * alignment;
+        }
+        w.Flush();
+        long pad = (ms.Length + alignment - 1) / alignment * alignment - ms.Length;
+        w.Write(new byte[pad]);
+        w.Flush();
+        return ms.ToArray();
+    }
+
+    /// <summary>Everything appended so far made durable (only between tensors); the state resumes here.</summary>
+    public GgufWriterState Checkpoint()
+    {
+        if (_writtenOfCurrent != 0) throw new InvalidOperationException($"'{Expecting?.Name}' is half written");
+        Guard(() => _stream.Flush(true));
+        return new GgufWriterState(_stream.Position, _current);
     }
 
     /// <summary>The tensor whose bytes <see cref="Append"/> expects next, or null when all are written.</summary>
@@ -122,11 +168,13 @@ public sealed class GgufWriter : IDisposable
         _committed = true;
     }
 
+    /// <summary>Without <see cref="Commit"/>: a temporary file of our own is deleted; a named one (a
+    /// resumable run's) is left for the next process.</summary>
     public void Dispose()
     {
         if (_committed) return;
         _stream.Dispose();
-        TryDelete(_temp);
+        if (_ownsTemp) TryDelete(_temp);
     }
 
     void NextTensor()

@@ -7,7 +7,7 @@ namespace DotQuant.Engine.Hessians;
 public static class HessianSources
 {
     public static IHessianSource For(QuantizeSpec q) =>
-        q.Method == QuantMethod.Rtn ? new NoHessian()
+        !q.Scheme.NeedsCalibration ? new NoHessian()
         : q.Oac is { } oac ? new OutputAdaptiveSource(oac)
         : q.NeedsFloatStream ? new AsymmetricHessian()
         : new LayerHessian();

@@ -15,6 +15,10 @@ public sealed class ManifestParser
 {
     readonly string _file;
     readonly string _dir;
+    /// <summary>The quantize keys the manifest names (the output format may refuse some).</summary>
+    Dictionary<string, YamlNode> _quantizeKeys = new();
+    /// <summary>Layer rules' nodes, for diagnostics raised once the output format is known.</summary>
+    readonly List<(LayerRule Rule, YamlNode Node)> _ruleNodes = [];
 
     ManifestParser(string file)
     {
@@ -105,8 +109,9 @@ public sealed class ManifestParser
         var m = Keys(node, "quantize", "method", "hessian", "compensation_aware", "rotate", "bits", "group_size", "symmetric",
             "act_order", "static_groups", "damp", "mse_clip", "outliers", "layers", "grid", "block_size", "alpha", "alpha2", "rescomp_mode",
             "output_adaptive", "rotation", "billm");
+        _quantizeKeys = m;
         var method = m.TryGetValue("method", out var methodNode)
-            ? Enum(methodNode, "quantize.method", ("rtn", QuantMethod.Rtn), ("gptq", QuantMethod.Gptq), ("gptaq", QuantMethod.Gptaq), ("spqr", QuantMethod.SpQR), ("billm", QuantMethod.BiLLM))
+            ? Enum(methodNode, "quantize.method", ("none", QuantMethod.None), ("rtn", QuantMethod.Rtn), ("gptq", QuantMethod.Gptq), ("gptaq", QuantMethod.Gptaq), ("spqr", QuantMethod.SpQR), ("billm", QuantMethod.BiLLM))
             : QuantMethod.Gptq;
         // The method's record carries its defaults (SpQR's README configuration, BiLLM's 1-bit groups).
         var scheme = QuantScheme.For(method);
@@ -223,7 +228,7 @@ public sealed class ManifestParser
         var rules = new List<LayerRule>();
         foreach (var item in seq)
         {
-            var m = Keys(item, "layer rule", "match", "bits", "group_size", "skip");
+            var m = Keys(item, "layer rule", "match", "bits", "group_size", "skip", "type");
             var match = m.GetValueOrDefault("match") ?? throw Error(ErrorCodes.ManifestMissing, "a layer rule needs 'match' (a glob on module names)", item);
             string pattern = Str(match, "match");
             int? bits = m.TryGetValue("bits", out var b) ? Bits(b, "bits") : null;
@@ -231,7 +236,16 @@ public sealed class ManifestParser
             bool skip = m.TryGetValue("skip", out var s) && Bool(s, "skip");
             if (!skip && (pattern == "lm_head" || pattern.Contains("embed")))
                 throw Error(ErrorCodes.ManifestNotAvailable, "quantizing lm_head or embeddings is not supported; they stay in full precision", match);
-            rules.Add(new LayerRule(pattern, bits, gs, skip, Span(item)));
+            Gguf.GgmlType? type = null;
+            if (m.TryGetValue("type", out var tn))
+            {
+                string text = Str(tn, "type");
+                type = Gguf.GgufRecipe.ParseTensorType(text)
+                    ?? throw Error(ErrorCodes.ManifestValue, $"type '{text}' is not a GGUF tensor type ({string.Join(", ", Gguf.GgufRecipe.TensorTypeNames)})", tn);
+            }
+            var rule = new LayerRule(pattern, bits, gs, skip, Span(item)) { GgufType = type };
+            rules.Add(rule);
+            _ruleNodes.Add((rule, item));
         }
         return rules;
     }
@@ -239,12 +253,24 @@ public sealed class ManifestParser
     OutputSpec ReadOutput(YamlNode? node, string model, QuantizeSpec q, YamlNode root)
     {
         string defaultName = $"{Path.GetFileName(model.TrimEnd('/', '\\'))}-{Name(q.Method)}-w{q.Bits}";
-        if (node is null) return new OutputSpec(defaultName, OutputFormat.DotQuant, false, null, null, null);
-        var m = Keys(node, "output", "name", "format", "embed", "package", "shard_size");
+        if (node is null)
+        {
+            CheckNotGguf(q, root, null);
+            return new OutputSpec(defaultName, OutputFormat.DotQuant, false, null, null, null);
+        }
+        var m = Keys(node, "output", "name", "format", "embed", "package", "shard_size", "gguf");
         string name = m.TryGetValue("name", out var n) ? Str(n, "output.name") : defaultName;
+        if (n is null && m.TryGetValue("format", out var fmt) && Str(fmt, "output.format") == "gguf")
+            name = $"{Path.GetFileName(model.TrimEnd('/', '\\'))}-{Name(q.Method)}";
         if (name.Length == 0 || name.IndexOfAny(Path.GetInvalidFileNameChars()) >= 0 || name is "." or "..")
             throw Error(ErrorCodes.ManifestValue, $"output.name '{name}' is not a valid folder name", n!);
-        var format = m.TryGetValue("format", out var f) ? Enum(f, "output.format", ("dotquant", OutputFormat.DotQuant), ("gptq", OutputFormat.Gptq)) : OutputFormat.DotQuant;
+        var format = m.TryGetValue("format", out var f) ? Enum(f, "output.format", ("dotquant", OutputFormat.DotQuant), ("gptq", OutputFormat.Gptq), ("gguf", OutputFormat.Gguf)) : OutputFormat.DotQuant;
+        Gguf.GgufRecipe? recipe = null;
+        if (format == OutputFormat.Gguf)
+        {
+            recipe = ReadGguf(m.GetValueOrDefault("gguf"), q, f!);
+        }
+        else CheckNotGguf(q, m.GetValueOrDefault("gguf") ?? root, m.GetValueOrDefault("gguf"));
         if (format == OutputFormat.Gptq)
         {
             if (q.Method is QuantMethod.SpQR or QuantMethod.BiLLM)
@@ -272,7 +298,53 @@ public sealed class ManifestParser
             if (!IO.ByteSize.TryParse(text, out shard))
                 throw Error(ErrorCodes.ManifestValue, $"output.shard_size '{text}' is not a size (e.g. 5GB, 2GiB, 500MB; a tensor larger than the shard size gets a shard of its own)", ss);
         }
-        return new OutputSpec(name, format, embed, id, version, authors) { ShardBytes = shard };
+        return new OutputSpec(name, format, embed, id, version, authors) { ShardBytes = shard, Gguf = recipe };
+    }
+
+    /// <summary>output.gguf and what a GGUF file can hold: the type fixes bits, block and grid; the
+    /// methods are those whose weights are codes on a grid (not SpQR's outliers, BiLLM's binary groups or
+    /// QuaRot's online rotation); act order only with static groups (GGUF blocks are contiguous columns,
+    /// there is no g_idx); method none makes a float file.</summary>
+    Gguf.GgufRecipe ReadGguf(YamlNode? node, QuantizeSpec q, YamlNode format)
+    {
+        string? typeName = null;
+        YamlNode at = node ?? format;
+        if (node is not null)
+        {
+            var gm = Keys(node, "output.gguf", "type");
+            if (gm.TryGetValue("type", out var t)) { typeName = Str(t, "output.gguf.type"); at = t; }
+        }
+        typeName ??= q.Method == QuantMethod.None ? "f16" : "q4_k_m";
+        var recipe = Gguf.GgufRecipe.Parse(typeName)
+            ?? throw Error(ErrorCodes.ManifestValue, $"output.gguf.type '{typeName}' is not a GGUF type ({string.Join(", ", Gguf.GgufRecipe.Names)})", at);
+        if (recipe.IsFloat && q.Method != QuantMethod.None)
+            throw Error(ErrorCodes.ManifestCombination, $"output.gguf.type '{recipe.Name}' is a float type: use quantize.method: none (or a quantized type such as q4_k_m)", at);
+        if (!recipe.IsFloat && q.Method == QuantMethod.None)
+            throw Error(ErrorCodes.ManifestCombination, $"quantize.method none writes a float GGUF: output.gguf.type must be f32, f16 or bf16, not '{recipe.Name}'", at);
+        if (q.Method is QuantMethod.SpQR or QuantMethod.BiLLM)
+            throw Error(ErrorCodes.ManifestCombination, $"format 'gguf' cannot store {Name(q.Method)} ({(q.Method == QuantMethod.SpQR ? "sparse outliers and bilevel statistics" : "binary groups and salient columns")}); use rtn, gptq or gptaq, or format 'dotquant'", format);
+        if (q.Rotation is not null)
+            throw Error(ErrorCodes.ManifestCombination, "format 'gguf' cannot carry a rotated model (llama.cpp's graph has no online Hadamard before down_proj); remove rotate", format);
+        foreach (var key in new[] { "bits", "group_size", "symmetric", "grid", "mse_clip" })
+            if (_quantizeKeys.TryGetValue(key, out var k))
+                throw Error(ErrorCodes.ManifestCombination, $"quantize.{key} has no effect with format 'gguf': output.gguf.type fixes the bits, block and grid (use a layers rule with 'type' for other tensors)", k);
+        if (q.ActOrder && !q.StaticGroups)
+            throw Error(ErrorCodes.ManifestCombination, "act_order on GGUF blocks needs static_groups: true (a GGUF block is 32 or 256 contiguous input columns and there is no g_idx)", _quantizeKeys.GetValueOrDefault("act_order") ?? format);
+        foreach (var (rule, ruleNode) in _ruleNodes)
+            if (rule.Bits is not null || rule.GroupSize is not null)
+                throw Error(ErrorCodes.ManifestCombination, "a layers rule with format 'gguf' takes 'type' (a GGUF tensor type) or 'skip', not bits or group_size", ruleNode);
+        return recipe;
+    }
+
+    void CheckNotGguf(QuantizeSpec q, YamlNode at, YamlNode? ggufNode)
+    {
+        if (ggufNode is not null)
+            throw Error(ErrorCodes.ManifestCombination, "output.gguf needs format: gguf", ggufNode);
+        if (q.Method == QuantMethod.None)
+            throw Error(ErrorCodes.ManifestCombination, "quantize.method none converts to a float GGUF: it needs output.format: gguf", _quantizeKeys.GetValueOrDefault("method") ?? at);
+        foreach (var (rule, ruleNode) in _ruleNodes)
+            if (rule.GgufType is not null)
+                throw Error(ErrorCodes.ManifestCombination, "a layers rule's 'type' is a GGUF tensor type: it needs output.format: gguf", ruleNode);
     }
 
     EvaluateSpec ReadEvaluate(YamlNode node)

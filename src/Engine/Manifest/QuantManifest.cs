@@ -5,7 +5,7 @@ using DotQuant.Engine.Rotation;
 
 namespace DotQuant.Engine.Manifest;
 
-public enum OutputFormat { DotQuant, Gptq }
+public enum OutputFormat { DotQuant, Gptq, Gguf }
 
 /// <summary>Where a setting came from in quant.yaml, for diagnostics raised after parsing.</summary>
 public readonly record struct SourceSpan(string File, int Line, int Column);
@@ -13,6 +13,9 @@ public readonly record struct SourceSpan(string File, int Line, int Column);
 /// <summary>A per-layer override (first match wins). Null fields inherit the quantize section.</summary>
 public sealed record LayerRule(string Match, int? Bits, int? GroupSize, bool Skip, SourceSpan Where)
 {
+    /// <summary>A GGUF tensor type for the matching linears (format gguf only), replacing the mix's choice.</summary>
+    public Gguf.GgmlType? GgufType { get; init; }
+
     public bool Matches(string name) => Glob.IsMatch(name, Match);
 }
 
@@ -47,10 +50,13 @@ public sealed record QuantizeSpec
     /// <summary>The plan for one linear: null when it stays unquantized.</summary>
     public SolverOptions? PlanFor(string linearName)
     {
-        var rule = Layers.FirstOrDefault(r => r.Matches(linearName));
-        if (rule is { Skip: true }) return null;
+        var rule = RuleFor(linearName);
+        if (rule is { Skip: true } || Scheme is NoneScheme) return null;
         return Scheme.Options(rule?.Bits ?? Scheme.Bits, rule?.GroupSize ?? Scheme.GroupSize);
     }
+
+    /// <summary>The first layer rule matching a linear, or null.</summary>
+    public LayerRule? RuleFor(string linearName) => Layers.FirstOrDefault(r => r.Matches(linearName));
 
     /// <summary>The scheme part of dotquant.json (also hashed into the fingerprint).</summary>
     public JsonObject ToJson()
@@ -68,6 +74,11 @@ public sealed record ModelPackageRef(string Id, string Version, string Source);
 
 public sealed record OutputSpec(string Name, OutputFormat Format, bool Embed, string? PackageId, string? PackageVersion, string? PackageAuthors)
 {
+    /// <summary>output.gguf.type (format gguf): the file type, a llama-quantize name.</summary>
+    public Gguf.GgufRecipe? Gguf { get; init; }
+    /// <summary>The model file's name inside the output folder (format gguf), e.g. name-q4_k_m.gguf.</summary>
+    public string? GgufFileName => Gguf is { } r ? $"{Name}-{r.Name}.gguf" : null;
+
     /// <summary>transformers' default max_shard_size (5GB).</summary>
     public const long DefaultShardBytes = 5_000_000_000;
     /// <summary>output.shard_size: the safetensors files are cut into shards of at most this many bytes.</summary>

@@ -3,7 +3,7 @@ using DotQuant.Engine.Quantizers;
 
 namespace DotQuant.Engine.Manifest;
 
-public enum QuantMethod { Rtn, Gptq, Gptaq, SpQR, BiLLM }
+public enum QuantMethod { None, Rtn, Gptq, Gptaq, SpQR, BiLLM }
 
 /// <summary>A quantization method's settings: its defaults, the quant.yaml keys it has no use for,
 /// the canonical JSON it is recorded as (dotquant.json's scheme; hashed into the fingerprint) and the
@@ -29,6 +29,7 @@ public abstract record QuantScheme
     /// <summary>Each method with its own defaults.</summary>
     public static QuantScheme For(QuantMethod method) => method switch
     {
+        QuantMethod.None => new NoneScheme(),
         QuantMethod.Rtn => new RtnScheme(),
         QuantMethod.Gptq => new GptqScheme(),
         QuantMethod.Gptaq => new GptaqScheme(),
@@ -81,6 +82,19 @@ public abstract record QuantScheme
         ["grid"] = Grid.ToString().ToLowerInvariant(),
         ["mse_clip"] = MseClip,
     };
+}
+
+/// <summary>No quantization: the weights are converted to the output's float type (a float GGUF, what
+/// convert_hf_to_gguf.py writes).</summary>
+public sealed record NoneScheme : QuantScheme
+{
+    public override QuantMethod Method => QuantMethod.None;
+    public override bool NeedsCalibration => false;
+    public override (IReadOnlyList<string> Keys, string Why) Unused =>
+        (["bits", "group_size", "symmetric", "grid", "mse_clip", "act_order", "static_groups", "damp", "block_size"], "(method none converts the weights to a float type)");
+    public override string? OutputAdaptiveRefusal => "hessian 'output_adaptive' needs a Hessian-based method, not none";
+    public override SolverOptions Options(int bits, int groupSize) => throw new InvalidOperationException("method none has no solver");
+    public override JsonObject ToJson() => new() { ["method"] = "none" };
 }
 
 /// <summary>Round-to-nearest on the grid: no statistics, the baseline every calibrator must beat.</summary>

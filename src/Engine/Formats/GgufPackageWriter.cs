@@ -1,0 +1,107 @@
+using System.Text.Json.Nodes;
+using DotQuant.Engine.Calibration;
+using DotQuant.Engine.Gguf;
+using DotQuant.Engine.Gguf.Blocks;
+using DotQuant.Engine.Gguf.Grids;
+using DotQuant.Engine.Manifest;
+using DotQuant.Engine.Models;
+using DotQuant.Engine.Quantizers;
+
+namespace DotQuant.Engine.Formats;
+
+/// <summary>One GGUF file, <c>&lt;name&gt;-&lt;type&gt;.gguf</c>, that llama.cpp runs as it is. Every tensor's
+/// name, shape and type is known before the first weight is read (the run's plan gives the calibrated
+/// linears' types, the named mix the rest), so the header goes out first and tensor data is appended in
+/// the order the pipeline produces it: the blocks, then embeddings, final norm and head. A solved linear
+/// is stored as the bytes its grid encodes (the calibrator optimized exactly those); q and k rows are
+/// permuted after encoding (GGUF rows are independent). Resuming truncates the file to the last block
+/// committed. Beside it: dotquant.json (the run's report) and the tokenizer files.</summary>
+public sealed class GgufPackageWriter : PackageWriter
+{
+    readonly GgufPackageLayout _layout;
+    readonly Dictionary<string, GgufTensorSpec> _specs = new(StringComparer.Ordinal);
+    readonly GgufWriter _writer;
+    readonly string _path;
+
+    public GgufPackageWriter(QuantManifest m, RunPlan plan, DecoderModel model, string folder, string scratch, JsonNode? state) : base(folder)
+    {
+        var recipe = m.Output.Gguf!;
+        _layout = GgufPackageLayout.For(model.Config, model.Weights, recipe);
+        _path = Path.Combine(folder, m.Output.GgufFileName!);
+        var specs = new List<GgufTensorSpec>();
+        foreach (var source in ArrivalOrder(model))
+        {
+            if (_layout.Ignores(source)) continue;
+            var mapping = _layout.Require(source);
+            var type = mapping.IsMatrix && source.EndsWith(".weight", StringComparison.Ordinal) && plan.Linears.Any(l => l.Linear.Name == source[..^7])
+                ? LinearType(plan, source[..^7], recipe)
+                : _layout.StoredType(mapping);
+            var spec = new GgufTensorSpec(mapping.Name, mapping.Dims, type);
+            specs.Add(spec);
+            _specs[source] = spec;
+        }
+        var metadata = GgufFloatExport.Header(_layout.Config, m.Output.Name, (uint)recipe.FileType)
+            .Concat(recipe.IsFloat ? [] : [new("general.quantization_version", GgufValue.Of(2u))])
+            .Concat(GgufVocab.Load(model.Weights.Directory, _layout.Config.VocabSize).Metadata());
+        GgufWriterState? resume = state is null ? null : new GgufWriterState((long)state["length"]!, (int)state["tensor"]!);
+        _writer = new GgufWriter(_path, Path.Combine(scratch, "model.gguf.partial"), metadata, specs, resume: resume);
+    }
+
+    /// <summary>How the pipeline hands tensors over: each block's in the source's order, then the rest.</summary>
+    static IEnumerable<string> ArrivalOrder(DecoderModel model)
+    {
+        var prefixes = Enumerable.Range(0, model.BlockCount).Select(model.BlockPrefix).ToList();
+        foreach (var prefix in prefixes)
+            foreach (var name in model.Weights.Names.Where(n => n.StartsWith(prefix, StringComparison.Ordinal)))
+                yield return name;
+        foreach (var name in model.Weights.Names.Where(n => !prefixes.Any(p => n.StartsWith(p, StringComparison.Ordinal))))
+            yield return name;
+    }
+
+    static GgmlType LinearType(RunPlan plan, string linear, GgufRecipe recipe) =>
+        plan.OptionsFor(linear)?.GgufType ?? (recipe.IsFloat ? recipe.Base : GgmlType.F16);
+
+    public override string EvaluationPath => _path;
+
+    public override void AddStored(string name, IWeightSource source)
+    {
+        if (_layout.Ignores(name)) return;
+        var spec = _specs[name];
+        GgufFloatExport.WriteTensor(_writer, source, _layout.Require(name), BlockCodec.For(spec.Type));
+    }
+
+    public override void AddLinear(string prefix, SolvedLinear q)
+    {
+        string name = prefix + ".weight";
+        var spec = _specs[name];
+        if (q is not GgufRowsLinear rows || rows.Type != spec.Type)
+            throw new InvalidOperationException($"{prefix}: solved as {(q as GgufRowsLinear)?.Type.ToString() ?? q.Kind}, declared {spec.Type}");
+        var bytes = rows.EncodeRows(0, rows.OutFeatures);
+        if (_layout.Require(name).RowOrder is { } order)
+        {
+            int rowBytes = bytes.Length / order.Length;
+            var permuted = new byte[bytes.Length];
+            for (int r = 0; r < order.Length; r++)
+                bytes.AsSpan(order[r] * rowBytes, rowBytes).CopyTo(permuted.AsSpan(r * rowBytes));
+            bytes = permuted;
+        }
+        _writer.Write(spec.Name, bytes);
+    }
+
+    public override JsonNode Commit()
+    {
+        var s = _writer.Checkpoint();
+        return new JsonObject { ["length"] = s.Length, ["tensor"] = s.Tensor };
+    }
+
+    public override void FinishTensors(string sourceModelDir)
+    {
+        _writer.Commit();
+        CopyTokenizerFiles(sourceModelDir);
+    }
+
+    public override void WriteMetadata(string sourceModelDir, PackageInfo info, Action<JsonObject>? configPatch) =>
+        WriteJson(QuantizedPackage.ManifestFile, info.ToJson());
+
+    public override void Dispose() => _writer.Dispose();
+}
