@@ -70,4 +70,27 @@ static class LlamaCpp
         if (result != DecodeResult.Ok) throw new InvalidOperationException($"llama_decode: {result}");
         return Enumerable.Range(0, ids.Length).Select(i => context.NativeHandle.GetLogitsIth(i).ToArray()).ToArray();
     }
+
+    /// <summary>Greedy decoding in llama.cpp: the prompt in one batch, then one token at a time, each the
+    /// argmax of its logits (no sampler, so nothing but the forward decides).</summary>
+    public static int[] Greedy(string path, int[] prompt, int count)
+    {
+        using var weights = Load(path, out var parameters, (uint)(prompt.Length + count + 1));
+        using var context = weights.CreateContext(parameters);
+        var output = new List<int>();
+        var batch = new LLamaBatch();
+        for (int i = 0; i < prompt.Length; i++) batch.Add((LLamaToken)prompt[i], i, LLamaSeqId.Zero, i == prompt.Length - 1);
+        int position = prompt.Length;
+        while (true)
+        {
+            if (context.NativeHandle.Decode(batch) != DecodeResult.Ok) throw new InvalidOperationException("llama_decode failed");
+            var logits = context.NativeHandle.GetLogitsIth(batch.TokenCount - 1);
+            int best = 0;
+            for (int v = 1; v < logits.Length; v++) if (logits[v] > logits[best]) best = v;
+            output.Add(best);
+            if (output.Count == count) return output.ToArray();
+            batch.Clear();
+            batch.Add((LLamaToken)best, position++, LLamaSeqId.Zero, true);
+        }
+    }
 }

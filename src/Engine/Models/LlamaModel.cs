@@ -150,8 +150,8 @@ public sealed class LlamaModel : DecoderModel
 
     Tensor RmsNorm(Tensor x, Tensor weight)
     {
-        var variance = x.pow(2).mean([-1], keepdim: true);
-        return weight.to(ScalarType.Float32) * (x * (variance + _config.RmsNormEps).rsqrt());
+        var variance = x.mul(x).mean([-1], keepdim: true);
+        return weight.to(ScalarType.Float32) * (x * variance.add_(Scalars.Of(_config.RmsNormEps), Scalars.One).rsqrt_());
     }
 
     Tensor ForwardBlock(LlamaBlock b, Tensor hidden, ForwardContext ctx, LinearInputObserver? observer)
@@ -179,7 +179,7 @@ public sealed class LlamaModel : DecoderModel
             : nn.functional.scaled_dot_product_attention(q, k, v, ctx.Mask, 0.0, false);
         attn = attn.transpose(1, 2).reshape(batch, t, heads * d);
         Observe(observer, [b.O], attn);
-        var h = hidden + b.O.Forward(attn);
+        var h = hidden.Plus(b.O.Forward(attn));
 
         x = RmsNorm(h, b.PostAttentionNorm);
         Observe(observer, [b.Gate, b.Up], x);
@@ -187,7 +187,7 @@ public sealed class LlamaModel : DecoderModel
         // Statistics are taken after the online rotation: that is what down_proj's weights see.
         if (_downRotation is not null) act = _downRotation.Apply(act);
         Observe(observer, [b.Down], act);
-        var output = h + b.Down.Forward(act);
+        var output = h.Plus(b.Down.Forward(act));
         return scope.MoveToOuter(output);
     }
 
@@ -221,11 +221,11 @@ public sealed class LlamaModel : DecoderModel
         bool windowed = _config.SlidingWindow is int w && total > w;
         if ((past > 0 && length > 1) || windowed)
         {
-            using var i = arange(past, total, dtype: ScalarType.Int64).unsqueeze(1);   // query positions
-            using var j = arange(0, total, dtype: ScalarType.Int64).unsqueeze(0);      // key positions
+            using var i = arange(Scalars.Of(past), Scalars.Of(total), dtype: ScalarType.Int64).unsqueeze(1);   // query positions
+            using var j = arange(Scalars.Of(0L), Scalars.Of(total), dtype: ScalarType.Int64).unsqueeze(0);      // key positions
             using var causal = j.le(i);
             mask = windowed
-                ? causal.logical_and(j.gt(i - _config.SlidingWindow!.Value))
+                ? causal.logical_and(j.gt(i.sub(Scalars.Of((long)_config.SlidingWindow!.Value))))
                 : causal.clone();
         }
         return new ForwardContext

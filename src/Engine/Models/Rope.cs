@@ -44,7 +44,7 @@ public sealed class Rope : IDisposable
     /// <summary>cos and sin tables [T, D] for positions start..start+T-1.</summary>
     public (Tensor Cos, Tensor Sin) Tables(long start, long length)
     {
-        using var pos = arange(start, start + length, dtype: ScalarType.Float32);
+        using var pos = arange(Scalars.Of(start), Scalars.Of(start + length), dtype: ScalarType.Float32);
         using var freqs = outer(pos, _invFreq);
         using var emb = cat([freqs, freqs], -1);
         return (emb.cos(), emb.sin());
@@ -57,7 +57,7 @@ public sealed class Rope : IDisposable
         var x1 = x.narrow(-1, 0, half);
         var x2 = x.narrow(-1, half, half);
         var rotated = cat([x2.neg(), x1], -1);
-        return x * cos + rotated * sin;
+        return (x * cos).add_(rotated * sin, Scalars.One);
     }
 
     public void Dispose() => _invFreq.Dispose();

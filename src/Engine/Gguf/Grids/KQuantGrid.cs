@@ -1,4 +1,5 @@
 using DotQuant.Engine.Gguf.Blocks;
+using DotQuant.Engine.Models;
 using DotQuant.Engine.Quantizers;
 using static TorchSharp.torch;
 
@@ -53,7 +54,7 @@ public sealed class KQuantGrid : IColumnGrid
     /// <summary>d and m of each column in [column, column + k), as [rows, k].</summary>
     (Tensor D, Tensor M) Columns(long column, long k)
     {
-        var subs = arange(column, column + k, dtype: ScalarType.Int64).div_(_codec.SubBlock, rounding_mode: RoundingMode.floor);
+        var subs = arange(Scalars.Of(column), Scalars.Of(column + k), dtype: ScalarType.Int64).div_(Scalars.Of((long)_codec.SubBlock), rounding_mode: RoundingMode.floor);
         return (_d.index_select(1, subs), _m.index_select(1, subs));
     }
 
@@ -65,8 +66,8 @@ public sealed class KQuantGrid : IColumnGrid
         var (d, m) = Columns(column, v.shape[1]);
         int offset = _codec.Offset, max = _codec.MaxCode;
         var q = offset == 0
-            ? ((v + m) / d).round_().clamp_(0, max)
-            : (v / d).round_().clamp_(-offset, max - offset).add_(offset);
+            ? (v + m).div_(d).round_().clamp_(Scalars.Of(0.0), Scalars.Of((double)max))
+            : (v / d).round_().clamp_(Scalars.Of((double)-offset), Scalars.Of((double)(max - offset))).add_(Scalars.Of((double)offset));
         q = where(d.eq(0), _fallback.narrow(1, column, v.shape[1]), q);
         if (vector) q = q.squeeze(1);
         return scope.MoveToOuter(q.to(x.dtype));
@@ -78,7 +79,7 @@ public sealed class KQuantGrid : IColumnGrid
         bool vector = codes.dim() == 1;
         var c = (vector ? codes.unsqueeze(1) : codes).to(ScalarType.Float32);
         var (d, m) = Columns(column, c.shape[1]);
-        var x = d * (c - (float)_codec.Offset) - m;
+        var x = d * c.sub(Scalars.Of((double)_codec.Offset)) - m;
         if (vector) x = x.squeeze(1);
         return scope.MoveToOuter(x.to(codes.dtype));
     }
@@ -87,8 +88,8 @@ public sealed class KQuantGrid : IColumnGrid
     {
         using var scope = NewDisposeScope();
         var (d, m) = Columns(column, 1);
-        var lo = (d * (float)(0 - _codec.Offset) - m).squeeze(1);
-        var hi = (d * (float)(_codec.MaxCode - _codec.Offset) - m).squeeze(1);
+        var lo = d.mul(Scalars.Of((double)-_codec.Offset)).sub_(m).squeeze(1);
+        var hi = d.mul(Scalars.Of((double)(_codec.MaxCode - _codec.Offset))).sub_(m).squeeze(1);
         return (scope.MoveToOuter(minimum(lo, hi)), scope.MoveToOuter(maximum(lo, hi)));
     }
 

@@ -1,3 +1,4 @@
+using DotQuant.Engine.Models;
 using DotQuant.Engine.Quantizers;
 using static TorchSharp.torch;
 
@@ -41,19 +42,19 @@ public sealed class LegacyGrid : IColumnGrid
             case Rule.Symmetric:
                 // The first element of largest magnitude, with its sign (argmax keeps the first).
                 var max = x.gather(1, x.abs().argmax(1, keepdim: true)).squeeze(1);
-                d = max / -(float)(1 << (bits - 1));
+                d = max.div(Scalars.Of(-(double)(1 << (bits - 1))));
                 min = zeros_like(d);
                 break;
             case Rule.Affine:
                 min = x.amin([1]);
-                d = (x.amax([1]) - min) / (float)((1 << bits) - 1);
+                d = (x.amax([1]) - min).div_(Scalars.Of((double)((1 << bits) - 1)));
                 break;
             default:
-                d = x.abs().amax([1]) / 127f;
+                d = x.abs().amax([1]).div_(Scalars.Of(127.0));
                 min = zeros_like(d);
                 break;
         }
-        var inverse = where(d.ne(0), full_like(d, 1f) / d, zeros_like(d));
+        var inverse = where(d.ne(Scalars.Of(0.0)), full_like(d, Scalars.Of(1.0)) / d, zeros_like(d));
         var d16 = d.to(ScalarType.Float16).to(ScalarType.Float32);
         var m16 = min.to(ScalarType.Float16).to(ScalarType.Float32);
         return new LegacyGrid(rule, bits, inverse, min, d16, m16);
@@ -74,11 +75,11 @@ public sealed class LegacyGrid : IColumnGrid
         var v = x.to(ScalarType.Float32);
         Tensor q = _rule switch
         {
-            Rule.Symmetric => (v * id + (float)(Offset + 0.5)).trunc_(),
-            Rule.Affine => ((v - min) * id + 0.5f).trunc_(),
-            _ => RoundHalfAway(v * id).add_(128),
+            Rule.Symmetric => (v * id).add_(Scalars.Of(Offset + 0.5)).trunc_(),
+            Rule.Affine => ((v - min) * id).add_(Scalars.Of(0.5)).trunc_(),
+            _ => RoundHalfAway(v * id).add_(Scalars.Of(128.0)),
         };
-        return scope.MoveToOuter(q.clamp_(0, MaxCode).to(x.dtype));
+        return scope.MoveToOuter(q.clamp_(Scalars.Of(0.0), Scalars.Of(MaxCode)).to(x.dtype));
     }
 
     public Tensor Dequantize(Tensor codes, long column)
@@ -86,14 +87,14 @@ public sealed class LegacyGrid : IColumnGrid
         using var scope = NewDisposeScope();
         var (_, _, d, m) = Rows(codes);
         var c = codes.to(ScalarType.Float32);
-        var x = _rule == Rule.Affine ? c * d + m : (c - (float)Offset) * d;
+        var x = _rule == Rule.Affine ? c * d + m : c.sub(Scalars.Of(Offset)) * d;
         return scope.MoveToOuter(x.to(codes.dtype));
     }
 
     public (Tensor Min, Tensor Max) Range(long column)
     {
         var lo = Dequantize(zeros_like(D16), 0);
-        var hi = Dequantize(full_like(D16, MaxCode), 0);
+        var hi = Dequantize(full_like(D16, Scalars.Of(MaxCode)), 0);
         return (minimum(lo, hi), maximum(lo, hi));
     }
 
@@ -102,7 +103,7 @@ public sealed class LegacyGrid : IColumnGrid
     {
         var a = v.abs();
         var floor = a.floor();
-        return where((a - floor).ge(0.5f), floor + 1, floor).mul_(v.sign());
+        return where((a - floor).ge(Scalars.Of(0.5)), floor.add(Scalars.Of(1.0)), floor).mul_(v.sign());
     }
 
     public void Dispose()

@@ -1,0 +1,103 @@
+using System.Security.Cryptography;
+using DotQuant.Engine.Calibration;
+using DotQuant.Engine.Evaluation;
+using DotQuant.Engine.Gguf;
+using DotQuant.Engine.Manifest;
+using DotQuant.Engine.Models;
+using DotQuant.Engine.Runtime;
+using DotQuant.Engine.Tokenization;
+using DotQuant.Tests;
+
+namespace DotQuant.Gguf.Tests;
+
+/// <summary>`run` with format gguf, end to end, checked by llama.cpp: the file it writes loads, llama.cpp's
+/// perplexity over the run's evaluation windows equals ours, greedy generation is the same 64 tokens,
+/// and an interrupted run resumes to the same bytes.</summary>
+[Collection("pipeline")]
+public class GgufRunTests
+{
+    static string Model(string name) => Path.Combine(SharedPaths.Root, "models", name);
+    static string EvalText => SharedPaths.Data("wikitext2", "wiki.test.gptq-joined.txt");
+
+    static string Manifest(string model, string quantize, string type) =>
+        $"version: 1\nmodel: {Model(model)}\ncalibration:\n  data: {SharedPaths.Data("wikitext2-tokenized", "valid.tokens")}\n  samples: 16\n  sequence_length: 128\n" +
+        $"quantize:\n{quantize}output:\n  name: out\n  format: gguf\n  gguf: {{ type: {type} }}\n" +
+        $"evaluate:\n  perplexity: {{ data: {EvalText}, sequence_length: 128, max_sequences: 8 }}\n";
+
+    [Theory]
+    [InlineData("llama-tiny", "  method: gptq\n", "q4_k_m", false)]
+    [InlineData("llama-tiny", "  method: gptaq\n  compensation_aware: true\n", "q3_k_m", false)]
+    [InlineData("llama-tiny", "  method: rtn\n", "q4_0", false)]
+    [InlineData("stories260K", "  method: none\n", "f16", false)]
+    // A 64-wide model: 8-bit activations move its logits by ~1% in llama.cpp, enough to flip near-ties.
+    [InlineData("stories260K", "  method: gptq\n  act_order: true\n  static_groups: true\n", "q4_1", true)]
+    public void LlamaCppRunsWhatTheRunWrote(string model, string quantize, string type, bool nearTiesAllowed)
+    {
+        using var dir = new TempDir();
+        File.WriteAllText(dir.File("quant.yaml"), Manifest(model, quantize, type));
+        var m = ManifestParser.Load(dir.File("quant.yaml"));
+        var result = QuantizeJob.Run(m, dir.File("runs"));
+        string file = Path.Combine(result.Output, $"out-{type}.gguf");
+        Assert.True(File.Exists(file), $"{file} was not written");
+        Assert.True(File.Exists(Path.Combine(result.Output, "dotquant.json")));
+
+        // Our evaluation of the written file (what the run reported) against llama.cpp's forward.
+        var ids = HfTokenizer.Load(Model(model)).Encode(File.ReadAllText(EvalText));
+        using (var written = ModelLoader.Open(file))
+        {
+            var ours = Perplexity.Windows(written, ids, 128, 8);
+            Assert.Equal(result.After!.Perplexity, ours.Perplexity, 12);
+        }
+        double theirs = LlamaCpp.Perplexity(file, ids, 128, 8);
+        Assert.True(Math.Abs(result.After.Perplexity / theirs - 1) < 1e-3, $"eval {result.After.Perplexity:F4} vs llama.cpp {theirs:F4}");
+        if (type != "f16")
+            Assert.True(result.After.Perplexity > result.Before!.Perplexity * 0.98, "quantization should not be free");
+
+        // Greedy generation: the same 64 tokens from both forwards.
+        int[] prompt = [1, .. ids.Take(8)];
+        int[] llama = LlamaCpp.Greedy(file, prompt, 64);
+        using (var written = ModelLoader.Open(file))
+        {
+            var ourTokens = TextGenerator.Greedy(written, prompt, 64);
+            int k = 0;
+            while (k < 64 && ourTokens[k] == llama[k]) k++;
+            if (k < 64)
+            {
+                // Where they part, the two candidates must be a tie within the forwards' arithmetic
+                // difference (llama.cpp multiplies quantized weights with 8-bit-quantized activations).
+                int[] seq = [.. prompt, .. llama.Take(k)];
+                using var w = LlamaCpp.Load(file, out var parameters, 256);
+                var theirs2 = LlamaCpp.Logits(w, parameters, seq)[^1];
+                using var t = TorchSharp.torch.tensor(seq.Select(x => (long)x).ToArray(), [1, seq.Length]);
+                using var logits = written.Forward(t);
+                var ours2 = logits[0, -1].data<float>().ToArray();
+                double gap = theirs2[llama[k]] - theirs2[ourTokens[k]];
+                double diff = theirs2.Zip(ours2, (a, b) => (double)Math.Abs(a - b)).Max();
+                Assert.True(nearTiesAllowed && gap <= 2 * diff,
+                    $"greedy generation parts at token {k}: llama.cpp {llama[k]}, ours {ourTokens[k]} (llama.cpp's margin {gap:G3}, largest logit difference {diff:G3})");
+            }
+        }
+    }
+
+    [Fact]
+    public void StoppedAfterABlockAndResumedGivesTheSameFile()
+    {
+        using var dir = new TempDir();
+        File.WriteAllText(dir.File("quant.yaml"), Manifest("llama-tiny", "  method: gptq\n", "q4_k_m"));
+        var m = ManifestParser.Load(dir.File("quant.yaml"));
+        var whole = QuantizeJob.Run(m, dir.File("whole"));
+        using (var cts = new CancellationTokenSource())
+        {
+            Assert.ThrowsAny<OperationCanceledException>(() => QuantizeJob.Run(m, dir.File("stopped"), e =>
+            {
+                if (e is BlockEvent { Block: 2 }) cts.Cancel();
+            }, cts.Token, new RunOptions { Resume = true }));
+        }
+        var resumed = QuantizeJob.Run(m, dir.File("stopped"), null, default, new RunOptions { Resume = true });
+        Assert.Equal(3, resumed.ResumedBlocks);
+        Assert.Equal(Hash(Path.Combine(whole.Output, "out-q4_k_m.gguf")), Hash(Path.Combine(resumed.Output, "out-q4_k_m.gguf")));
+        Assert.Equal(whole.After!.Perplexity, resumed.After!.Perplexity);
+    }
+
+    static string Hash(string path) => Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(path)));
+}
