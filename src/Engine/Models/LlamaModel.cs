@@ -150,8 +150,8 @@ public sealed class LlamaModel : DecoderModel
 
     Tensor RmsNorm(Tensor x, Tensor weight)
     {
-        var variance = x.mul(x).mean([-1], keepdim: true);
-        return weight.to(ScalarType.Float32) * (x * variance.add_(Scalars.Of(_config.RmsNormEps), Scalars.One).rsqrt_());
+        var variance = x.pow(Scalars.Of(2L)).mean([-1], keepdim: true);
+        return weight.to(ScalarType.Float32) * (x * variance.add(Scalars.Of(_config.RmsNormEps), Scalars.One).rsqrt());
     }
 
     Tensor ForwardBlock(LlamaBlock b, Tensor hidden, ForwardContext ctx, LinearInputObserver? observer)

@@ -57,7 +57,7 @@ public sealed class Rope : IDisposable
         var x1 = x.narrow(-1, 0, half);
         var x2 = x.narrow(-1, half, half);
         var rotated = cat([x2.neg(), x1], -1);
-        return (x * cos).add_(rotated * sin, Scalars.One);
+        return (x * cos).add(rotated * sin, Scalars.One);
     }
 
     public void Dispose() => _invFreq.Dispose();

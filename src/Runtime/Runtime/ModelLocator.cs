@@ -7,17 +7,28 @@ namespace DotQuant.Engine.Runtime;
 /// <summary>Finds a quantized model that the build shipped with an app: files under
 /// <c>models/&lt;name&gt;/</c> beside the app, or manifest resources <c>models/&lt;name&gt;/...</c> in an
 /// assembly (embed: true), which are extracted once to a content-addressed folder under the temp
-/// directory because the engine memory-maps files.</summary>
+/// directory because runtimes memory-map model files. Depends on nothing but the BCL, so an app that
+/// runs a GGUF with LLamaSharp does not carry the quantization engine or libtorch.</summary>
 public static class ModelLocator
 {
+    /// <summary>The model's folder (a DotQuant/GPTQ package with config.json, or a GGUF output).</summary>
     public static string Find(string name, Assembly? resourceAssembly = null)
     {
         string files = Path.Combine(AppContext.BaseDirectory, "models", name);
-        if (File.Exists(Path.Combine(files, "config.json"))) return files;
+        if (File.Exists(Path.Combine(files, "config.json")) || (Directory.Exists(files) && Directory.EnumerateFiles(files, "*.gguf").Any())) return files;
         var asm = resourceAssembly ?? Assembly.GetEntryAssembly();
         if (asm is not null && TryExtract(asm, name) is { } extracted) return extracted;
         throw new DotQuantException(ErrorCodes.FileNotFound,
             $"model '{name}' is neither in {files} nor embedded in {asm?.GetName().Name}; is quant.yaml's output.name '{name}'?");
+    }
+
+    /// <summary>The GGUF file of a model shipped with format gguf (what LLamaSharp loads).</summary>
+    public static string FindGguf(string name, Assembly? resourceAssembly = null)
+    {
+        string folder = Find(name, resourceAssembly ?? Assembly.GetEntryAssembly());
+        var files = Directory.GetFiles(folder, "*.gguf");
+        return files.Length == 1 ? files[0]
+            : throw new DotQuantException(ErrorCodes.FileNotFound, $"model '{name}' in {folder} has {files.Length} .gguf files; expected one (quant.yaml output.format: gguf)", folder);
     }
 
     static string? TryExtract(Assembly asm, string name)
