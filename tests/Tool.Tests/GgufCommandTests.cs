@@ -44,4 +44,52 @@ public class GgufCommandTests
         Assert.Equal(1, r.ExitCode);
         Assert.True(r.Stderr.Contains("DQ0112"), r.Stderr);
     }
+
+    /// <summary>`run` with format gguf: the folder holds name-type.gguf (with the mix's types), the report
+    /// and the tokenizer, and `inspect` and `eval` take the folder.</summary>
+    [Fact]
+    public void RunWritesAGgufThatInspectAndEvalRead()
+    {
+        using var dir = new TempDir();
+        string data = SharedPaths.Data("wikitext2", "wiki.test.gptq-joined.txt");
+        File.WriteAllText(dir.File("quant.yaml"),
+            $"version: 1\nmodel: {LlamaTiny}\nquantize: {{ method: rtn }}\noutput: {{ name: tiny, format: gguf, gguf: {{ type: q4_k_m }} }}\n" +
+            $"evaluate: {{ perplexity: {{ data: {data}, sequence_length: 256, max_sequences: 2 }} }}\n");
+        var run = CliRunner.Run("run", dir.File("quant.yaml"), "--format", "json");
+        Assert.True(run.ExitCode == 0, run.Stdout + run.Stderr);
+        Assert.True(File.Exists(dir.File("tiny/tiny-q4_k_m.gguf")));
+        Assert.True(File.Exists(dir.File("tiny/dotquant.json")));
+
+        var inspect = CliRunner.Run("inspect", dir.File("tiny"), "--format", "json");
+        Assert.True(inspect.ExitCode == 0, inspect.Stderr);
+        var json = inspect.LastJson();
+        Assert.Equal("15", json.GetProperty("metadata").GetProperty("general.file_type").ToString());   // MOSTLY_Q4_K_M
+        string Type(string name) => json.GetProperty("tensors").EnumerateArray().Single(t => t.GetProperty("name").GetString() == name).GetProperty("type").GetString()!;
+        Assert.Equal("Q4_K", Type("blk.1.attn_q.weight"));
+        // use_more_bits(i, 6): i < 0, i >= 5 or (i − 0) % 3 == 2 → layers 2 and 5.
+        Assert.Equal("Q4_K", Type("blk.0.ffn_down.weight"));
+        Assert.Equal("Q6_K", Type("blk.2.ffn_down.weight"));
+        Assert.Equal("Q6_K", Type("blk.5.attn_v.weight"));
+        Assert.Equal("Q6_K", Type("output.weight"));
+
+        var eval = CliRunner.Run("eval", dir.File("tiny"), "--data", data, "--sequence-length", "256", "--max-windows", "2", "--format", "json");
+        Assert.True(eval.ExitCode == 0, eval.Stderr);
+        Assert.Equal(run.LastJson().GetProperty("perplexity").GetProperty("after").GetDouble(), eval.LastJson().GetProperty("perplexity").GetDouble(), 9);
+    }
+
+    [Theory]
+    [InlineData("quantize: { method: gptq, bits: 3 }\noutput: { format: gguf }\n", "bits has no effect")]
+    [InlineData("quantize: { method: gptq, act_order: true }\noutput: { format: gguf }\n", "static_groups")]
+    [InlineData("quantize: { method: rtn }\noutput: { format: gguf, gguf: { type: f16 } }\n", "method: none")]
+    [InlineData("quantize: { method: none }\noutput: { format: dotquant }\n", "format: gguf")]
+    [InlineData("quantize: { method: rtn }\noutput: { format: gguf, gguf: { type: q4_k_xl } }\n", "not a GGUF type")]
+    public void WhatAGgufCannotHoldIsRefusedWithTheManifestLine(string rest, string message)
+    {
+        using var dir = new TempDir();
+        File.WriteAllText(dir.File("quant.yaml"), $"version: 1\nmodel: {LlamaTiny}\ncalibration: {{ data: {SharedPaths.Data("wikitext2-tokenized", "valid.tokens")} }}\n{rest}");
+        var r = CliRunner.Run("run", dir.File("quant.yaml"));
+        Assert.Equal(1, r.ExitCode);
+        Assert.Matches(@"quant\.yaml\(\d+,\d+\): error DQ00\d\d", r.Stderr);
+        Assert.Contains(message, r.Stderr);
+    }
 }

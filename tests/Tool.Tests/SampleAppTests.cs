@@ -11,7 +11,7 @@ public class NestedBuilds;
 public class SampleAppTests
 {
     [Fact]
-    public async Task ConsumingAppQuantizesOnBuildAndGeneratesFromTheQuantizedModel()
+    public async Task ConsumingAppQuantizesToGgufOnBuildAndGeneratesWithLlamaCpp()
     {
         // Its own cache folder: the test must see the build do the work, not a cache hit.
         using var cache = new TempDir();
@@ -19,7 +19,13 @@ public class SampleAppTests
             $"--property:DotQuantCacheDir={cache.Path}", "--", "Once upon a time");
         Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
         Assert.StartsWith("Once upon a time, there was a little", r.Stdout.Trim());
-        Assert.Matches(@"tokens/s\) from .*models/stories260K-w4", r.Stderr);
+        Assert.Matches(@"tokens/s\) from .*models/stories260K/stories260K-q4_1\.gguf", r.Stderr);
         Assert.Single(Directory.GetDirectories(cache.Path));       // one content-addressed entry
+        // The app runs the quantized GGUF with llama.cpp: neither the engine nor libtorch ships with it.
+        string bin = Path.Combine(SharedPaths.RepoRoot, "samples", "ConsumingApp", "bin", "Release", "net10.0");
+        Assert.True(File.Exists(Path.Combine(bin, "LLamaSharp.dll")));
+        foreach (var absent in new[] { "DotQuant.Engine.dll", "TorchSharp.dll" })
+            Assert.False(File.Exists(Path.Combine(bin, absent)), $"{absent} is in the app's output");
+        Assert.Empty(Directory.GetFiles(bin, "libtorch*", SearchOption.AllDirectories));
     }
 }
