@@ -102,12 +102,37 @@ public class LlamaCppChecks
         string folder = Path.Combine(SharedPaths.Root, "models", name);
         using var dir = new TempDir();
         GgufFloatExport.Write(folder, dir.File("f32.gguf"), GgmlType.F32);
-        using var weights = LlamaCpp.Load(dir.File("f32.gguf"), out var parameters);
-
-        var tokenizer = HfTokenizer.Load(folder);
         string text = File.ReadAllText(SharedPaths.Data("wikitext2", "wiki.test.gptq-joined.txt"))[..3000];
-        var ours = tokenizer.Encode(text, addBos: true);
-        var theirs = weights.Tokenize(text, true, false, Encoding.UTF8).Select(t => (int)t).ToArray();
+        SameTokensAndLogits(folder, dir.File("f32.gguf"), text, addBos: true);
+    }
+
+    /// <summary>A byte-level BPE vocabulary ("gpt2" with merges and Qwen2's pre-tokenizer) on a Qwen2
+    /// model (q/k/v biases, no q/k permutation): llama.cpp tokenizes as we do and computes our logits.</summary>
+    [Fact]
+    public void LlamaCppRunsAByteLevelQwen2FileWithOurTokensAndLogits()
+    {
+        using var dir = new TempDir();
+        string sample = File.ReadAllText(SharedPaths.Data("tinystories", "stories-sample.txt"));
+        SyntheticModel.Write(dir.File("qwen2"), new SyntheticModel.Spec
+        {
+            ModelType = "qwen2", HiddenSize = 64, IntermediateSize = 128, Layers = 2, Heads = 4, KvHeads = 2, VocabSize = 384,
+            TieWordEmbeddings = false, TokenizerText = sample,
+        });
+        GgufFloatExport.Write(dir.File("qwen2"), dir.File("f32.gguf"), GgmlType.F32);
+        using (var f = GgufFile.Open(dir.File("f32.gguf")))
+        {
+            Assert.Equal("gpt2", f["tokenizer.ggml.model"]!.Value);
+            Assert.Equal("qwen2", f["tokenizer.ggml.pre"]!.Value);
+        }
+        SameTokensAndLogits(dir.File("qwen2"), dir.File("f32.gguf"), "Once upon a time, Lily's dog ran 123 miles!\n\n  Then   it slept.", addBos: false);
+    }
+
+    static void SameTokensAndLogits(string folder, string gguf, string text, bool addBos)
+    {
+        using var weights = LlamaCpp.Load(gguf, out var parameters);
+        var tokenizer = HfTokenizer.Load(folder);
+        var ours = tokenizer.Encode(text, addBos: addBos);
+        var theirs = weights.Tokenize(text, addBos, false, Encoding.UTF8).Select(t => (int)t).ToArray();
         Assert.Equal(ours, theirs);
 
         var ids = ours.Take(128).ToArray();

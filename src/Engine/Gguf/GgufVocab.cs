@@ -12,17 +12,31 @@ public enum GgufTokenType { Normal = 1, Unknown = 2, Control = 3, UserDefined = 
 /// has it (what convert_hf_to_gguf.py does), else from tokenizer.json with each merged piece scored by
 /// its merge rank (llama.cpp merges the highest-scoring pair first, the BPE model the lowest rank:
 /// the same order; the converter's fallback scores every piece −1000, which loses that order).</summary>
-public sealed record GgufVocab(string Model, string[] Tokens, float[] Scores, int[] Types,
+public sealed record GgufVocab(string Model, string[] Tokens, float[]? Scores, int[] Types,
     int? Bos, int? Eos, int? Unk, int? Pad, bool? AddBos, bool? AddEos, string? ChatTemplate)
 {
+    /// <summary>Byte-level BPE ("gpt2"): the merges, and llama.cpp's name for the pre-tokenizer.</summary>
+    public string[]? Merges { get; init; }
+    public string? Pre { get; init; }
+
+    /// <summary>The pre-tokenizer regexes llama.cpp knows by name (llama-vocab.cpp), as tokenizer.json
+    /// spells them; GPT-2's ByteLevel(use_regex) is "gpt-2".</summary>
+    static readonly Dictionary<string, string> PreTokenizers = new(StringComparer.Ordinal)
+    {
+        [@"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"] = "qwen2",
+        [@"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"] = "llama-bpe",
+    };
+
     static readonly Regex BytePiece = new("^<0x[0-9A-Fa-f]{2}>$", RegexOptions.CultureInvariant);
 
     public IEnumerable<KeyValuePair<string, GgufValue>> Metadata()
     {
         yield return new("tokenizer.ggml.model", GgufValue.Of(Model));
+        if (Pre is string pre) yield return new("tokenizer.ggml.pre", GgufValue.Of(pre));
         yield return new("tokenizer.ggml.tokens", GgufValue.Of(Tokens));
-        yield return new("tokenizer.ggml.scores", GgufValue.Of(Scores));
+        if (Scores is not null) yield return new("tokenizer.ggml.scores", GgufValue.Of(Scores));
         yield return new("tokenizer.ggml.token_type", GgufValue.Of(Types));
+        if (Merges is not null) yield return new("tokenizer.ggml.merges", GgufValue.Of(Merges));
         if (Bos is int b) yield return new("tokenizer.ggml.bos_token_id", GgufValue.Of((uint)b));
         if (Eos is int e) yield return new("tokenizer.ggml.eos_token_id", GgufValue.Of((uint)e));
         if (Unk is int u) yield return new("tokenizer.ggml.unknown_token_id", GgufValue.Of((uint)u));
@@ -43,9 +57,18 @@ public sealed record GgufVocab(string Model, string[] Tokens, float[] Scores, in
         var scores = Enumerable.Repeat(-10000f, vocabSize).ToArray();
         var types = Enumerable.Repeat((int)GgufTokenType.Unused, vocabSize).ToArray();
         using var doc = File.Exists(json) ? JsonDocument.Parse(File.ReadAllBytes(json)) : null;
-        if (doc is not null) CheckSentencePieceStyle(doc.RootElement, json);
+        string? pre = null;
+        string[]? merges = null;
+        bool byteLevel = doc is not null && !File.Exists(spm) && IsByteLevel(doc.RootElement);
+        if (byteLevel)
+        {
+            pre = PreTokenizerName(doc!.RootElement, json);
+            merges = ByteLevelVocab(doc.RootElement, tokens, types);
+        }
+        else if (doc is not null) CheckSentencePieceStyle(doc.RootElement, json);
 
-        if (File.Exists(spm))
+        if (byteLevel) { }
+        else if (File.Exists(spm))
             foreach (var (id, piece, score, type) in SentencePieceModel.Read(spm))
             {
                 if (id >= vocabSize) break;
@@ -63,7 +86,7 @@ public sealed record GgufVocab(string Model, string[] Tokens, float[] Scores, in
             added[content] = id;
             if (id >= vocabSize) continue;
             types[id] = (int)(special ? GgufTokenType.Control : GgufTokenType.UserDefined);
-            tokens[id] = special ? content : content.Replace('\u2581', ' ');
+            tokens[id] = special || byteLevel ? content : content.Replace('\u2581', ' ');
             scores[id] = -1000f;
         }
 
@@ -81,6 +104,9 @@ public sealed record GgufVocab(string Model, string[] Tokens, float[] Scores, in
         string? template = config is { } cfg && cfg.TryGetProperty("chat_template", out var ct) && ct.ValueKind == JsonValueKind.String ? ct.GetString() : null;
         int firstUnknown = Array.FindIndex(types, t => t == (int)GgufTokenType.Unknown);
         int? unk = Id("unk_token") ?? (firstUnknown >= 0 ? firstUnknown : null);
+        if (byteLevel)
+            return new GgufVocab("gpt2", tokens, null, types, Id("bos_token"), Id("eos_token"), Id("unk_token"), Id("pad_token"),
+                Flag("add_bos_token"), Flag("add_eos_token"), template) { Merges = merges, Pre = pre };
         return new GgufVocab("llama", tokens, scores, types, Id("bos_token"), Id("eos_token"), unk, Id("pad_token"),
             Flag("add_bos_token"), Flag("add_eos_token"), template);
     }
@@ -97,6 +123,48 @@ public sealed record GgufVocab(string Model, string[] Tokens, float[] Scores, in
         if (json is { } j && j.TryGetProperty("added_tokens", out var at) && at.ValueKind == JsonValueKind.Array)
             foreach (var a in at.EnumerateArray())
                 yield return (a.GetProperty("id").GetInt32(), a.GetProperty("content").GetString()!, Special(a));
+    }
+
+    static bool IsByteLevel(JsonElement root)
+    {
+        var m = root.GetProperty("model");
+        bool byteFallback = m.TryGetProperty("byte_fallback", out var bf) && bf.ValueKind == JsonValueKind.True;
+        string pre = root.TryGetProperty("pre_tokenizer", out var p) && p.ValueKind == JsonValueKind.Object ? p.GetRawText() : "";
+        return !byteFallback && pre.Contains("\"ByteLevel\"", StringComparison.Ordinal);
+    }
+
+    /// <summary>llama.cpp picks its pre-tokenizer by name, not by regex: a byte-level tokenizer whose
+    /// split regex it has no name for is refused rather than written with a wrong one.</summary>
+    static string PreTokenizerName(JsonElement root, string path)
+    {
+        var pre = root.GetProperty("pre_tokenizer");
+        var steps = pre.GetProperty("type").GetString() == "Sequence" ? pre.GetProperty("pretokenizers").EnumerateArray().ToList() : [pre];
+        var split = steps.FirstOrDefault(s => s.GetProperty("type").GetString() == "Split");
+        if (split.ValueKind == JsonValueKind.Undefined)
+        {
+            var level = steps.Single(s => s.GetProperty("type").GetString() == "ByteLevel");
+            if (steps.Count == 1 && level.TryGetProperty("use_regex", out var ur) && ur.ValueKind != JsonValueKind.False) return "gpt-2";
+        }
+        else if (split.GetProperty("pattern").TryGetProperty("Regex", out var rx) && PreTokenizers.TryGetValue(rx.GetString()!, out var name))
+            return name;
+        throw new DotQuantException(ErrorCodes.GgufUnsupported,
+            $"the byte-level pre-tokenizer {pre.GetRawText()} has no llama.cpp name (known: GPT-2's, Qwen2's and Llama 3's)", path);
+    }
+
+    /// <summary>Byte-level pieces as they are (Ġ for spaces), normal tokens; returns the merges as "a b".</summary>
+    static string[] ByteLevelVocab(JsonElement root, string[] tokens, int[] types)
+    {
+        var m = root.GetProperty("model");
+        foreach (var v in m.GetProperty("vocab").EnumerateObject())
+        {
+            int id = v.Value.GetInt32();
+            if (id >= tokens.Length) continue;
+            tokens[id] = v.Name;
+            types[id] = (int)GgufTokenType.Normal;
+        }
+        return m.GetProperty("merges").EnumerateArray()
+            .Select(e => e.ValueKind == JsonValueKind.Array ? e[0].GetString() + " " + e[1].GetString() : e.GetString()!)
+            .ToArray();
     }
 
     static void CheckSentencePieceStyle(JsonElement root, string path)
