@@ -28,6 +28,7 @@ public class GgufRunTests
     [InlineData("llama-tiny", "  method: gptq\n", "q4_k_m", false)]
     [InlineData("llama-tiny", "  method: gptaq\n  compensation_aware: true\n", "q3_k_m", false)]
     [InlineData("llama-tiny", "  method: rtn\n", "q4_0", false)]
+    [InlineData("llama-tiny", "  method: gptq\n  hessian: output_adaptive\n", "q5_k_m", false)]
     [InlineData("stories260K", "  method: none\n", "f16", false)]
     // A 64-wide model: 8-bit activations move its logits by ~1% in llama.cpp, enough to flip near-ties.
     [InlineData("stories260K", "  method: gptq\n  act_order: true\n  static_groups: true\n", "q4_1", true)]

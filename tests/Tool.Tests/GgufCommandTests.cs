@@ -53,7 +53,7 @@ public class GgufCommandTests
         using var dir = new TempDir();
         string data = SharedPaths.Data("wikitext2", "wiki.test.gptq-joined.txt");
         File.WriteAllText(dir.File("quant.yaml"),
-            $"version: 1\nmodel: {LlamaTiny}\nquantize: {{ method: rtn }}\noutput: {{ name: tiny, format: gguf, gguf: {{ type: q4_k_m }} }}\n" +
+            $"version: 1\nmodel: {LlamaTiny}\nquantize: {{ method: rtn, layers: [ {{ match: model.layers.3.self_attn.q_proj, type: q8_0 }} ] }}\noutput: {{ name: tiny, format: gguf, gguf: {{ type: q4_k_m }} }}\n" +
             $"evaluate: {{ perplexity: {{ data: {data}, sequence_length: 256, max_sequences: 2 }} }}\n");
         var run = CliRunner.Run("run", dir.File("quant.yaml"), "--format", "json");
         Assert.True(run.ExitCode == 0, run.Stdout + run.Stderr);
@@ -71,6 +71,7 @@ public class GgufCommandTests
         Assert.Equal("Q6_K", Type("blk.2.ffn_down.weight"));
         Assert.Equal("Q6_K", Type("blk.5.attn_v.weight"));
         Assert.Equal("Q6_K", Type("output.weight"));
+        Assert.Equal("Q8_0", Type("blk.3.attn_q.weight"));     // the layers rule
 
         var eval = CliRunner.Run("eval", dir.File("tiny"), "--data", data, "--sequence-length", "256", "--max-windows", "2", "--format", "json");
         Assert.True(eval.ExitCode == 0, eval.Stderr);
