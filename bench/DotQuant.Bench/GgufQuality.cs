@@ -53,7 +53,27 @@ static class GgufQuality
         report.AppendLine("every file gets the same per-tensor types from both. Perplexity: WikiText-2 test, GPTQ protocol,");
         report.AppendLine($"{windows} windows of 512 tokens, by llama.cpp's forward (fp32 KV cache) and by `eval` of the same file. bpw = tensor bytes × 8 / weights.");
         report.AppendLine();
-        foreach (var model in new[] { "stories260K", "llama-tiny" })
+        string[] models = ["stories260K", "llama-tiny"];
+        // Every calibration first, then llama.cpp: TorchSharp's temporary Scalars can be freed by the
+        // finalizer mid-call, which the allocation pattern of a process running llama.cpp makes likely
+        // (see Models/Scalars); the solvers then never share a process state with it.
+        var ours = new Dictionary<(string Model, string Type, string Method), (string File, string Objective)>();
+        foreach (var model in models)
+            foreach (var (type, _) in Types)
+                foreach (var (name, quantize) in Methods)
+                {
+                    string file = $"gguf-{model}-{name.Split(' ')[0].ToLowerInvariant().Replace('+', '-')}-{type}";
+                    string path = Path.Combine(manifests, file + ".yaml");
+                    File.WriteAllText(path, Manifest(model, quantize, type, file));
+                    var result = QuantizeJob.Run(ManifestParser.Load(path), work);
+                    // The calibrators' own objective, tr(ΔW H ΔWᵀ) summed over the linears, against
+                    // round-to-nearest on the same grid with the same H (recorded by the run).
+                    var solved = result.Layers.Where(l => l.Quantized && double.IsFinite(l.RtnLoss) && l.RtnLoss > 0).ToList();
+                    string objective = solved.Count == 0 ? "" : (solved.Sum(l => l.Loss) / solved.Sum(l => l.RtnLoss)).ToString("F3", CultureInfo.InvariantCulture);
+                    ours[(model, type, name)] = (Path.Combine(result.Output, $"{file}-{type}.gguf"), objective);
+                    Console.WriteLine($"{file}: done");
+                }
+        foreach (var model in models)
         {
             string dir = Path.Combine(shared, "models", model);
             var ids = HfTokenizer.Load(dir).Encode(File.ReadAllText(wiki));
@@ -63,8 +83,8 @@ static class GgufQuality
             GgufFloatExport.Write(dir, f16, GgmlType.F16);
             report.AppendLine(string.Create(CultureInfo.InvariantCulture, $"### {model} (float32 {fp:F3}; F16 GGUF {new FileInfo(f16).Length:N0} bytes, llama.cpp {LlamaCpp.Perplexity(f16, ids, 512, windows):F3})"));
             report.AppendLine();
-            report.AppendLine("| type | quantizer | file bytes | bpw | PPL llama.cpp | PPL eval | vs llama.cpp's |");
-            report.AppendLine("|---|---|---|---|---|---|---|");
+            report.AppendLine("| type | quantizer | file bytes | bpw | PPL llama.cpp | PPL eval | vs llama.cpp's | Σ layer loss / RTN's |");
+            report.AppendLine("|---|---|---|---|---|---|---|---|");
             foreach (var (type, ftype) in Types)
             {
                 double? baseline = null;
@@ -72,21 +92,16 @@ static class GgufQuality
                 try
                 {
                     LlamaCpp.Quantize(f16, llamaFile, ftype);
-                    baseline = Row(report, type, "llama.cpp (llama-quantize)", llamaFile, ids, windows, null);
+                    baseline = Row(report, type, "llama.cpp (llama-quantize)", llamaFile, ids, windows, null, "");
                 }
                 catch (InvalidOperationException)
                 {
-                    report.AppendLine($"| {type} | llama.cpp (llama-quantize) | refused: a row length no block divides (b10221 aborts; current llama.cpp and we keep it F16) | | | | |");
+                    report.AppendLine($"| {type} | llama.cpp (llama-quantize) | refused: a row length no block divides (b10221 aborts; current llama.cpp and we keep it F16) | | | | | |");
                 }
-                foreach (var (name, quantize) in Methods)
+                foreach (var (name, _) in Methods)
                 {
-                    string file = $"gguf-{model}-{name.Split(' ')[0].ToLowerInvariant().Replace('+', '-')}-{type}";
-                    string path = Path.Combine(manifests, file + ".yaml");
-                    File.WriteAllText(path, Manifest(model, quantize, type, file));
-                    var result = QuantizeJob.Run(ManifestParser.Load(path), work);
-                    string gguf = Path.Combine(result.Output, $"{file}-{type}.gguf");
-                    Row(report, type, name, gguf, ids, windows, baseline);
-                    Console.WriteLine($"{file}: done");
+                    var (gguf, objective) = ours[(model, type, name)];
+                    Row(report, type, name, gguf, ids, windows, baseline, objective);
                 }
             }
             report.AppendLine();
@@ -95,7 +110,7 @@ static class GgufQuality
         return report.ToString();
     }
 
-    static double Row(StringBuilder report, string type, string quantizer, string file, int[] ids, int windows, double? baseline)
+    static double Row(StringBuilder report, string type, string quantizer, string file, int[] ids, int windows, double? baseline, string objective)
     {
         double theirs = LlamaCpp.Perplexity(file, ids, 512, windows);
         double ours;
@@ -105,7 +120,7 @@ static class GgufQuality
             foreach (var t in g.Tensors) { bytes += t.Bytes; weights += t.Dims.Aggregate(1L, (a, b) => a * b); }
         string delta = baseline is double b ? (theirs / b - 1).ToString("+0.0%;-0.0%", CultureInfo.InvariantCulture) : "";
         report.AppendLine(string.Create(CultureInfo.InvariantCulture,
-            $"| {type} | {quantizer} | {new FileInfo(file).Length:N0} | {bytes * 8.0 / weights:F2} | {theirs:F3} | {ours:F3} | {delta} |"));
+            $"| {type} | {quantizer} | {new FileInfo(file).Length:N0} | {bytes * 8.0 / weights:F2} | {theirs:F3} | {ours:F3} | {delta} | {objective} |"));
         return theirs;
     }
 

@@ -1,4 +1,6 @@
 using DotQuant.Engine.Diagnostics;
+using DotQuant.Engine.Models;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace DotQuant.Engine.Quantizers;
@@ -127,9 +129,12 @@ public static class ColumnSolver
                 Q.select(1, c).copy_(q);
                 codes.select(1, c).copy_(code);
                 double ujj = U1[t, t].to(ScalarType.Float64).item<double>();
-                var e = (w - q).div_(ujj);
+                // Scalars held explicitly: a temporary one can be freed by the finalizer while
+                // libtorch reads it (TorchSharp's implicit conversions; see Models/Scalars).
+                using var ujjS = ujj.ToScalar();
+                var e = (w - q).div_(ujjS);
                 Err.select(1, t).copy_(e);
-                loss += e.square().sum().to(ScalarType.Float64).item<double>();
+                loss += e.pow(Scalars.Of(2L)).sum().to(ScalarType.Float64).item<double>();
 
                 // 'org' updates from column t (which thereby becomes q); 'allw' keeps column t = w.
                 long from = allw ? t + 1 : t;
@@ -156,8 +161,8 @@ public static class ColumnSolver
                         var (lo, hi) = current!.Range(0);
                         source = W1.clamp(lo.unsqueeze(1), hi.unsqueeze(1));
                     }
-                    if (P is not null) later.add_(source.matmul(P.narrow(0, i1, count).narrow(1, i2, n - i2)));
-                    if (R is not null) later.add_((W01! - source).matmul(R.narrow(0, i1, count).narrow(1, i2, n - i2)));
+                    if (P is not null) later.add_(source.matmul(P.narrow(0, i1, count).narrow(1, i2, n - i2)), Scalars.One);
+                    if (R is not null) later.add_((W01! - source).matmul(R.narrow(0, i1, count).narrow(1, i2, n - i2)), Scalars.One);
                 }
             }
         }
