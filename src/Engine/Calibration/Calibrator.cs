@@ -130,11 +130,11 @@ public readonly record struct RtnObjective(double Quadratic, double Squares, dou
     {
         using var scope = NewDisposeScope();
         using var rtn = RtnSolver.Solve(w0, o);
-        var dead = h.diagonal().eq(0);
-        var dw = w0.masked_fill(dead.unsqueeze(0), 0) - rtn.Dequantize();
+        var dead = h.diagonal().eq(Scalars.Of(0.0));
+        var dw = w0.masked_fill(dead.unsqueeze(0), Scalars.Of(0.0)) - rtn.Dequantize();
         double quadratic = dw.matmul(h).mul_(dw).sum().to(ScalarType.Float64).item<double>();
-        double squares = dw.square().sum().to(ScalarType.Float64).item<double>();
-        double mean = h.diagonal().masked_fill(dead, 1).mean().item<float>();
+        double squares = dw.pow(Scalars.Of(2L)).sum().to(ScalarType.Float64).item<double>();
+        double mean = h.diagonal().masked_fill(dead, Scalars.Of(1.0)).mean().item<float>();
         return new RtnObjective(quadratic, squares, mean);
     }
 

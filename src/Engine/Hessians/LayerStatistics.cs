@@ -1,3 +1,5 @@
+using TorchSharp;
+using DotQuant.Engine.Models;
 using static TorchSharp.torch;
 
 namespace DotQuant.Engine.Hessians;
@@ -41,8 +43,9 @@ public sealed class LayerStatistics : IDisposable
     {
         if (_h is null) throw new InvalidOperationException("the statistics were already handed over");
         double scale = 2.0 / Math.Max(1, _sequences);
-        _h.mul_(scale);
-        _d?.mul_(scale);
+        using var s = scale.ToScalar();    // held: a temporary Scalar can be freed mid-call (Models/Scalars)
+        _h.mul_(s);
+        _d?.mul_(s);
         var result = (_h, _d);
         _h = null;
         _d = null;

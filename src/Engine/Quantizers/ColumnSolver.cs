@@ -47,12 +47,12 @@ public static class ColumnSolver
         IColumnGrid? current = o.GroupSize == -1 ? grid.Find(W) : null;
         long groupStart = 0;
 
-        var dead = H.diagonal().eq(0);
+        var dead = H.diagonal().eq(Scalars.Of(0.0));
         if (dead.any().item<bool>())
         {
-            H.diagonal().masked_fill_(dead, 1);
-            W.masked_fill_(dead.unsqueeze(0), 0);
-            D?.masked_fill_(dead.unsqueeze(0), 0);
+            H.diagonal().masked_fill_(dead, Scalars.Of(1.0));
+            W.masked_fill_(dead.unsqueeze(0), Scalars.Of(0.0));
+            D?.masked_fill_(dead.unsqueeze(0), Scalars.Of(0.0));
         }
         var W0 = useR ? W.clone() : null;   // dead columns zeroed in W0 too
 
@@ -186,7 +186,8 @@ public static class ColumnSolver
     internal static Tensor MultiplyTriu1(Tensor a, Tensor u, double alpha)
     {
         using var scope = NewDisposeScope();
-        var r = a.matmul(u.t()).triu(1).matmul(u).mul_(alpha);
+        using var alphaS = alpha.ToScalar();
+        var r = a.matmul(u.t()).triu(1).matmul(u).mul_(alphaS);
         return scope.MoveToOuter(r);
     }
 

@@ -1,3 +1,4 @@
+using DotQuant.Engine.Models;
 using static TorchSharp.torch;
 
 namespace DotQuant.Engine.Quantizers;
@@ -22,11 +23,11 @@ public sealed class PreparedHessian : IDisposable
         using var scope = NewDisposeScope();
         var W = w0.to(dtype, copy: true);
         var H = h.to(dtype, copy: true);
-        var dead = H.diagonal().eq(0);
+        var dead = H.diagonal().eq(Scalars.Of(0.0));
         if (dead.any().item<bool>())
         {
-            H.diagonal().masked_fill_(dead, 1);
-            W.masked_fill_(dead.unsqueeze(0), 0);
+            H.diagonal().masked_fill_(dead, Scalars.Of(1.0));
+            W.masked_fill_(dead.unsqueeze(0), Scalars.Of(0.0));
         }
         Tensor? perm = null, invperm = null;
         if (actOrder)

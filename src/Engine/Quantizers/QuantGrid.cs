@@ -1,3 +1,4 @@
+using DotQuant.Engine.Models;
 using static TorchSharp.torch;
 
 namespace DotQuant.Engine.Quantizers;
@@ -32,7 +33,7 @@ public sealed class QuantGrid : IColumnGrid
     public Tensor Codes(Tensor x)
     {
         var (s, z) = Broadcast(x);
-        return (x / s).round_().add_(z).clamp_(0, MaxQ);
+        return (x / s).round_().add_(z, Scalars.One).clamp_(Scalars.Of(0.0), Scalars.Of(MaxQ));
     }
 
     public Tensor Dequantize(Tensor codes)
