@@ -58,6 +58,7 @@ static class GgufQuality
         // finalizer mid-call, which the allocation pattern of a process running llama.cpp makes likely
         // (see Models/Scalars); the solvers then never share a process state with it.
         var ours = new Dictionary<(string Model, string Type, string Method), (string File, string Objective)>();
+        int retries = 0;
         foreach (var model in models)
             foreach (var (type, _) in Types)
                 foreach (var (name, quantize) in Methods)
@@ -65,7 +66,16 @@ static class GgufQuality
                     string file = $"gguf-{model}-{name.Split(' ')[0].ToLowerInvariant().Replace('+', '-')}-{type}";
                     string path = Path.Combine(manifests, file + ".yaml");
                     File.WriteAllText(path, Manifest(model, quantize, type, file));
-                    var result = QuantizeJob.Run(ManifestParser.Load(path), work);
+                    JobResult result;
+                    try { result = QuantizeJob.Run(ManifestParser.Load(path), work); }
+                    catch (System.Runtime.InteropServices.ExternalException e) when (e.Message.Contains("Scalar", StringComparison.Ordinal) || e.StackTrace?.Contains("Scalar") == true)
+                    {
+                        // TorchSharp's finalizer race (Models/Scalars): the run is deterministic, so a
+                        // second attempt computes the same file. Counted in the report.
+                        retries++;
+                        Console.WriteLine($"{file}: libtorch Scalar race ({e.Message.Split('\n')[0]}), running again");
+                        result = QuantizeJob.Run(ManifestParser.Load(path), work);
+                    }
                     // The calibrators' own objective, tr(ΔW H ΔWᵀ) summed over the linears, against
                     // round-to-nearest on the same grid with the same H (recorded by the run).
                     var solved = result.Layers.Where(l => l.Quantized && double.IsFinite(l.RtnLoss) && l.RtnLoss > 0).ToList();
@@ -106,6 +116,7 @@ static class GgufQuality
             }
             report.AppendLine();
         }
+        if (retries > 0) report.AppendLine($"({retries} calibration run(s) hit TorchSharp's Scalar finalizer race and were run again; runs are deterministic.)");
         Directory.Delete(work, true);
         return report.ToString();
     }

@@ -221,8 +221,8 @@ public sealed class LlamaModel : DecoderModel
         bool windowed = _config.SlidingWindow is int w && total > w;
         if ((past > 0 && length > 1) || windowed)
         {
-            using var i = arange(Scalars.Of(past), Scalars.Of(total), dtype: ScalarType.Int64).unsqueeze(1);   // query positions
-            using var j = arange(Scalars.Of(0L), Scalars.Of(total), dtype: ScalarType.Int64).unsqueeze(0);      // key positions
+            using var i = arange(Scalars.Of(past), Scalars.Of(total), Scalars.Of(1L), dtype: ScalarType.Int64).unsqueeze(1);   // query positions
+            using var j = arange(Scalars.Of(0L), Scalars.Of(total), Scalars.Of(1L), dtype: ScalarType.Int64).unsqueeze(0);      // key positions
             using var causal = j.le(i);
             mask = windowed
                 ? causal.logical_and(j.gt(i.sub(Scalars.Of((long)_config.SlidingWindow!.Value))))

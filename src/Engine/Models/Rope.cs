@@ -44,7 +44,7 @@ public sealed class Rope : IDisposable
     /// <summary>cos and sin tables [T, D] for positions start..start+T-1.</summary>
     public (Tensor Cos, Tensor Sin) Tables(long start, long length)
     {
-        using var pos = arange(Scalars.Of(start), Scalars.Of(start + length), dtype: ScalarType.Float32);
+        using var pos = arange(Scalars.Of(start), Scalars.Of(start + length), Scalars.Of(1L), dtype: ScalarType.Float32);
         using var freqs = outer(pos, _invFreq);
         using var emb = cat([freqs, freqs], -1);
         return (emb.cos(), emb.sin());

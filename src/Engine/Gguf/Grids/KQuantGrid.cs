@@ -54,7 +54,7 @@ public sealed class KQuantGrid : IColumnGrid
     /// <summary>d and m of each column in [column, column + k), as [rows, k].</summary>
     (Tensor D, Tensor M) Columns(long column, long k)
     {
-        var subs = arange(Scalars.Of(column), Scalars.Of(column + k), dtype: ScalarType.Int64).div_(Scalars.Of((long)_codec.SubBlock), rounding_mode: RoundingMode.floor);
+        var subs = arange(Scalars.Of(column), Scalars.Of(column + k), Scalars.Of(1L), dtype: ScalarType.Int64).div_(Scalars.Of((long)_codec.SubBlock), rounding_mode: RoundingMode.floor);
         return (_d.index_select(1, subs), _m.index_select(1, subs));
     }
 
@@ -66,8 +66,8 @@ public sealed class KQuantGrid : IColumnGrid
         var (d, m) = Columns(column, v.shape[1]);
         int offset = _codec.Offset, max = _codec.MaxCode;
         var q = offset == 0
-            ? (v + m).div_(d).round_().clamp_(Scalars.Of(0.0), Scalars.Of((double)max))
-            : (v / d).round_().clamp_(Scalars.Of((double)-offset), Scalars.Of((double)(max - offset))).add_(Scalars.Of((double)offset));
+            ? v.add(m, Scalars.One).div_(d).round_().clamp_(Scalars.Of(0.0), Scalars.Of((double)max))
+            : (v / d).round_().clamp_(Scalars.Of((double)-offset), Scalars.Of((double)(max - offset))).add_(Scalars.Of((double)offset), Scalars.One);
         q = where(d.eq(0), _fallback.narrow(1, column, v.shape[1]), q);
         if (vector) q = q.squeeze(1);
         return scope.MoveToOuter(q.to(x.dtype));

@@ -75,9 +75,9 @@ public sealed class LegacyGrid : IColumnGrid
         var v = x.to(ScalarType.Float32);
         Tensor q = _rule switch
         {
-            Rule.Symmetric => (v * id).add_(Scalars.Of(Offset + 0.5)).trunc_(),
-            Rule.Affine => ((v - min) * id).add_(Scalars.Of(0.5)).trunc_(),
-            _ => RoundHalfAway(v * id).add_(Scalars.Of(128.0)),
+            Rule.Symmetric => (v * id).add_(Scalars.Of(Offset + 0.5), Scalars.One).trunc_(),
+            Rule.Affine => ((v - min) * id).add_(Scalars.Of(0.5), Scalars.One).trunc_(),
+            _ => RoundHalfAway(v * id).add_(Scalars.Of(128.0), Scalars.One),
         };
         return scope.MoveToOuter(q.clamp_(Scalars.Of(0.0), Scalars.Of(MaxCode)).to(x.dtype));
     }
@@ -87,7 +87,7 @@ public sealed class LegacyGrid : IColumnGrid
         using var scope = NewDisposeScope();
         var (_, _, d, m) = Rows(codes);
         var c = codes.to(ScalarType.Float32);
-        var x = _rule == Rule.Affine ? c * d + m : c.sub(Scalars.Of(Offset)) * d;
+        var x = _rule == Rule.Affine ? (c * d).add_(m, Scalars.One) : c.sub(Scalars.Of(Offset)) * d;
         return scope.MoveToOuter(x.to(codes.dtype));
     }
 
@@ -103,7 +103,7 @@ public sealed class LegacyGrid : IColumnGrid
     {
         var a = v.abs();
         var floor = a.floor();
-        return where((a - floor).ge(Scalars.Of(0.5)), floor.add(Scalars.Of(1.0)), floor).mul_(v.sign());
+        return where((a - floor).ge(Scalars.Of(0.5)), floor.add(Scalars.Of(1.0), Scalars.One), floor).mul_(v.sign());
     }
 
     public void Dispose()
