@@ -129,7 +129,8 @@ static class GgufQuality
         long bytes = 0, weights = 0;
         using (var g = GgufFile.Open(file))
             foreach (var t in g.Tensors) { bytes += t.Bytes; weights += t.Dims.Aggregate(1L, (a, b) => a * b); }
-        string delta = baseline is double b ? (theirs / b - 1).ToString("+0.0%;-0.0%", CultureInfo.InvariantCulture) : "";
+        double pct = baseline is double b ? Math.Round((theirs / b - 1) * 100, 1) : double.NaN;
+        string delta = double.IsNaN(pct) ? "" : pct == 0 ? "±0.0%" : pct.ToString("+0.0;-0.0", CultureInfo.InvariantCulture) + "%";
         report.AppendLine(string.Create(CultureInfo.InvariantCulture,
             $"| {type} | {quantizer} | {new FileInfo(file).Length:N0} | {bytes * 8.0 / weights:F2} | {theirs:F3} | {ours:F3} | {delta} | {objective} |"));
         return theirs;
