@@ -98,8 +98,7 @@ public sealed class Calibrator
     void Write(DecoderBlock block)
     {
         var solved = block.Linears.Where(l => l.Solved is not null).ToDictionary(l => l.Name, l => l.Solved!, StringComparer.Ordinal);
-        string prefix = Model.BlockPrefix(block.Index);
-        foreach (var name in Model.Weights.Names.Where(n => n.StartsWith(prefix, StringComparison.Ordinal)))
+        foreach (var name in Model.BlockTensorNames(block.Index))
         {
             string? linear = name.EndsWith(".weight", StringComparison.Ordinal) ? name[..^".weight".Length] : null;
             if (linear is not null && solved.TryGetValue(linear, out var q)) Writer.AddLinear(linear, q);

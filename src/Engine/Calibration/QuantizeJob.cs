@@ -117,8 +117,7 @@ public static class QuantizeJob
             reports = calibrator.Run(stream, first, state?.Reports);
         }
         // Tensors outside the blocks (embeddings, final norm, head), as stored.
-        var blockPrefixes = Enumerable.Range(0, model.BlockCount).Select(model.BlockPrefix).ToList();
-        foreach (var name in weights.Names.Where(n => !blockPrefixes.Any(p => n.StartsWith(p, StringComparison.Ordinal))))
+        foreach (var name in model.OutsideTensorNames())
             writer.AddStored(name, weights);
         writer.FinishTensors(m.ModelPath);
 

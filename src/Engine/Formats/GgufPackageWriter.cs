@@ -47,16 +47,9 @@ public sealed class GgufPackageWriter : PackageWriter
         _writer = new GgufWriter(_path, Path.Combine(scratch, "model.gguf.partial"), metadata, specs, resume: resume);
     }
 
-    /// <summary>How the pipeline hands tensors over: each block's in the source's order, then the rest.</summary>
-    static IEnumerable<string> ArrivalOrder(DecoderModel model)
-    {
-        var prefixes = Enumerable.Range(0, model.BlockCount).Select(model.BlockPrefix).ToList();
-        foreach (var prefix in prefixes)
-            foreach (var name in model.Weights.Names.Where(n => n.StartsWith(prefix, StringComparison.Ordinal)))
-                yield return name;
-        foreach (var name in model.Weights.Names.Where(n => !prefixes.Any(p => n.StartsWith(p, StringComparison.Ordinal))))
-            yield return name;
-    }
+    /// <summary>How the pipeline hands tensors over: each block's, then the rest (DecoderModel's one order).</summary>
+    static IEnumerable<string> ArrivalOrder(DecoderModel model) =>
+        Enumerable.Range(0, model.BlockCount).SelectMany(model.BlockTensorNames).Concat(model.OutsideTensorNames());
 
     static GgmlType LinearType(RunPlan plan, string linear, GgufRecipe recipe) =>
         plan.OptionsFor(linear)?.GgufType ?? (recipe.IsFloat ? recipe.Base : GgmlType.F16);

@@ -68,6 +68,22 @@ public abstract class DecoderModel : IDisposable
     /// <summary>The name prefix of block <paramref name="index"/>'s tensors (e.g. <c>model.layers.3.</c>).</summary>
     public abstract string BlockPrefix(int index);
 
+    /// <summary>The source tensors of one block, in the source's order: what a run writes after solving it.</summary>
+    public IEnumerable<string> BlockTensorNames(int index)
+    {
+        string prefix = BlockPrefix(index);
+        return Weights.Names.Where(n => n.StartsWith(prefix, StringComparison.Ordinal));
+    }
+
+    /// <summary>The source tensors outside every block (embeddings, final norm, head), in the source's
+    /// order: what a run writes after the last block. With <see cref="BlockTensorNames"/>, the one order
+    /// every writer receives tensors in (a GGUF writer declares it before the first block).</summary>
+    public IEnumerable<string> OutsideTensorNames()
+    {
+        var prefixes = Enumerable.Range(0, BlockCount).Select(BlockPrefix).ToList();
+        return Weights.Names.Where(n => !prefixes.Any(p => n.StartsWith(p, StringComparison.Ordinal)));
+    }
+
     /// <summary>The block's linears by name and shape, in true-sequential groups.</summary>
     public abstract IReadOnlyList<IReadOnlyList<LinearSpec>> LinearLayout(int index);
 
