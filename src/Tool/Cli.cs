@@ -39,6 +39,7 @@ public static class Cli
         root.Subcommands.Add(PushCommand.Create(stdout));
         root.Subcommands.Add(EvalCommand.Create(stdout));
         root.Subcommands.Add(InspectCommand.Create(stdout));
+        root.Subcommands.Add(TokenizeCommand.Create(stdout));
 
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)

@@ -173,6 +173,10 @@ public sealed class HfTokenizer
         if (start < text.Length) yield return (text[start..], null);
     }
 
+    /// <summary>A token's piece as the vocabulary spells it (byte-level Ġ, SentencePiece ▁, added tokens
+    /// as written), or null when the id is outside the vocabulary.</summary>
+    public string? Piece(int id) => _addedById.TryGetValue(id, out var a) ? a.Content : _model.IdToToken(id);
+
     public string Decode(IEnumerable<int> ids, bool skipSpecial = true)
     {
         var tokens = new List<string>();
