@@ -55,6 +55,16 @@ public abstract class BlockCodec
             throw new ArgumentException($"{Type}: {bytes} bytes for {elements} elements, {info.RowBytes(elements)} expected");
     }
 
+    /// <summary>The signed value of largest magnitude (the first one on ties), as ggml's quantizers scan
+    /// (legacy d, the k-quants' sub-block and super-block scales).</summary>
+    internal static float SignedAbsMax(ReadOnlySpan<float> x)
+    {
+        float amax = 0, max = 0;
+        foreach (float v in x)
+            if (amax < MathF.Abs(v)) { amax = MathF.Abs(v); max = v; }
+        return max;
+    }
+
     /// <summary>fp32 → fp16 as ggml stores it (IEEE round to nearest even, like F16C's _cvtss_sh).</summary>
     protected static ushort ToHalf(float x) => BitConverter.HalfToUInt16Bits((Half)x);
 

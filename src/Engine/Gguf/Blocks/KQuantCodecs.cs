@@ -234,13 +234,8 @@ public sealed class Q3_KCodec : KQuantCodec
     public override void Search(ReadOnlySpan<float> x, Span<byte> header, Span<byte> codes)
     {
         Span<float> scales = stackalloc float[16];
-        float maxScale = 0, amax = 0;
-        for (int j = 0; j < 16; j++)
-        {
-            scales[j] = KQuantSearch.Q3(x.Slice(16 * j, 16), 4, codes.Slice(16 * j, 16));
-            float scale = MathF.Abs(scales[j]);
-            if (scale > amax) { amax = scale; maxScale = scales[j]; }
-        }
+        for (int j = 0; j < 16; j++) scales[j] = KQuantSearch.Q3(x.Slice(16 * j, 16), 4, codes.Slice(16 * j, 16));
+        float maxScale = SignedAbsMax(scales);
         var sc = header[..12];
         sc.Clear();
         if (maxScale != 0)
@@ -440,14 +435,9 @@ public sealed class Q6_KCodec : KQuantCodec
     public override void Search(ReadOnlySpan<float> x, Span<byte> header, Span<byte> codes)
     {
         Span<float> scales = stackalloc float[16];
-        float maxScale = 0, maxAbsScale = 0;
-        for (int j = 0; j < 16; j++)
-        {
-            scales[j] = KQuantSearch.Qx(x.Slice(16 * j, 16), 32, codes.Slice(16 * j, 16));
-            float abs = MathF.Abs(scales[j]);
-            if (abs > maxAbsScale) { maxAbsScale = abs; maxScale = scales[j]; }
-        }
-        if (maxAbsScale < KQuantSearch.GroupMaxEps)
+        for (int j = 0; j < 16; j++) scales[j] = KQuantSearch.Qx(x.Slice(16 * j, 16), 32, codes.Slice(16 * j, 16));
+        float maxScale = SignedAbsMax(scales);
+        if (MathF.Abs(maxScale) < KQuantSearch.GroupMaxEps)
         {
             // The reference zeroes the whole block (codes included).
             header[..18].Clear();

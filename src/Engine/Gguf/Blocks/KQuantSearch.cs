@@ -16,13 +16,8 @@ static class KQuantSearch
     public static float Qx(ReadOnlySpan<float> x, int nmax, Span<byte> L)
     {
         int n = x.Length;
-        float max = 0, amax = 0;
-        for (int i = 0; i < n; i++)
-        {
-            float ax = MathF.Abs(x[i]);
-            if (ax > amax) { amax = ax; max = x[i]; }
-        }
-        if (amax < GroupMaxEps)
+        float max = BlockCodec.SignedAbsMax(x);
+        if (MathF.Abs(max) < GroupMaxEps)
         {
             L[..n].Clear();
             return 0f;
@@ -65,13 +60,8 @@ static class KQuantSearch
     public static float Q3(ReadOnlySpan<float> x, int nmax, Span<byte> L)
     {
         int n = x.Length;
-        float max = 0, amax = 0;
-        for (int i = 0; i < n; i++)
-        {
-            float ax = MathF.Abs(x[i]);
-            if (ax > amax) { amax = ax; max = x[i]; }
-        }
-        if (amax < GroupMaxEps)
+        float max = BlockCodec.SignedAbsMax(x);
+        if (MathF.Abs(max) < GroupMaxEps)
         {
             L[..n].Clear();
             return 0f;

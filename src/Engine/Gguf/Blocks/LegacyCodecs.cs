@@ -38,15 +38,6 @@ public abstract class LegacyCodec : BlockCodec
             DequantizeBlock(source.Slice(b * size, size), row.Slice(b * QK, QK));
     }
 
-    /// <summary>The signed value of largest magnitude (the first one on ties), as the reference scans.</summary>
-    protected static float SignedAbsMax(ReadOnlySpan<float> x)
-    {
-        float amax = 0, max = 0;
-        foreach (float v in x)
-            if (amax < MathF.Abs(v)) { amax = MathF.Abs(v); max = v; }
-        return max;
-    }
-
     protected static (float Min, float Max) Range(ReadOnlySpan<float> x)
     {
         float min = float.MaxValue, max = -float.MaxValue;
