@@ -28,6 +28,9 @@ public sealed class RunPlan
 
     public SolverOptions? OptionsFor(string linear) => _byName.TryGetValue(linear, out var p) ? p.Options : null;
 
+    /// <summary>The plan of a linear, or null when the name is not one of the model's linears.</summary>
+    public LinearPlan? PlanOf(string linear) => _byName.GetValueOrDefault(linear);
+
     public IReadOnlyDictionary<string, string> SkipReasons =>
         Linears.Where(l => l.SkipReason is not null).ToDictionary(l => l.Linear.Name, l => l.SkipReason!, StringComparer.Ordinal);
 

@@ -33,9 +33,10 @@ public sealed class GgufPackageWriter : PackageWriter
         {
             if (_layout.Ignores(source)) continue;
             var mapping = _layout.Require(source);
-            var type = mapping.IsMatrix && source.EndsWith(".weight", StringComparison.Ordinal) && plan.Linears.Any(l => l.Linear.Name == source[..^7])
-                ? LinearType(plan, source[..^7], recipe)
-                : _layout.StoredType(mapping);
+            var linear = mapping.IsMatrix && source.EndsWith(".weight", StringComparison.Ordinal) ? plan.PlanOf(source[..^".weight".Length]) : null;
+            // A calibrated linear has its plan's type; one left in full precision is F16 (or the float file's type).
+            var type = linear is null ? _layout.StoredType(mapping)
+                : linear.Options?.GgufType ?? (recipe.IsFloat ? recipe.Base : GgmlType.F16);
             var spec = new GgufTensorSpec(mapping.Name, mapping.Dims, type);
             specs.Add(spec);
             _specs[source] = spec;
@@ -50,9 +51,6 @@ public sealed class GgufPackageWriter : PackageWriter
     /// <summary>How the pipeline hands tensors over: each block's, then the rest (DecoderModel's one order).</summary>
     static IEnumerable<string> ArrivalOrder(DecoderModel model) =>
         Enumerable.Range(0, model.BlockCount).SelectMany(model.BlockTensorNames).Concat(model.OutsideTensorNames());
-
-    static GgmlType LinearType(RunPlan plan, string linear, GgufRecipe recipe) =>
-        plan.OptionsFor(linear)?.GgufType ?? (recipe.IsFloat ? recipe.Base : GgmlType.F16);
 
     public override string EvaluationPath => _path;
 

@@ -55,8 +55,6 @@ public sealed record GgufRecipe(string Name, LlamaFileType FileType, GgmlType Ba
 
     public static GgmlType? ParseTensorType(string name) => TensorTypes.TryGetValue(name.ToLowerInvariant(), out var t) ? t : null;
 
-    public static string NameOf(GgmlType type) => TensorTypes.First(p => p.Value == type).Key;
-
     /// <summary>The integer code width of a block type (what reports call its bits).</summary>
     public static int NominalBits(GgmlType t) => t switch
     {

@@ -65,17 +65,18 @@ public sealed record GgufVocab(string Model, string[] Tokens, float[]? Scores, i
             pre = PreTokenizerName(doc!.RootElement, json);
             merges = ByteLevelVocab(doc.RootElement, tokens, types);
         }
-        else if (doc is not null) CheckSentencePieceStyle(doc.RootElement, json);
-
-        if (byteLevel) { }
-        else if (File.Exists(spm))
-            foreach (var (id, piece, score, type) in SentencePieceModel.Read(spm))
-            {
-                if (id >= vocabSize) break;
-                (tokens[id], scores[id], types[id]) = (piece, score, type);
-            }
         else
-            FromMerges(doc!.RootElement, tokens, scores, types);
+        {
+            if (doc is not null) CheckSentencePieceStyle(doc.RootElement, json);
+            if (File.Exists(spm))
+                foreach (var (id, piece, score, type) in SentencePieceModel.Read(spm))
+                {
+                    if (id >= vocabSize) break;
+                    (tokens[id], scores[id], types[id]) = (piece, score, type);
+                }
+            else
+                FromMerges(doc!.RootElement, tokens, scores, types);
+        }
 
         var config = TokenizerConfig(modelDir);
         // Added tokens as the converter takes them: tokenizer_config.json's added_tokens_decoder,

@@ -259,17 +259,14 @@ public sealed class ManifestParser
             return new OutputSpec(defaultName, OutputFormat.DotQuant, false, null, null, null);
         }
         var m = Keys(node, "output", "name", "format", "embed", "package", "shard_size", "gguf");
+        var format = m.TryGetValue("format", out var f) ? Enum(f, "output.format", ("dotquant", OutputFormat.DotQuant), ("gptq", OutputFormat.Gptq), ("gguf", OutputFormat.Gguf)) : OutputFormat.DotQuant;
+        // A GGUF's type is in its file name (name-type.gguf), not in the folder's default name.
+        if (format == OutputFormat.Gguf) defaultName = $"{Path.GetFileName(model.TrimEnd('/', '\\'))}-{Name(q.Method)}";
         string name = m.TryGetValue("name", out var n) ? Str(n, "output.name") : defaultName;
-        if (n is null && m.TryGetValue("format", out var fmt) && Str(fmt, "output.format") == "gguf")
-            name = $"{Path.GetFileName(model.TrimEnd('/', '\\'))}-{Name(q.Method)}";
         if (name.Length == 0 || name.IndexOfAny(Path.GetInvalidFileNameChars()) >= 0 || name is "." or "..")
             throw Error(ErrorCodes.ManifestValue, $"output.name '{name}' is not a valid folder name", n!);
-        var format = m.TryGetValue("format", out var f) ? Enum(f, "output.format", ("dotquant", OutputFormat.DotQuant), ("gptq", OutputFormat.Gptq), ("gguf", OutputFormat.Gguf)) : OutputFormat.DotQuant;
         Gguf.GgufRecipe? recipe = null;
-        if (format == OutputFormat.Gguf)
-        {
-            recipe = ReadGguf(m.GetValueOrDefault("gguf"), q, f!);
-        }
+        if (format == OutputFormat.Gguf) recipe = ReadGguf(m.GetValueOrDefault("gguf"), q, f!);
         else CheckNotGguf(q, m.GetValueOrDefault("gguf") ?? root, m.GetValueOrDefault("gguf"));
         if (format == OutputFormat.Gptq)
         {
