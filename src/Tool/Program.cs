@@ -1,3 +1,8 @@
+using System.Globalization;
 using DotQuant.Tool;
 
+// Numbers in reports and JSON are culture-invariant whatever the machine's locale. The process
+// keeps ICU (no invariant globalization): tokenizers with an NFC normalizer (Qwen) need it.
+CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
+CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
 return Cli.Run(args, Console.Out, Console.Error);

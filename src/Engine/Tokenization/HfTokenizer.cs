@@ -53,7 +53,7 @@ public sealed class HfTokenizer
         {
             throw new DotQuantException(ErrorCodes.TokenizerMalformed, $"tokenizer.json is not well-formed JSON: {e.Message}", path);
         }
-        catch (Exception e) when (e is KeyNotFoundException or InvalidOperationException or FormatException)
+        catch (Exception e) when (e is KeyNotFoundException or InvalidOperationException or FormatException or ArgumentException)
         {
             throw new DotQuantException(ErrorCodes.TokenizerMalformed, $"tokenizer.json is missing a field or has one of the wrong type: {e.Message}", path);
         }

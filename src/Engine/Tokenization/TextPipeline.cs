@@ -27,10 +27,10 @@ internal static class TextPipeline
             case "Replace":
                 var replace = Replacer(n, path);
                 return replace;
-            case "NFC": return s => s.Normalize(NormalizationForm.FormC);
-            case "NFD": return s => s.Normalize(NormalizationForm.FormD);
-            case "NFKC": return s => s.Normalize(NormalizationForm.FormKC);
-            case "NFKD": return s => s.Normalize(NormalizationForm.FormKD);
+            case "NFC": return s => HfNormalization.Normalize(s, NormalizationForm.FormC);
+            case "NFD": return s => HfNormalization.Normalize(s, NormalizationForm.FormD);
+            case "NFKC": return s => HfNormalization.Normalize(s, NormalizationForm.FormKC);
+            case "NFKD": return s => HfNormalization.Normalize(s, NormalizationForm.FormKD);
             case "Lowercase": return s => s.ToLowerInvariant();
             case "Strip":
                 bool left = Bool(n, "strip_left", true), right = Bool(n, "strip_right", true);
@@ -51,8 +51,18 @@ internal static class TextPipeline
         }
         if (pattern.TryGetProperty("Regex", out var rx))
         {
-            var regex = new Regex(rx.GetString()!, RegexOptions.CultureInvariant);
-            return s => regex.Replace(s, content);
+            var regex = new CodePointRegex(rx.GetString()!);
+            return s =>
+            {
+                var sb = new StringBuilder(s.Length);
+                int last = 0;
+                foreach (var (start, length) in regex.Matches(s))
+                {
+                    sb.Append(s, last, start - last).Append(content);
+                    last = start + length;
+                }
+                return sb.Append(s, last, s.Length - last).ToString();
+            };
         }
         throw new DotQuantException(ErrorCodes.TokenizerMalformed, "Replace has neither a String nor a Regex pattern", path);
     }
@@ -87,9 +97,9 @@ internal static class TextPipeline
             case "Split":
             {
                 var pattern = p.GetProperty("pattern");
-                Regex regex = pattern.TryGetProperty("Regex", out var rx)
-                    ? new Regex(rx.GetString()!, RegexOptions.CultureInvariant)
-                    : new Regex(Regex.Escape(pattern.GetProperty("String").GetString()!), RegexOptions.CultureInvariant);
+                var regex = new CodePointRegex(pattern.TryGetProperty("Regex", out var rx)
+                    ? rx.GetString()!
+                    : Regex.Escape(pattern.GetProperty("String").GetString()!));
                 string behavior = p.TryGetProperty("behavior", out var b) ? b.GetString()! : "Isolated";
                 bool invert = Bool(p, "invert", false);
                 return (s, _) => Split(s, regex, behavior, invert, path);
@@ -124,7 +134,7 @@ internal static class TextPipeline
             case "Digits":
             {
                 bool individual = Bool(p, "individual_digits", false);
-                var regex = new Regex(individual ? @"\p{Nd}" : @"\p{Nd}+", RegexOptions.CultureInvariant);
+                var regex = new CodePointRegex(individual ? @"\p{Nd}" : @"\p{Nd}+");
                 return (s, _) => Split(s, regex, "Isolated", false, path);
             }
             case "WhitespaceSplit":
@@ -134,7 +144,7 @@ internal static class TextPipeline
         }
     }
 
-    static readonly Regex Gpt2Pattern = new(@"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+", RegexOptions.CultureInvariant);
+    static readonly CodePointRegex Gpt2Pattern = new(@"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+");
 
     static IEnumerable<string> SplitBefore(string s, string marker)
     {
@@ -149,17 +159,16 @@ internal static class TextPipeline
     }
 
     /// <summary>transformers' SplitDelimiterBehavior on regex matches.</summary>
-    static List<string> Split(string s, Regex regex, string behavior, bool invert, string path)
+    static List<string> Split(string s, CodePointRegex regex, string behavior, bool invert, string path)
     {
         // Pieces as (text, isMatch) covering the whole string.
         var pieces = new List<(string Text, bool Match)>();
         int last = 0;
-        foreach (Match m in regex.Matches(s))
+        foreach (var (start, length) in regex.Matches(s))
         {
-            if (m.Length == 0) continue;
-            if (m.Index > last) pieces.Add((s[last..m.Index], invert));
-            pieces.Add((m.Value, !invert));
-            last = m.Index + m.Length;
+            if (start > last) pieces.Add((s[last..start], invert));
+            pieces.Add((s.Substring(start, length), !invert));
+            last = start + length;
         }
         if (last < s.Length) pieces.Add((s[last..], invert));
 
