@@ -47,7 +47,10 @@ public class FamilyTests
             for (int hi = 0; hi < hq; hi++)
             {
                 int kvh = hi / groups;
-                var qh = Rot(q.narrow(1, hi * d, d)); var kh = Rot(k.narrow(1, kvh * d, d)); var vh = v.narrow(1, kvh * d, d);
+                Tensor QkNorm(Tensor x, string n) => ckpt.Contains(p + n) ? Norm(x, W(p + n)) : x;
+                var qh = Rot(QkNorm(q.narrow(1, hi * d, d), "self_attn.q_norm.weight"));
+                var kh = Rot(QkNorm(k.narrow(1, kvh * d, d), "self_attn.k_norm.weight"));
+                var vh = v.narrow(1, kvh * d, d);
                 var scores = qh.matmul(kh.t()) / Math.Sqrt(d);
                 for (int i = 0; i < t; i++)
                     for (int j = 0; j < t; j++)
@@ -86,6 +89,22 @@ public class FamilyTests
         });
         var c = ModelConfig.Load(dir.Path);
         Assert.True(c.QkvBias && !c.TieWordEmbeddings && c.KvGroups == 3);
+        AssertMatchesNaive(dir.Path, [5, 17, 300, 2, 99, 41, 41, 7, 250]);
+    }
+
+    /// <summary>Qwen3: per-head RMSNorm of queries and keys before rotary, head_dim decoupled from
+    /// hidden/heads (here 16 with hidden 48 and 6 heads), no biases.</summary>
+    [Fact]
+    public void Qwen3WithQkNormAndExplicitHeadDimMatchesNaiveReference()
+    {
+        using var dir = new TempDir();
+        SyntheticModel.Write(dir.Path, new SyntheticModel.Spec
+        {
+            ModelType = "qwen3", HiddenSize = 48, Heads = 6, KvHeads = 2, HeadDim = 16, Layers = 2, IntermediateSize = 96,
+            VocabSize = 320, TieWordEmbeddings = true, RopeTheta = 1_000_000,
+        });
+        var c = ModelConfig.Load(dir.Path);
+        Assert.True(c.QkNorm && !c.QkvBias && c.HeadDim == 16);
         AssertMatchesNaive(dir.Path, [5, 17, 300, 2, 99, 41, 41, 7, 250]);
     }
 

@@ -19,8 +19,8 @@ public class GgufRunTests
     static string Model(string name) => Path.Combine(SharedPaths.Root, "models", name);
     static string EvalText => SharedPaths.Data("wikitext2", "wiki.test.gptq-joined.txt");
 
-    static string Manifest(string model, string quantize, string type) =>
-        $"version: 1\nmodel: {Model(model)}\ncalibration:\n  data: {SharedPaths.Data("wikitext2-tokenized", "valid.tokens")}\n  samples: 16\n  sequence_length: 128\n" +
+    static string Manifest(string modelPath, string quantize, string type) =>
+        $"version: 1\nmodel: {modelPath}\ncalibration:\n  data: {SharedPaths.Data("wikitext2-tokenized", "valid.tokens")}\n  samples: 16\n  sequence_length: 128\n" +
         $"quantize:\n{quantize}output:\n  name: out\n  format: gguf\n  gguf: {{ type: {type} }}\n" +
         $"evaluate:\n  perplexity: {{ data: {EvalText}, sequence_length: 128, max_sequences: 8 }}\n";
 
@@ -35,7 +35,7 @@ public class GgufRunTests
     public void LlamaCppRunsWhatTheRunWrote(string model, string quantize, string type, bool nearTiesAllowed)
     {
         using var dir = new TempDir();
-        File.WriteAllText(dir.File("quant.yaml"), Manifest(model, quantize, type));
+        File.WriteAllText(dir.File("quant.yaml"), Manifest(Model(model), quantize, type));
         var m = ManifestParser.Load(dir.File("quant.yaml"));
         var result = QuantizeJob.Run(m, dir.File("runs"));
         string file = Path.Combine(result.Output, $"out-{type}.gguf");
@@ -80,11 +80,31 @@ public class GgufRunTests
         }
     }
 
+    /// <summary>Each family beyond Llama: GPTQ W4 on llama.cpp's Q4_K blocks (rows of 256) over a synthetic
+    /// checkpoint with a byte-level vocabulary; llama.cpp scores the file as our eval does.</summary>
+    [Theory]
+    [InlineData("qwen3")]
+    public void EachFamilyRunsGptqToAGgufLlamaCppScoresAlike(string family)
+    {
+        using var dir = new TempDir();
+        string folder = dir.File(family);
+        SyntheticModel.Write(folder, LlamaCppChecks.FamilySpec(family) with { HiddenSize = 256, IntermediateSize = 512, Heads = 4, KvHeads = 2 });
+        File.WriteAllText(dir.File("quant.yaml"), Manifest(folder, "  method: gptq\n", "q4_k_m"));
+        var result = QuantizeJob.Run(ManifestParser.Load(dir.File("quant.yaml")), dir.File("runs"));
+        string file = Path.Combine(result.Output, "out-q4_k_m.gguf");
+        var ids = HfTokenizer.Load(folder).Encode(File.ReadAllText(EvalText));
+        using (var written = ModelLoader.Open(file))
+            Assert.Equal(result.After!.Perplexity, Perplexity.Windows(written, ids, 128, 8).Perplexity, 12);
+        double theirs = LlamaCpp.Perplexity(file, ids, 128, 8);
+        Assert.True(Math.Abs(result.After!.Perplexity / theirs - 1) < 1e-3, $"{family}: eval {result.After.Perplexity:F4} vs llama.cpp {theirs:F4}");
+        Assert.NotEqual(result.Before!.Perplexity, result.After.Perplexity);
+    }
+
     [Fact]
     public void StoppedAfterABlockAndResumedGivesTheSameFile()
     {
         using var dir = new TempDir();
-        File.WriteAllText(dir.File("quant.yaml"), Manifest("llama-tiny", "  method: gptq\n", "q4_k_m"));
+        File.WriteAllText(dir.File("quant.yaml"), Manifest(Model("llama-tiny"), "  method: gptq\n", "q4_k_m"));
         var m = ManifestParser.Load(dir.File("quant.yaml"));
         var whole = QuantizeJob.Run(m, dir.File("whole"));
         using (var cts = new CancellationTokenSource())

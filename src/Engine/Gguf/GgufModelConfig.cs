@@ -10,8 +10,8 @@ public static class GgufModelConfig
     {
         string arch = f["general.architecture"]?.AsString()
             ?? throw new DotQuantException(ErrorCodes.GgufHeader, "general.architecture is missing", f.Path);
-        if (arch is not ("llama" or "qwen2"))
-            throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"GGUF architecture '{arch}' is not supported (llama, qwen2)", f.Path);
+        if (arch is not ("llama" or "qwen2" or "qwen3"))
+            throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"GGUF architecture '{arch}' is not supported (llama, qwen2, qwen3)", f.Path);
         long Int(string key) => f[$"{arch}.{key}"] is { } v
             ? Checked(v, key)
             : throw new DotQuantException(ErrorCodes.GgufHeader, $"{arch}.{key} is missing", f.Path);
@@ -59,6 +59,7 @@ public static class GgufModelConfig
             QkvBias = qkvBias,
             OutputBias = f.Tensor("blk.0.attn_output.bias") is not null,
             MlpBias = false,
+            QkNorm = f.Tensor("blk.0.attn_q_norm.weight") is not null,
             MaxPositionEmbeddings = f[$"{arch}.context_length"] is { } c ? (int)c.AsInteger() : 2048,
             HiddenAct = "silu",
             BosTokenId = f["tokenizer.ggml.bos_token_id"] is { } b ? (int)b.AsInteger() : null,

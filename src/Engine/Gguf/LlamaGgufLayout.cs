@@ -13,7 +13,7 @@ public sealed record GgufTensorMapping(string Source, string Name, long[] Shape,
     public long[] Dims => Shape.Reverse().ToArray();
 }
 
-/// <summary>How the Llama family (llama, mistral → llama.cpp's "llama"; qwen2 → "qwen2") is laid out
+/// <summary>How the Llama family (llama, mistral → llama.cpp's "llama"; qwen2, qwen3 → their own) is laid out
 /// in GGUF: tensor names, llama.cpp's q/k row order, the architecture's hyperparameter keys. What
 /// llama.cpp's converter does, in .NET; what it cannot represent is refused (DQ0115).</summary>
 public static class LlamaGgufLayout
@@ -22,6 +22,7 @@ public static class LlamaGgufLayout
     {
         "llama" or "mistral" => "llama",
         "qwen2" => "qwen2",
+        "qwen3" => "qwen3",
         _ => throw new DotQuantException(ErrorCodes.GgufUnsupported, $"model_type '{c.ModelType}' has no GGUF layout here"),
     };
 
@@ -48,6 +49,11 @@ public static class LlamaGgufLayout
                 list.Add(new(p + "self_attn.q_proj.bias", b + "attn_q.bias", [q], qOrder));
                 list.Add(new(p + "self_attn.k_proj.bias", b + "attn_k.bias", [kv], kOrder));
                 list.Add(new(p + "self_attn.v_proj.bias", b + "attn_v.bias", [kv], null));
+            }
+            if (c.QkNorm)
+            {
+                list.Add(new(p + "self_attn.q_norm.weight", b + "attn_q_norm.weight", [c.HeadDim], null));
+                list.Add(new(p + "self_attn.k_norm.weight", b + "attn_k_norm.weight", [c.HeadDim], null));
             }
             list.Add(new(p + "self_attn.o_proj.weight", b + "attn_output.weight", [h, q], null));
             if (c.OutputBias) list.Add(new(p + "self_attn.o_proj.bias", b + "attn_output.bias", [h], null));

@@ -31,6 +31,8 @@ public sealed record ModelConfig
     /// <summary>Bias on the attention output projection (Llama's attention_bias covers o_proj too).</summary>
     public required bool OutputBias { get; init; }
     public required bool MlpBias { get; init; }
+    /// <summary>RMSNorm over each head's queries and keys before rotary (Qwen3's q_norm/k_norm).</summary>
+    public bool QkNorm { get; init; }
     public required int MaxPositionEmbeddings { get; init; }
     public int? SlidingWindow { get; init; }
     public required string HiddenAct { get; init; }
@@ -47,7 +49,7 @@ public sealed record ModelConfig
 
     public int KvGroups => NumHeads / NumKvHeads;
 
-    public static readonly string[] SupportedModelTypes = ["llama", "qwen2", "mistral"];
+    public static readonly string[] SupportedModelTypes = ["llama", "qwen2", "qwen3", "mistral"];
 
     public static ModelConfig Load(string modelDir)
     {
@@ -110,9 +112,9 @@ public sealed record ModelConfig
             throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"hidden_act '{act}' is not supported for {modelType} (only silu)", path);
 
         bool attentionBias = r.Bool("attention_bias") ?? false;
-        bool qwen = modelType == "qwen2";
-        if (qwen && (r.Bool("use_sliding_window") ?? false))
-            throw new DotQuantException(ErrorCodes.UnsupportedModelType, "qwen2 with use_sliding_window=true is not supported yet", path);
+        bool qwen = modelType == "qwen2", qwen3 = modelType == "qwen3";
+        if ((qwen || qwen3) && (r.Bool("use_sliding_window") ?? false))
+            throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"{modelType}: use_sliding_window=true is not supported yet", path);
         int? sliding = modelType == "mistral" ? r.Int("sliding_window") : null;
 
         return new ModelConfig
@@ -131,7 +133,8 @@ public sealed record ModelConfig
             TieWordEmbeddings = r.Bool("tie_word_embeddings") ?? false,
             QkvBias = qwen || attentionBias,
             OutputBias = !qwen && attentionBias,
-            MlpBias = !qwen && (r.Bool("mlp_bias") ?? false),
+            MlpBias = !qwen && !qwen3 && (r.Bool("mlp_bias") ?? false),
+            QkNorm = qwen3,
             MaxPositionEmbeddings = r.Int("max_position_embeddings") ?? 2048,
             SlidingWindow = sliding,
             HiddenAct = act,

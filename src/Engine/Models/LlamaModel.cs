@@ -5,15 +5,17 @@ using static TorchSharp.torch;
 
 namespace DotQuant.Engine.Models;
 
-/// <summary>The Llama family (llama, qwen2, mistral): pre-norm blocks with RMSNorm, rotary
+/// <summary>The Llama family (llama, qwen2, qwen3, mistral): pre-norm blocks with RMSNorm, rotary
 /// attention with grouped KV heads, SwiGLU MLP. Differences between members are config flags
-/// (q/k/v bias for Qwen2, sliding window for Mistral, tied or separate head).</summary>
+/// (q/k/v bias for Qwen2, per-head q/k RMSNorm for Qwen3, sliding window for Mistral, tied or
+/// separate head).</summary>
 public sealed class LlamaModel : DecoderModel
 {
     sealed class LlamaBlock(LlamaModel model, int index) : DecoderBlock
     {
         public required NamedLinear Q, K, V, O, Gate, Up, Down;
         public required Tensor InputNorm, PostAttentionNorm;
+        public Tensor? QNorm, KNorm;
         NamedLinear[] All => [Q, K, V, O, Gate, Up, Down];
 
         public override int Index => index;
@@ -27,6 +29,8 @@ public sealed class LlamaModel : DecoderModel
             foreach (var l in All) l.Dispose();
             InputNorm.Dispose();
             PostAttentionNorm.Dispose();
+            QNorm?.Dispose();
+            KNorm?.Dispose();
         }
     }
 
@@ -71,6 +75,11 @@ public sealed class LlamaModel : DecoderModel
                 }
             yield return (p + "input_layernorm.weight", [h]);
             yield return (p + "post_attention_layernorm.weight", [h]);
+            if (c.QkNorm)
+            {
+                yield return (p + "self_attn.q_norm.weight", [c.HeadDim]);
+                yield return (p + "self_attn.k_norm.weight", [c.HeadDim]);
+            }
         }
         yield return ("model.norm.weight", [h]);
         if (!c.TieWordEmbeddings)
@@ -124,6 +133,8 @@ public sealed class LlamaModel : DecoderModel
                 Gate = Lin(layout[2][0]), Up = Lin(layout[2][1]), Down = Lin(layout[3][0]),
                 InputNorm = W(p + "input_layernorm.weight", c.HiddenSize),
                 PostAttentionNorm = W(p + "post_attention_layernorm.weight", c.HiddenSize),
+                QNorm = c.QkNorm ? W(p + "self_attn.q_norm.weight", c.HeadDim) : null,
+                KNorm = c.QkNorm ? W(p + "self_attn.k_norm.weight", c.HeadDim) : null,
             };
         }
         catch
@@ -162,8 +173,12 @@ public sealed class LlamaModel : DecoderModel
 
         var x = RmsNorm(hidden, b.InputNorm);
         Observe(observer, [b.Q, b.K, b.V], x);
-        var q = b.Q.Forward(x).view(batch, t, heads, d).transpose(1, 2);
-        var k = b.K.Forward(x).view(batch, t, kvHeads, d).transpose(1, 2);
+        var q = b.Q.Forward(x).view(batch, t, heads, d);
+        var k = b.K.Forward(x).view(batch, t, kvHeads, d);
+        if (b.QNorm is not null) q = RmsNorm(q, b.QNorm);
+        if (b.KNorm is not null) k = RmsNorm(k, b.KNorm);
+        q = q.transpose(1, 2);
+        k = k.transpose(1, 2);
         var v = b.V.Forward(x).view(batch, t, kvHeads, d).transpose(1, 2);
         q = Rope.Apply(q, ctx.Cos, ctx.Sin);
         k = Rope.Apply(k, ctx.Cos, ctx.Sin);

@@ -21,6 +21,8 @@ public static class SyntheticModel
         public int Layers { get; init; } = 2;
         public int Heads { get; init; } = 4;
         public int KvHeads { get; init; } = 2;
+        /// <summary>head_dim written to config.json when set (Qwen3 and Gemma decouple it from hidden/heads).</summary>
+        public int? HeadDim { get; init; }
         public int VocabSize { get; init; } = 384;
         public int MaxPositions { get; init; } = 256;
         public bool TieWordEmbeddings { get; init; } = true;
@@ -49,7 +51,7 @@ public static class SyntheticModel
     {
         var config = new JsonObject
         {
-            ["architectures"] = new JsonArray(s.ModelType switch { "qwen2" => "Qwen2ForCausalLM", "mistral" => "MistralForCausalLM", _ => "LlamaForCausalLM" }),
+            ["architectures"] = new JsonArray(s.ModelType switch { "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "mistral" => "MistralForCausalLM", _ => "LlamaForCausalLM" }),
             ["model_type"] = s.ModelType,
             ["hidden_size"] = s.HiddenSize,
             ["intermediate_size"] = s.IntermediateSize,
@@ -67,6 +69,7 @@ public static class SyntheticModel
             ["eos_token_id"] = 0,
         };
         if (s.RopeScaling is not null) config["rope_scaling"] = s.RopeScaling.DeepClone();
+        if (s.HeadDim is int hd) config["head_dim"] = hd;
         File.WriteAllText(Path.Combine(dir, "config.json"), config.ToJsonString(new() { WriteIndented = true }));
     }
 
@@ -79,7 +82,7 @@ public static class SyntheticModel
         }
         using var scope = NewDisposeScope();
         var g = new TorchSharp.torch.Generator((ulong)s.Seed);
-        int headDim = s.HiddenSize / s.Heads;
+        int headDim = s.HeadDim ?? s.HiddenSize / s.Heads;
         long q = (long)s.Heads * headDim, kv = (long)s.KvHeads * headDim;
         bool qkvBias = s.ModelType == "qwen2";
         var tensors = new SortedDictionary<string, Tensor>(StringComparer.Ordinal);
@@ -117,6 +120,11 @@ public static class SyntheticModel
             tensors[p + "mlp.down_proj.weight"] = Rand(s.HiddenSize, s.IntermediateSize);
             tensors[p + "input_layernorm.weight"] = Norm(s.HiddenSize);
             tensors[p + "post_attention_layernorm.weight"] = Norm(s.HiddenSize);
+            if (s.ModelType == "qwen3")
+            {
+                tensors[p + "self_attn.q_norm.weight"] = Norm(headDim);
+                tensors[p + "self_attn.k_norm.weight"] = Norm(headDim);
+            }
         }
         tensors["model.norm.weight"] = Norm(s.HiddenSize);
         if (!s.TieWordEmbeddings) tensors["lm_head.weight"] = Rand(s.VocabSize, s.HiddenSize);
@@ -143,7 +151,7 @@ public static class SyntheticModel
     static void WriteStreaming(string dir, Spec s, long shardBytes)
     {
         var g = new TorchSharp.torch.Generator((ulong)s.Seed);
-        int headDim = s.HiddenSize / s.Heads;
+        int headDim = s.HeadDim ?? s.HiddenSize / s.Heads;
         long q = (long)s.Heads * headDim, kv = (long)s.KvHeads * headDim;
         bool qkvBias = s.ModelType == "qwen2";
         string scratch = Path.Combine(dir, ".synthetic-shards");
@@ -178,6 +186,11 @@ public static class SyntheticModel
             Rand(p + "mlp.down_proj.weight", 1, s.HiddenSize, s.IntermediateSize);
             Norm(p + "input_layernorm.weight", s.HiddenSize);
             Norm(p + "post_attention_layernorm.weight", s.HiddenSize);
+            if (s.ModelType == "qwen3")
+            {
+                Norm(p + "self_attn.q_norm.weight", headDim);
+                Norm(p + "self_attn.k_norm.weight", headDim);
+            }
         }
         Norm("model.norm.weight", s.HiddenSize);
         if (!s.TieWordEmbeddings) Rand("lm_head.weight", 1, s.VocabSize, s.HiddenSize);
