@@ -37,7 +37,7 @@ public static class QuaRot
     public static QuaRotSource Apply(ModelConfig c, Checkpoint source, RotationOptions o, string folder, CancellationToken ct = default)
     {
         if (c.ModelType is not ("llama" or "qwen2" or "mistral"))
-            throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"rotate: hadamard supports the Llama family, not '{c.ModelType}'", source.Directory);
+            throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"rotate: hadamard supports llama, qwen2 and mistral (not yet '{c.ModelType}': model_type)", source.Directory);
         if (c.DownProjHadamard)
             throw new DotQuantException(ErrorCodes.UnsupportedModelType, "the model is already rotated", source.Directory);
         int d = c.HiddenSize, hd = c.HeadDim, f = c.IntermediateSize;
