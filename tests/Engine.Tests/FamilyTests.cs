@@ -24,17 +24,37 @@ public class FamilyTests
         int t = ids.Length, d = c.HeadDim, hq = c.NumHeads, groups = c.KvGroups;
         var x = W("model.embed_tokens.weight").index_select(0, tensor(ids));
         Tensor Norm(Tensor v, Tensor w) => w * v / (v.pow(2).mean([-1], keepdim: true) + c.RmsNormEps).sqrt();
-        Tensor Lin(Tensor v, string n) { var y = v.matmul(W(n + ".weight").t()); var b = Bias(n + ".bias"); return b is null ? y : y + b; }
+        // A fused projection (Phi-3) is read as its parts: rows [q | k | v], [gate | up].
+        long qRows = (long)c.NumHeads * d, kvRows = (long)c.NumKvHeads * d;
+        Tensor Weight(string n)
+        {
+            if (ckpt.Contains(n + ".weight")) return W(n + ".weight");
+            string layer = n[..(n.LastIndexOf('.') + 1)], part = n[(n.LastIndexOf('.') + 1)..];
+            return part switch
+            {
+                "q_proj" => W(layer + "qkv_proj.weight").narrow(0, 0, qRows),
+                "k_proj" => W(layer + "qkv_proj.weight").narrow(0, qRows, kvRows),
+                "v_proj" => W(layer + "qkv_proj.weight").narrow(0, qRows + kvRows, kvRows),
+                "gate_proj" => W(layer + "gate_up_proj.weight").narrow(0, 0, c.IntermediateSize),
+                _ => W(layer + "gate_up_proj.weight").narrow(0, c.IntermediateSize, c.IntermediateSize),
+            };
+        }
+        Tensor Lin(Tensor v, string n) { var y = v.matmul(Weight(n).t()); var b = Bias(n + ".bias"); return b is null ? y : y + b; }
+        // Rotary on the leading r dimensions, pairs (i, i + r/2); LongRoPE divides each frequency by its
+        // short factor (these sequences are shorter than the original context) and scales cos and sin.
+        int r = c.Rotary;
+        double[] factors = c.RopeScaling?.ShortFactor ?? Enumerable.Repeat(1.0, r / 2).ToArray();
+        double mscale = c.RopeScaling?.AttentionFactor ?? 1;
         Tensor Rot(Tensor v) // v [T, D]
         {
             var o = v.clone();
             for (int p = 0; p < t; p++)
-                for (int i = 0; i < d / 2; i++)
+                for (int i = 0; i < r / 2; i++)
                 {
-                    double ang = p / Math.Pow(c.RopeTheta, 2.0 * i / d);
-                    double a = v[p, i].item<double>(), b = v[p, i + d / 2].item<double>();
-                    o[p, i] = a * Math.Cos(ang) - b * Math.Sin(ang);
-                    o[p, i + d / 2] = b * Math.Cos(ang) + a * Math.Sin(ang);
+                    double ang = p / (factors[i] * Math.Pow(c.RopeTheta, 2.0 * i / r));
+                    double a = v[p, i].item<double>(), b = v[p, i + r / 2].item<double>();
+                    o[p, i] = mscale * (a * Math.Cos(ang) - b * Math.Sin(ang));
+                    o[p, i + r / 2] = mscale * (b * Math.Cos(ang) + a * Math.Sin(ang));
                 }
             return o;
         }
@@ -105,6 +125,20 @@ public class FamilyTests
         });
         var c = ModelConfig.Load(dir.Path);
         Assert.True(c.QkNorm && !c.QkvBias && c.HeadDim == 16);
+        AssertMatchesNaive(dir.Path, [5, 17, 300, 2, 99, 41, 41, 7, 250]);
+    }
+
+    /// <summary>Phi-3 / Phi-4-mini: fused qkv_proj and gate_up_proj (one linear each), partial rotary
+    /// (3/4 of each head), LongRoPE with per-frequency factors and its attention factor.</summary>
+    [Fact]
+    public void Phi3WithFusedProjectionsPartialRotaryAndLongRopeMatchesNaiveReference()
+    {
+        using var dir = new TempDir();
+        SyntheticModel.Write(dir.Path, SyntheticFamilies.Spec("phi3", originalContext: 32) with { VocabSize = 320 });
+        var c = ModelConfig.Load(dir.Path);
+        Assert.True(c.FusedProjections && c.Rotary == 12 && c.RopeScaling is { Type: "longrope", AttentionFactor: > 1 });
+        using (var model = ModelLoader.Open(dir.Path))
+            Assert.Equal(["model.layers.0.self_attn.qkv_proj"], model.LinearLayout(0)[0].Select(l => l.Name));
         AssertMatchesNaive(dir.Path, [5, 17, 300, 2, 99, 41, 41, 7, 250]);
     }
 

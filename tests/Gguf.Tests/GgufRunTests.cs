@@ -84,11 +84,12 @@ public class GgufRunTests
     /// checkpoint with a byte-level vocabulary; llama.cpp scores the file as our eval does.</summary>
     [Theory]
     [InlineData("qwen3")]
+    [InlineData("phi3")]
     public void EachFamilyRunsGptqToAGgufLlamaCppScoresAlike(string family)
     {
         using var dir = new TempDir();
         string folder = dir.File(family);
-        SyntheticModel.Write(folder, LlamaCppChecks.FamilySpec(family) with { HiddenSize = 256, IntermediateSize = 512, Heads = 4, KvHeads = 2 });
+        SyntheticModel.Write(folder, SyntheticFamilies.Spec(family, hidden: 256, tokenizerText: File.ReadAllText(SharedPaths.Data("tinystories", "stories-sample.txt"))));
         File.WriteAllText(dir.File("quant.yaml"), Manifest(folder, "  method: gptq\n", "q4_k_m"));
         var result = QuantizeJob.Run(ManifestParser.Load(dir.File("quant.yaml")), dir.File("runs"));
         string file = Path.Combine(result.Output, "out-q4_k_m.gguf");

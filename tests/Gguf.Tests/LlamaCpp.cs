@@ -11,7 +11,9 @@ static class LlamaCpp
 {
     static readonly Lazy<bool> Loaded = new(() =>
     {
-        NativeLibraryConfig.All.WithLogCallback((level, message) => { });
+        // DOTQUANT_LLAMA_LOG=FILE appends llama.cpp's own log there (why a file did not load).
+        string? log = Environment.GetEnvironmentVariable("DOTQUANT_LLAMA_LOG");
+        NativeLibraryConfig.All.WithLogCallback((level, message) => { if (log is { Length: > 0 }) File.AppendAllText(log, message); });
         NativeApi.llama_empty_call();
         return true;
     });

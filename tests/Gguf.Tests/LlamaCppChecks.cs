@@ -131,25 +131,21 @@ public class LlamaCppChecks
     /// llama.cpp's graph for that architecture computes our logits from our F32 file.</summary>
     [Theory]
     [InlineData("qwen3")]
+    [InlineData("phi3")]
     public void LlamaCppComputesOurLogitsForEachFamily(string family)
     {
         using var dir = new TempDir();
         string folder = dir.File(family);
-        SyntheticModel.Write(folder, FamilySpec(family));
-        GgufFloatExport.Write(folder, dir.File("f32.gguf"), GgmlType.F32);
+        SyntheticModel.Write(folder, SyntheticFamilies.Spec(family, tokenizerText: SampleText));
+        // Not named after the family: llama.cpp sets token attributes of "</s>" when general.name contains
+        // "phi3" (real Phi-3 vocabularies have it), and this synthetic byte-level vocabulary does not.
+        GgufFloatExport.Write(folder, dir.File("f32.gguf"), GgmlType.F32, name: "synthetic");
         using (var f = GgufFile.Open(dir.File("f32.gguf")))
             Assert.Equal(family, f["general.architecture"]!.Value);
         SameTokensAndLogits(folder, dir.File("f32.gguf"), "Once upon a time, Lily's dog ran 123 miles!\n\n  Then   it slept. " + SampleText[..1500], addBos: false);
     }
 
     static readonly string SampleText = File.ReadAllText(SharedPaths.Data("tinystories", "stories-sample.txt"));
-
-    /// <summary>Synthetic checkpoints per family: head_dim decoupled from hidden/heads where the family allows it.</summary>
-    public static SyntheticModel.Spec FamilySpec(string family) => family switch
-    {
-        "qwen3" => new() { ModelType = "qwen3", HiddenSize = 64, Heads = 4, KvHeads = 2, HeadDim = 32, IntermediateSize = 128, Layers = 2, VocabSize = 384, TieWordEmbeddings = true, RopeTheta = 1_000_000, TokenizerText = SampleText },
-        _ => throw new ArgumentOutOfRangeException(nameof(family)),
-    };
 
     static void SameTokensAndLogits(string folder, string gguf, string text, bool addBos)
     {

@@ -28,7 +28,8 @@ public sealed class GgufPackageWriter : PackageWriter
         var recipe = m.Output.Gguf!;
         _layout = GgufPackageLayout.For(model.Config, model.Weights, recipe);
         _path = Path.Combine(folder, m.Output.GgufFileName!);
-        var specs = new List<GgufTensorSpec>();
+        var constants = LlamaGgufLayout.Constants(model.Config);
+        var specs = constants.Select(k => new GgufTensorSpec(k.Name, k.Dims, GgmlType.F32)).ToList();
         foreach (var source in ArrivalOrder(model))
         {
             if (_layout.Ignores(source)) continue;
@@ -46,6 +47,8 @@ public sealed class GgufPackageWriter : PackageWriter
             .Concat(GgufVocab.Load(model.Weights.Directory, _layout.Config.VocabSize).Metadata());
         GgufWriterState? resume = state is null ? null : new GgufWriterState((long)state["length"]!, (int)state["tensor"]!);
         _writer = new GgufWriter(_path, Path.Combine(scratch, "model.gguf.partial"), metadata, specs, resume: resume);
+        // The config's tensors go first; a resumed file has them already (they precede the first block).
+        if (resume is null) GgufFloatExport.WriteConstants(_writer, constants);
     }
 
     /// <summary>How the pipeline hands tensors over: each block's, then the rest (DecoderModel's one order).</summary>

@@ -21,12 +21,15 @@ public static class GgufFloatExport
         using var ckpt = Checkpoint.Open(modelDir);
         var mappings = LlamaGgufLayout.Tensors(config, ckpt.Contains);
         var vocab = GgufVocab.Load(modelDir, config.VocabSize);
-        var specs = mappings.Select(m => new GgufTensorSpec(m.Name, m.Dims, m.IsMatrix ? type : GgmlType.F32)).ToList();
+        var constants = LlamaGgufLayout.Constants(config);
+        var specs = constants.Select(k => new GgufTensorSpec(k.Name, k.Dims, GgmlType.F32))
+            .Concat(mappings.Select(m => new GgufTensorSpec(m.Name, m.Dims, m.IsMatrix ? type : GgmlType.F32))).ToList();
         var metadata = Header(config, name ?? Path.GetFileName(Path.GetFullPath(modelDir).TrimEnd('/')), FileType(type))
             .Concat(vocab.Metadata());
         using var writer = new GgufWriter(path, metadata, specs);
+        WriteConstants(writer, constants);
         for (int i = 0; i < mappings.Count; i++)
-            WriteTensor(writer, ckpt, mappings[i], BlockCodec.For(specs[i].Type));
+            WriteTensor(writer, ckpt, mappings[i], BlockCodec.For(specs[constants.Count + i].Type));
         writer.Commit();
     }
 
@@ -41,6 +44,12 @@ public static class GgufFloatExport
 
     /// <summary>llama_ftype of a float file.</summary>
     static uint FileType(GgmlType type) => type switch { GgmlType.F32 => 0, GgmlType.F16 => 1, _ => 32 };
+
+    public static void WriteConstants(GgufWriter writer, IEnumerable<GgufConstant> constants)
+    {
+        foreach (var k in constants)
+            writer.Write(k.Name, System.Runtime.InteropServices.MemoryMarshal.AsBytes(k.Values.AsSpan()));
+    }
 
     /// <summary>Writes one tensor through a codec, rows permuted by the mapping, a slab at a time.</summary>
     public static void WriteTensor(GgufWriter writer, IWeightSource ckpt, GgufTensorMapping m, BlockCodec codec)

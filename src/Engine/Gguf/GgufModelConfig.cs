@@ -6,12 +6,21 @@ namespace DotQuant.Engine.Gguf;
 /// <summary>The transformers config a GGUF file's metadata stands for (llama and qwen2 architectures).</summary>
 public static class GgufModelConfig
 {
+    /// <summary>A small F32 vector tensor's values (LongRoPE factors).</summary>
+    static double[] Floats(GgufFile f, string name)
+    {
+        var t = f.Tensor(name) ?? throw new DotQuantException(ErrorCodes.WeightMissing, $"{name} is missing", f.Path);
+        if (t.Type != GgmlType.F32 || t.Dims.Length != 1)
+            throw new DotQuantException(ErrorCodes.GgufUnsupported, $"{name} must be an F32 vector", f.Path);
+        return f.Decode(t).Select(x => (double)x).ToArray();
+    }
+
     public static ModelConfig From(GgufFile f)
     {
         string arch = f["general.architecture"]?.AsString()
             ?? throw new DotQuantException(ErrorCodes.GgufHeader, "general.architecture is missing", f.Path);
-        if (arch is not ("llama" or "qwen2" or "qwen3"))
-            throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"GGUF architecture '{arch}' is not supported (llama, qwen2, qwen3)", f.Path);
+        if (arch is not ("llama" or "qwen2" or "qwen3" or "phi3"))
+            throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"GGUF architecture '{arch}' is not supported (llama, qwen2, qwen3, phi3)", f.Path);
         long Int(string key) => f[$"{arch}.{key}"] is { } v
             ? Checked(v, key)
             : throw new DotQuantException(ErrorCodes.GgufHeader, $"{arch}.{key} is missing", f.Path);
@@ -39,6 +48,13 @@ public static class GgufModelConfig
             "linear" => new RopeScaling("linear", Float("rope.scaling.factor", 1)),
             var other => throw new DotQuantException(ErrorCodes.GgufUnsupported, $"rope scaling '{other}' in GGUF is not supported yet", f.Path),
         };
+        int rotary = f[$"{arch}.rope.dimension_count"] is { } rd ? (int)rd.AsInteger() : headDim;
+        if (f.Tensor("rope_factors_short.weight") is not null)
+            scaling = new RopeScaling("longrope", 1, OriginalMaxPositions: (int)Int("rope.scaling.original_context_length"))
+            {
+                ShortFactor = Floats(f, "rope_factors_short.weight"), LongFactor = Floats(f, "rope_factors_long.weight"),
+                AttentionFactor = Float("rope.scaling.attn_factor", 1),
+            };
         if (f.Tensor("rope_freqs.weight") is not null)
             throw new DotQuantException(ErrorCodes.GgufUnsupported, "rope_freqs (Llama 3.1 style frequency factors) in GGUF is not supported yet", f.Path);
         bool qkvBias = f.Tensor("blk.0.attn_q.bias") is not null;
@@ -60,6 +76,8 @@ public static class GgufModelConfig
             OutputBias = f.Tensor("blk.0.attn_output.bias") is not null,
             MlpBias = false,
             QkNorm = f.Tensor("blk.0.attn_q_norm.weight") is not null,
+            FusedProjections = arch == "phi3",
+            RotaryDim = rotary,
             MaxPositionEmbeddings = f[$"{arch}.context_length"] is { } c ? (int)c.AsInteger() : 2048,
             HiddenAct = "silu",
             BosTokenId = f["tokenizer.ggml.bos_token_id"] is { } b ? (int)b.AsInteger() : null,

@@ -13,7 +13,14 @@ public sealed record GgufTensorMapping(string Source, string Name, long[] Shape,
     public long[] Dims => Shape.Reverse().ToArray();
 }
 
-/// <summary>How the Llama family (llama, mistral → llama.cpp's "llama"; qwen2, qwen3 → their own) is laid out
+/// <summary>A tensor llama.cpp needs that the checkpoint does not hold: it follows from config.json
+/// (Phi-3's LongRoPE factors), and every writer puts it first.</summary>
+public sealed record GgufConstant(string Name, float[] Values)
+{
+    public long[] Dims => [Values.Length];
+}
+
+/// <summary>How the Llama family (llama, mistral → llama.cpp's "llama"; qwen2, qwen3, phi3 → their own) is laid out
 /// in GGUF: tensor names, llama.cpp's q/k row order, the architecture's hyperparameter keys. What
 /// llama.cpp's converter does, in .NET; what it cannot represent is refused (DQ0115).</summary>
 public static class LlamaGgufLayout
@@ -23,6 +30,7 @@ public static class LlamaGgufLayout
         "llama" or "mistral" => "llama",
         "qwen2" => "qwen2",
         "qwen3" => "qwen3",
+        "phi3" => "phi3",
         _ => throw new DotQuantException(ErrorCodes.GgufUnsupported, $"model_type '{c.ModelType}' has no GGUF layout here"),
     };
 
@@ -38,6 +46,17 @@ public static class LlamaGgufLayout
         for (int i = 0; i < c.NumLayers; i++)
         {
             string p = $"model.layers.{i}.", b = $"blk.{i}.";
+            if (c.FusedProjections)
+            {
+                // Phi-3: llama.cpp's attn_qkv is [q | k | v] rows and ffn_up is [gate | up] rows, as in the checkpoint.
+                list.Add(new(p + "input_layernorm.weight", b + "attn_norm.weight", [h], null));
+                list.Add(new(p + "self_attn.qkv_proj.weight", b + "attn_qkv.weight", [q + 2 * kv, h], null));
+                list.Add(new(p + "self_attn.o_proj.weight", b + "attn_output.weight", [h, q], null));
+                list.Add(new(p + "post_attention_layernorm.weight", b + "ffn_norm.weight", [h], null));
+                list.Add(new(p + "mlp.gate_up_proj.weight", b + "ffn_up.weight", [2 * f, h], null));
+                list.Add(new(p + "mlp.down_proj.weight", b + "ffn_down.weight", [h, f], null));
+                continue;
+            }
             int[]? qOrder = PermutesQk(c) ? HeadPairOrder(c.NumHeads, (int)q) : null;
             int[]? kOrder = PermutesQk(c) ? HeadPairOrder(c.NumKvHeads, (int)kv) : null;
             list.Add(new(p + "input_layernorm.weight", b + "attn_norm.weight", [h], null));
@@ -69,6 +88,17 @@ public static class LlamaGgufLayout
         return list;
     }
 
+    // Phi-3's sliding_window is not written: llama.cpp's phi3 graph disables SWA (it logs so), so beyond
+    // the window llama.cpp and transformers differ for every Phi-3 GGUF; ours included.
+
+    /// <summary>Tensors derived from the config, written before the checkpoint's (LongRoPE's per-frequency
+    /// factors, as convert_hf_to_gguf writes them for Phi-3).</summary>
+    public static IReadOnlyList<GgufConstant> Constants(ModelConfig c) =>
+        c.RopeScaling is { Type: "longrope", LongFactor: { } longFactor, ShortFactor: { } shortFactor }
+            ? [new("rope_factors_long.weight", longFactor.Select(x => (float)x).ToArray()),
+               new("rope_factors_short.weight", shortFactor.Select(x => (float)x).ToArray())]
+            : [];
+
     /// <summary>GGUF row r holds checkpoint row order[r]: per head, rows (s, i) of the halves layout
     /// [2, d/2] become (i, s), i.e. reshape(heads, 2, d/2).swapaxes(1, 2).</summary>
     public static int[] HeadPairOrder(int heads, int rows)
@@ -98,10 +128,14 @@ public static class LlamaGgufLayout
             yield return new($"{a}.attention.key_length", GgufValue.Of((uint)c.HeadDim));
             yield return new($"{a}.attention.value_length", GgufValue.Of((uint)c.HeadDim));
         }
+        if (a is "llama" or "phi3")
+            yield return new($"{a}.rope.dimension_count", GgufValue.Of((uint)c.Rotary));
         if (a == "llama")
-        {
-            yield return new($"{a}.rope.dimension_count", GgufValue.Of((uint)c.HeadDim));
             yield return new($"{a}.vocab_size", GgufValue.Of((uint)c.VocabSize));
+        if (c.RopeScaling is { Type: "longrope" } lr)
+        {
+            yield return new($"{a}.rope.scaling.attn_factor", GgufValue.Of((float)lr.AttentionFactor));
+            yield return new($"{a}.rope.scaling.original_context_length", GgufValue.Of((uint)lr.OriginalMaxPositions));
         }
         if (c.RopeScaling is { Type: "linear" } s)
         {
@@ -112,8 +146,10 @@ public static class LlamaGgufLayout
 
     static void Refuse(ModelConfig c)
     {
-        if (c.RopeScaling is { } s && s.Type != "linear")
-            throw new DotQuantException(ErrorCodes.GgufUnsupported, $"rope_scaling type '{s.Type}' is not written to GGUF yet (linear and none are)");
+        if (c.RopeScaling is { } s && s.Type != "linear" && !(s.Type == "longrope" && Architecture(c) == "phi3"))
+            throw new DotQuantException(ErrorCodes.GgufUnsupported, $"rope_scaling type '{s.Type}' is not written to GGUF yet (linear, none, and longrope for phi3 are)");
+        if (c.Rotary != c.HeadDim && Architecture(c) != "phi3")
+            throw new DotQuantException(ErrorCodes.GgufUnsupported, $"partial rotary ({c.Rotary} of {c.HeadDim}) is written to GGUF for phi3 only");
         if (c.DownProjHadamard)
             throw new DotQuantException(ErrorCodes.GgufUnsupported, "a QuaRot model applies an online Hadamard transform before down_proj, which llama.cpp's graph does not have");
         if (c.HiddenAct != "silu")

@@ -7,7 +7,14 @@ namespace DotQuant.Engine.IO;
 public sealed record GptqConfig(int Bits, int GroupSize, bool V2);
 
 /// <summary>RoPE frequency scaling as in transformers' <c>rope_scaling</c>.</summary>
-public sealed record RopeScaling(string Type, double Factor, double LowFreqFactor = 1, double HighFreqFactor = 4, int OriginalMaxPositions = 8192);
+public sealed record RopeScaling(string Type, double Factor, double LowFreqFactor = 1, double HighFreqFactor = 4, int OriginalMaxPositions = 8192)
+{
+    /// <summary>LongRoPE (Phi-3): per-frequency divisors for sequences up to / beyond
+    /// <see cref="OriginalMaxPositions"/>, and the factor cos and sin are scaled by.</summary>
+    public double[]? ShortFactor { get; init; }
+    public double[]? LongFactor { get; init; }
+    public double AttentionFactor { get; init; } = 1;
+}
 
 /// <summary>The parts of a Hugging Face <c>config.json</c> a decoder needs, with each family's
 /// defaults as transformers applies them. Unknown keys are ignored; missing required keys and
@@ -33,6 +40,10 @@ public sealed record ModelConfig
     public required bool MlpBias { get; init; }
     /// <summary>RMSNorm over each head's queries and keys before rotary (Qwen3's q_norm/k_norm).</summary>
     public bool QkNorm { get; init; }
+    /// <summary>q, k and v as one linear (qkv_proj), gate and up as one (gate_up_proj): Phi-3.</summary>
+    public bool FusedProjections { get; init; }
+    /// <summary>How many leading dimensions of each head rotate (partial_rotary_factor · head_dim).</summary>
+    public int RotaryDim { get; init; }
     public required int MaxPositionEmbeddings { get; init; }
     public int? SlidingWindow { get; init; }
     public required string HiddenAct { get; init; }
@@ -48,8 +59,10 @@ public sealed record ModelConfig
     public bool DownProjHadamard { get; init; }
 
     public int KvGroups => NumHeads / NumKvHeads;
+    /// <summary>Rotating dimensions per head (all of them unless partial_rotary_factor says otherwise).</summary>
+    public int Rotary => RotaryDim > 0 ? RotaryDim : HeadDim;
 
-    public static readonly string[] SupportedModelTypes = ["llama", "qwen2", "qwen3", "mistral"];
+    public static readonly string[] SupportedModelTypes = ["llama", "qwen2", "qwen3", "mistral", "phi3"];
 
     public static ModelConfig Load(string modelDir)
     {
@@ -115,7 +128,13 @@ public sealed record ModelConfig
         bool qwen = modelType == "qwen2", qwen3 = modelType == "qwen3";
         if ((qwen || qwen3) && (r.Bool("use_sliding_window") ?? false))
             throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"{modelType}: use_sliding_window=true is not supported yet", path);
-        int? sliding = modelType == "mistral" ? r.Int("sliding_window") : null;
+        bool phi3 = modelType == "phi3";
+        int? sliding = modelType is "mistral" or "phi3" ? r.Int("sliding_window") : null;
+        double partial = r.Double("partial_rotary_factor") ?? 1.0;
+        int rotaryDim = (int)(headDim * partial);
+        if (partial is <= 0 or > 1 || rotaryDim % 2 != 0)
+            throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"partial_rotary_factor {partial} gives {rotaryDim} rotary dimensions of {headDim}; it must be an even number > 0", path);
+        int maxPositions = r.Int("max_position_embeddings") ?? 2048;
 
         return new ModelConfig
         {
@@ -129,13 +148,15 @@ public sealed record ModelConfig
             VocabSize = vocab,
             RmsNormEps = r.Double("rms_norm_eps") ?? 1e-6,
             RopeTheta = r.Double("rope_theta") ?? 10000.0,
-            RopeScaling = ParseRopeScaling(r, path),
+            RopeScaling = ParseRopeScaling(r, path, rotaryDim, maxPositions),
             TieWordEmbeddings = r.Bool("tie_word_embeddings") ?? false,
             QkvBias = qwen || attentionBias,
             OutputBias = !qwen && attentionBias,
             MlpBias = !qwen && !qwen3 && (r.Bool("mlp_bias") ?? false),
             QkNorm = qwen3,
-            MaxPositionEmbeddings = r.Int("max_position_embeddings") ?? 2048,
+            FusedProjections = phi3,
+            RotaryDim = rotaryDim,
+            MaxPositionEmbeddings = maxPositions,
             SlidingWindow = sliding,
             HiddenAct = act,
             BosTokenId = r.Int("bos_token_id"),
@@ -160,7 +181,7 @@ public sealed record ModelConfig
         };
     }
 
-    static RopeScaling? ParseRopeScaling(Reader r, string path)
+    static RopeScaling? ParseRopeScaling(Reader r, string path, int rotaryDim, int maxPositions)
     {
         if (!r.Root.TryGetProperty("rope_scaling", out var rs) || rs.ValueKind == JsonValueKind.Null) return null;
         if (rs.ValueKind != JsonValueKind.Object)
@@ -179,8 +200,29 @@ public sealed record ModelConfig
                     sr.Double("low_freq_factor") ?? throw sr.Missing("low_freq_factor"),
                     sr.Double("high_freq_factor") ?? throw sr.Missing("high_freq_factor"),
                     sr.Int("original_max_position_embeddings") ?? throw sr.Missing("original_max_position_embeddings"));
+            case "longrope" or "su":
+            {
+                // transformers' _compute_longrope_parameters: the original length is the top-level key when
+                // present (Phi-3), and the attention factor follows from max/original unless given.
+                int original = r.Int("original_max_position_embeddings") ?? sr.Int("original_max_position_embeddings") ?? maxPositions;
+                double factor = r.Int("original_max_position_embeddings") is not null ? (double)maxPositions / original : sr.Double("factor") ?? 1.0;
+                double attention = sr.Double("attention_factor") ?? (factor <= 1 ? 1.0 : Math.Sqrt(1 + Math.Log(factor) / Math.Log(original)));
+                double[] Factors(string key)
+                {
+                    if (!rs.TryGetProperty(key, out var a) || a.ValueKind != JsonValueKind.Array)
+                        throw sr.Missing(key);
+                    var f = a.EnumerateArray().Select(e => e.ValueKind == JsonValueKind.Number ? e.GetDouble() : double.NaN).ToArray();
+                    if (f.Length != rotaryDim / 2 || f.Any(x => !(x > 0)))
+                        throw new DotQuantException(ErrorCodes.ConfigKey, $"config.json 'rope_scaling.{key}' must hold {rotaryDim / 2} positive numbers (one per rotary frequency), not {f.Length}", path);
+                    return f;
+                }
+                return new RopeScaling("longrope", factor, OriginalMaxPositions: original)
+                {
+                    ShortFactor = Factors("short_factor"), LongFactor = Factors("long_factor"), AttentionFactor = attention,
+                };
+            }
             default:
-                throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"rope_scaling type '{type}' is not supported (supported: linear, llama3)", path);
+                throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"rope_scaling type '{type}' is not supported (supported: linear, llama3, longrope)", path);
         }
     }
 

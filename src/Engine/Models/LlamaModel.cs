@@ -5,28 +5,31 @@ using static TorchSharp.torch;
 
 namespace DotQuant.Engine.Models;
 
-/// <summary>The Llama family (llama, qwen2, qwen3, mistral): pre-norm blocks with RMSNorm, rotary
+/// <summary>The Llama family (llama, qwen2, qwen3, mistral, phi3): pre-norm blocks with RMSNorm, rotary
 /// attention with grouped KV heads, SwiGLU MLP. Differences between members are config flags
-/// (q/k/v bias for Qwen2, per-head q/k RMSNorm for Qwen3, sliding window for Mistral, tied or
-/// separate head).</summary>
+/// (q/k/v bias for Qwen2, per-head q/k RMSNorm for Qwen3, sliding window for Mistral, fused qkv and
+/// gate_up projections, partial rotary and LongRoPE for Phi-3, tied or separate head). A fused
+/// projection is one linear to the calibrators, as it is one matrix to every runtime.</summary>
 public sealed class LlamaModel : DecoderModel
 {
     sealed class LlamaBlock(LlamaModel model, int index) : DecoderBlock
     {
-        public required NamedLinear Q, K, V, O, Gate, Up, Down;
+        /// <summary>In true-sequential groups: [q, k, v] or [qkv], [o], [gate, up] or [gate_up], [down].</summary>
+        public required NamedLinear[][] Groups;
         public required Tensor InputNorm, PostAttentionNorm;
         public Tensor? QNorm, KNorm;
-        NamedLinear[] All => [Q, K, V, O, Gate, Up, Down];
+        public NamedLinear O => Groups[1][0];
+        public NamedLinear Down => Groups[3][0];
 
         public override int Index => index;
-        public override IReadOnlyList<IReadOnlyList<NamedLinear>> LinearGroups => [[Q, K, V], [O], [Gate, Up], [Down]];
+        public override IReadOnlyList<IReadOnlyList<NamedLinear>> LinearGroups => Groups;
 
         public override Tensor Forward(Tensor hidden, ForwardContext ctx, LinearInputObserver? observer = null) =>
             model.ForwardBlock(this, hidden, ctx, observer);
 
         public override void Dispose()
         {
-            foreach (var l in All) l.Dispose();
+            foreach (var l in Groups.SelectMany(g => g)) l.Dispose();
             InputNorm.Dispose();
             PostAttentionNorm.Dispose();
             QNorm?.Dispose();
@@ -92,7 +95,7 @@ public sealed class LlamaModel : DecoderModel
 
     static bool HasBias(ModelConfig c, string linear) => linear.Split('.')[^1] switch
     {
-        "q_proj" or "k_proj" or "v_proj" => c.QkvBias,
+        "q_proj" or "k_proj" or "v_proj" or "qkv_proj" => c.QkvBias,
         "o_proj" => c.OutputBias,
         _ => c.MlpBias,
     };
@@ -101,6 +104,14 @@ public sealed class LlamaModel : DecoderModel
     {
         long h = c.HiddenSize, q = (long)c.NumHeads * c.HeadDim, kv = (long)c.NumKvHeads * c.HeadDim, f = c.IntermediateSize;
         string p = $"model.layers.{i}.";
+        if (c.FusedProjections)
+            return
+            [
+                [new(p + "self_attn.qkv_proj", q + 2 * kv, h)],
+                [new(p + "self_attn.o_proj", h, q)],
+                [new(p + "mlp.gate_up_proj", 2 * f, h)],
+                [new(p + "mlp.down_proj", h, f)],
+            ];
         return
         [
             [new(p + "self_attn.q_proj", q, h), new(p + "self_attn.k_proj", kv, h), new(p + "self_attn.v_proj", kv, h)],
@@ -129,8 +140,7 @@ public sealed class LlamaModel : DecoderModel
             var layout = Layout(c, i);
             return new LlamaBlock(this, i)
             {
-                Q = Lin(layout[0][0]), K = Lin(layout[0][1]), V = Lin(layout[0][2]), O = Lin(layout[1][0]),
-                Gate = Lin(layout[2][0]), Up = Lin(layout[2][1]), Down = Lin(layout[3][0]),
+                Groups = layout.Select(g => g.Select(Lin).ToArray()).ToArray(),
                 InputNorm = W(p + "input_layernorm.weight", c.HiddenSize),
                 PostAttentionNorm = W(p + "post_attention_layernorm.weight", c.HiddenSize),
                 QNorm = c.QkNorm ? W(p + "self_attn.q_norm.weight", c.HeadDim) : null,
@@ -172,14 +182,14 @@ public sealed class LlamaModel : DecoderModel
         int heads = _config.NumHeads, kvHeads = _config.NumKvHeads, d = _config.HeadDim;
 
         var x = RmsNorm(hidden, b.InputNorm);
-        Observe(observer, [b.Q, b.K, b.V], x);
-        var q = b.Q.Forward(x).view(batch, t, heads, d);
-        var k = b.K.Forward(x).view(batch, t, kvHeads, d);
+        var (q, k, v) = Attention(b.Groups[0], x, observer);
+        q = q.view(batch, t, heads, d);
+        k = k.view(batch, t, kvHeads, d);
         if (b.QNorm is not null) q = RmsNorm(q, b.QNorm);
         if (b.KNorm is not null) k = RmsNorm(k, b.KNorm);
         q = q.transpose(1, 2);
         k = k.transpose(1, 2);
-        var v = b.V.Forward(x).view(batch, t, kvHeads, d).transpose(1, 2);
+        v = v.view(batch, t, kvHeads, d).transpose(1, 2);
         q = Rope.Apply(q, ctx.Cos, ctx.Sin);
         k = Rope.Apply(k, ctx.Cos, ctx.Sin);
         if (ctx.Cache is not null)
@@ -197,13 +207,33 @@ public sealed class LlamaModel : DecoderModel
         var h = hidden.Plus(b.O.Forward(attn));
 
         x = RmsNorm(h, b.PostAttentionNorm);
-        Observe(observer, [b.Gate, b.Up], x);
-        var act = nn.functional.silu(b.Gate.Forward(x)) * b.Up.Forward(x);
+        var (gate, up) = GateUp(b.Groups[2], x, observer);
+        var act = nn.functional.silu(gate) * up;
         // Statistics are taken after the online rotation: that is what down_proj's weights see.
         if (_downRotation is not null) act = _downRotation.Apply(act);
         Observe(observer, [b.Down], act);
         var output = h.Plus(b.Down.Forward(act));
         return scope.MoveToOuter(output);
+    }
+
+    /// <summary>q, k, v from separate projections or split from the fused one ([q | k | v] rows).</summary>
+    (Tensor Q, Tensor K, Tensor V) Attention(NamedLinear[] group, Tensor x, LinearInputObserver? observer)
+    {
+        Observe(observer, group, x);
+        if (group.Length == 3) return (group[0].Forward(x), group[1].Forward(x), group[2].Forward(x));
+        long q = (long)_config.NumHeads * _config.HeadDim, kv = (long)_config.NumKvHeads * _config.HeadDim;
+        var qkv = group[0].Forward(x);
+        return (qkv.narrow(-1, 0, q), qkv.narrow(-1, q, kv), qkv.narrow(-1, q + kv, kv));
+    }
+
+    /// <summary>gate and up from separate projections or split from the fused one ([gate | up] rows).</summary>
+    static (Tensor Gate, Tensor Up) GateUp(NamedLinear[] group, Tensor x, LinearInputObserver? observer)
+    {
+        Observe(observer, group, x);
+        if (group.Length == 2) return (group[0].Forward(x), group[1].Forward(x));
+        var both = group[0].Forward(x);
+        long f = both.shape[^1] / 2;
+        return (both.narrow(-1, 0, f), both.narrow(-1, f, f));
     }
 
     static void Observe(LinearInputObserver? observer, NamedLinear[] linears, Tensor input)

@@ -36,6 +36,8 @@ public static class SyntheticModel
         /// memory: only one tensor is ever held). Overrides <see cref="Shards"/>.</summary>
         public long? ShardBytes { get; init; }
         public string? TokenizerText { get; init; }
+        /// <summary>Further config.json keys (a family's own: partial_rotary_factor, soft-capping, …).</summary>
+        public JsonObject? ExtraConfig { get; init; }
     }
 
     public static void Write(string dir, Spec spec)
@@ -51,7 +53,7 @@ public static class SyntheticModel
     {
         var config = new JsonObject
         {
-            ["architectures"] = new JsonArray(s.ModelType switch { "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "mistral" => "MistralForCausalLM", _ => "LlamaForCausalLM" }),
+            ["architectures"] = new JsonArray(s.ModelType switch { "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "mistral" => "MistralForCausalLM", "phi3" => "Phi3ForCausalLM", _ => "LlamaForCausalLM" }),
             ["model_type"] = s.ModelType,
             ["hidden_size"] = s.HiddenSize,
             ["intermediate_size"] = s.IntermediateSize,
@@ -70,6 +72,7 @@ public static class SyntheticModel
         };
         if (s.RopeScaling is not null) config["rope_scaling"] = s.RopeScaling.DeepClone();
         if (s.HeadDim is int hd) config["head_dim"] = hd;
+        foreach (var (key, value) in s.ExtraConfig ?? []) config[key] = value?.DeepClone();
         File.WriteAllText(Path.Combine(dir, "config.json"), config.ToJsonString(new() { WriteIndented = true }));
     }
 
@@ -128,6 +131,7 @@ public static class SyntheticModel
         }
         tensors["model.norm.weight"] = Norm(s.HiddenSize);
         if (!s.TieWordEmbeddings) tensors["lm_head.weight"] = Rand(s.VocabSize, s.HiddenSize);
+        if (s.ModelType == "phi3") Fuse(tensors, s.Layers);
 
         if (s.Shards <= 1)
         {
@@ -147,9 +151,27 @@ public static class SyntheticModel
         File.WriteAllText(Path.Combine(dir, "model.safetensors.index.json"), index.ToJsonString(new() { WriteIndented = true }));
     }
 
-    /// <summary>The same tensors (same generator draws, same order) written one at a time.</summary>
+    /// <summary>Phi-3's layout: q, k, v rows stacked into qkv_proj, gate and up into gate_up_proj.</summary>
+    static void Fuse(SortedDictionary<string, Tensor> tensors, int layers)
+    {
+        void Stack(string into, params string[] parts)
+        {
+            tensors[into] = cat(parts.Select(p => tensors[p]).ToArray(), 0);
+            foreach (var p in parts) tensors.Remove(p);
+        }
+        for (int i = 0; i < layers; i++)
+        {
+            string p = $"model.layers.{i}.";
+            Stack(p + "self_attn.qkv_proj.weight", p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight");
+            Stack(p + "mlp.gate_up_proj.weight", p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight");
+        }
+    }
+
+    /// <summary>The same tensors (same generator draws, same order) written one at a time (Llama layouts).</summary>
     static void WriteStreaming(string dir, Spec s, long shardBytes)
     {
+        if (s.ModelType is not ("llama" or "qwen2" or "qwen3" or "mistral"))
+            throw new NotSupportedException($"streaming synthetic checkpoints are written for the Llama layout, not {s.ModelType}");
         var g = new TorchSharp.torch.Generator((ulong)s.Seed);
         int headDim = s.HeadDim ?? s.HiddenSize / s.Heads;
         long q = (long)s.Heads * headDim, kv = (long)s.KvHeads * headDim;

@@ -1,0 +1,43 @@
+using System.Text.Json.Nodes;
+
+namespace DotQuant.Engine.Models;
+
+/// <summary>One small synthetic checkpoint per family, exercising what sets the family apart (Qwen3's
+/// q/k norms and decoupled head_dim, Phi-3's fused projections, partial rotary and LongRoPE, …), for the
+/// tests that compare our forward with a naive one and with llama.cpp.</summary>
+public static class SyntheticFamilies
+{
+    public static readonly string[] Names = ["qwen3", "phi3"];
+
+    /// <summary>The preset of <paramref name="family"/> at width <paramref name="hidden"/> (4 heads, 2 KV heads).
+    /// <paramref name="originalContext"/>: Phi-3's original_max_position_embeddings (LongRoPE uses its long
+    /// factors beyond it).</summary>
+    public static SyntheticModel.Spec Spec(string family, int hidden = 64, string? tokenizerText = null, int originalContext = 64) => family switch
+    {
+        "qwen3" => new()
+        {
+            ModelType = "qwen3", HiddenSize = hidden, Heads = 4, KvHeads = 2, HeadDim = hidden / 2, IntermediateSize = 2 * hidden,
+            Layers = 2, VocabSize = 384, TieWordEmbeddings = true, RopeTheta = 1_000_000, TokenizerText = tokenizerText,
+        },
+        "phi3" => new()
+        {
+            ModelType = "phi3", HiddenSize = hidden, Heads = 4, KvHeads = 2, IntermediateSize = 2 * hidden, Layers = 2,
+            VocabSize = 384, TieWordEmbeddings = false, MaxPositions = 4 * originalContext, TokenizerText = tokenizerText,
+            ExtraConfig = new JsonObject
+            {
+                ["partial_rotary_factor"] = 0.75,
+                ["original_max_position_embeddings"] = originalContext,
+                ["rope_scaling"] = new JsonObject
+                {
+                    ["type"] = "longrope",
+                    ["short_factor"] = Factors(hidden / 4 * 3 / 8, 0.1),
+                    ["long_factor"] = Factors(hidden / 4 * 3 / 8, 0.7),
+                },
+            },
+        },
+        _ => throw new ArgumentOutOfRangeException(nameof(family), family, "no synthetic preset"),
+    };
+
+    static JsonArray Factors(int count, double step) =>
+        new(Enumerable.Range(0, count).Select(i => (JsonNode)(1.0 + step * i)).ToArray());
+}
