@@ -87,12 +87,70 @@ public class FamilyTests
         return x.matmul(head.t());
     }
 
+    /// <summary>Gemma 2/3 written from the papers' description, in fp64: (1+w) norms before and after
+    /// attention and MLP, √h embedding scale, 1/√query_pre_attn_scalar, tanh soft caps, per-layer window and
+    /// rotary base (local layers: rope_local_base_freq, no scaling; global: rope_theta with linear scaling).</summary>
+    static Tensor NaiveGemmaLogits(string dir, ModelConfig c, long[] ids)
+    {
+        using var ckpt = Checkpoint.Open(dir);
+        var g = c.Gemma!;
+        Tensor W(string n) => ckpt.Load(n).to(ScalarType.Float64);
+        int t = ids.Length, d = c.HeadDim, hq = c.NumHeads, groups = c.KvGroups;
+        var x = W("model.embed_tokens.weight").index_select(0, tensor(ids)) * Math.Sqrt(c.HiddenSize);
+        Tensor Norm(Tensor v, Tensor w) => (1 + w) * v / (v.pow(2).mean([-1], keepdim: true) + c.RmsNormEps).sqrt();
+        Tensor Lin(Tensor v, string n) => v.matmul(W(n + ".weight").t());
+        Tensor Rot(Tensor v, double theta, double scale)
+        {
+            var o = v.clone();
+            for (int p = 0; p < t; p++)
+                for (int i = 0; i < d / 2; i++)
+                {
+                    double ang = p / scale / Math.Pow(theta, 2.0 * i / d);
+                    double a = v[p, i].item<double>(), b = v[p, i + d / 2].item<double>();
+                    o[p, i] = a * Math.Cos(ang) - b * Math.Sin(ang);
+                    o[p, i + d / 2] = b * Math.Cos(ang) + a * Math.Sin(ang);
+                }
+            return o;
+        }
+        for (int l = 0; l < c.NumLayers; l++)
+        {
+            string p = $"model.layers.{l}.";
+            bool sliding = g.SlidingLayers[l];
+            double theta = sliding ? g.LocalRopeTheta : c.RopeTheta;
+            double scale = !sliding && c.RopeScaling is { Type: "linear" } rs ? rs.Factor : 1;
+            var h = Norm(x, W(p + "input_layernorm.weight"));
+            var q = Lin(h, p + "self_attn.q_proj"); var k = Lin(h, p + "self_attn.k_proj"); var v = Lin(h, p + "self_attn.v_proj");
+            var heads = new List<Tensor>();
+            for (int hi = 0; hi < hq; hi++)
+            {
+                int kvh = hi / groups;
+                Tensor QkNorm(Tensor z, string n) => ckpt.Contains(p + n) ? Norm(z, W(p + n)) : z;
+                var qh = Rot(QkNorm(q.narrow(1, hi * d, d), "self_attn.q_norm.weight"), theta, scale);
+                var kh = Rot(QkNorm(k.narrow(1, kvh * d, d), "self_attn.k_norm.weight"), theta, scale);
+                var scores = qh.matmul(kh.t()) / Math.Sqrt(g.QueryPreAttnScalar);
+                if (g.AttnSoftcap is double cap) scores = (scores / cap).tanh() * cap;
+                for (int i = 0; i < t; i++)
+                    for (int j = 0; j < t; j++)
+                        if (j > i || (sliding && i - j >= g.SlidingWindow)) scores[i, j] = double.NegativeInfinity;
+                heads.Add(scores.softmax(-1).matmul(v.narrow(1, kvh * d, d)));
+            }
+            x = x + Norm(Lin(cat(heads, 1), p + "self_attn.o_proj"), W(p + "post_attention_layernorm.weight"));
+            h = Norm(x, W(p + "pre_feedforward_layernorm.weight"));
+            var gate = Lin(h, p + "mlp.gate_proj");
+            var gelu = 0.5 * gate * (1 + (Math.Sqrt(2 / Math.PI) * (gate + 0.044715 * gate.pow(3))).tanh());
+            x = x + Norm(Lin(gelu * Lin(h, p + "mlp.up_proj"), p + "mlp.down_proj"), W(p + "post_feedforward_layernorm.weight"));
+        }
+        x = Norm(x, W("model.norm.weight"));
+        var logits = x.matmul(W("model.embed_tokens.weight").t());
+        return g.FinalSoftcap is double fc ? (logits / fc).tanh() * fc : logits;
+    }
+
     static void AssertMatchesNaive(string dir, long[] ids)
     {
         var c = ModelConfig.Load(dir);
         using var model = ModelLoader.Load(dir);
         using var ours = model.Forward(tensor(ids, [1, ids.Length]))[0].to(ScalarType.Float64);
-        using var naive = NaiveLogits(dir, c, ids);
+        using var naive = c.Gemma is null ? NaiveLogits(dir, c, ids) : NaiveGemmaLogits(dir, c, ids);
         double err = (ours - naive).abs().max().item<double>();
         double scale = naive.abs().max().item<double>();
         Assert.True(err <= 1e-4 * Math.Max(1, scale), $"max |Δlogit| = {err} (scale {scale})");
@@ -140,6 +198,20 @@ public class FamilyTests
         using (var model = ModelLoader.Open(dir.Path))
             Assert.Equal(["model.layers.0.self_attn.qkv_proj"], model.LinearLayout(0)[0].Select(l => l.Name));
         AssertMatchesNaive(dir.Path, [5, 17, 300, 2, 99, 41, 41, 7, 250]);
+    }
+
+    /// <summary>Gemma 2 (soft caps, sliding even layers) and Gemma 3 (q/k norms, local/global rotary bases,
+    /// linear scaling on global layers only); 12 tokens against a window of 8.</summary>
+    [Theory]
+    [InlineData("gemma2")]
+    [InlineData("gemma3_text")]
+    public void GemmaMatchesNaiveReference(string family)
+    {
+        using var dir = new TempDir();
+        SyntheticModel.Write(dir.Path, SyntheticFamilies.Spec(family) with { VocabSize = 320 });
+        var c = ModelConfig.Load(dir.Path);
+        Assert.True(c.Gemma is { SlidingWindow: 8 } g && g.SlidingLayers.Contains(true) && g.SlidingLayers[^1] == false && c.TieWordEmbeddings);
+        AssertMatchesNaive(dir.Path, [5, 17, 300, 2, 99, 41, 41, 7, 250, 3, 3, 120]);
     }
 
     [Fact]

@@ -81,11 +81,17 @@ public class GgufRunTests
     }
 
     /// <summary>Each family beyond Llama: GPTQ W4 on llama.cpp's Q4_K blocks (rows of 256) over a synthetic
-    /// checkpoint with a byte-level vocabulary; llama.cpp scores the file as our eval does.</summary>
+    /// checkpoint with a byte-level vocabulary; llama.cpp scores the file as our eval does (within 0.1%).
+    /// Gemma 3 within 1%: llama.cpp's quantized matmuls round activations to 8 bits, and on this six-layer
+    /// model that alone moves its perplexity of llama.cpp's own Q4_K_M file by 0.12% (Q8_0: 0.16%) from the
+    /// same file's float-arithmetic eval, and of the GPTQ file by 0.58% (measured; the F32 file agrees
+    /// within 0.002%, LlamaCppChecks).</summary>
     [Theory]
-    [InlineData("qwen3")]
-    [InlineData("phi3")]
-    public void EachFamilyRunsGptqToAGgufLlamaCppScoresAlike(string family)
+    [InlineData("qwen3", 1e-3)]
+    [InlineData("phi3", 1e-3)]
+    [InlineData("gemma2", 1e-3)]
+    [InlineData("gemma3_text", 1e-2)]
+    public void EachFamilyRunsGptqToAGgufLlamaCppScoresAlike(string family, double tolerance)
     {
         using var dir = new TempDir();
         string folder = dir.File(family);
@@ -97,7 +103,7 @@ public class GgufRunTests
         using (var written = ModelLoader.Open(file))
             Assert.Equal(result.After!.Perplexity, Perplexity.Windows(written, ids, 128, 8).Perplexity, 12);
         double theirs = LlamaCpp.Perplexity(file, ids, 128, 8);
-        Assert.True(Math.Abs(result.After!.Perplexity / theirs - 1) < 1e-3, $"{family}: eval {result.After.Perplexity:F4} vs llama.cpp {theirs:F4}");
+        Assert.True(Math.Abs(result.After!.Perplexity / theirs - 1) < tolerance, $"{family}: eval {result.After.Perplexity:F4} vs llama.cpp {theirs:F4}");
         Assert.NotEqual(result.Before!.Perplexity, result.After.Perplexity);
     }
 

@@ -1,5 +1,6 @@
 using System.Text;
 using DotQuant.Engine.Gguf;
+using DotQuant.Engine.IO;
 using DotQuant.Engine.Gguf.Blocks;
 using DotQuant.Engine.Gguf.Grids;
 using DotQuant.Engine.Quantizers;
@@ -129,10 +130,16 @@ public class LlamaCppChecks
 
     /// <summary>Each family beyond the Llama layout, as a synthetic checkpoint with a byte-level vocabulary:
     /// llama.cpp's graph for that architecture computes our logits from our F32 file.</summary>
+    /// <summary>The tolerance is 1e-3 of the logit range, except Gemma 3: llama.cpp's CPU GeLU reads a table
+    /// indexed by the input rounded to fp16 and returns fp16 (GGML_GELU_FP16), about 5e-4 relative per
+    /// activation; over this six-layer model that reaches 1.7e-3 (rounding our GeLU's input and output to
+    /// fp16 brings it under 1e-3, measured). Perplexity of the same file must agree within 0.1% for every family.</summary>
     [Theory]
-    [InlineData("qwen3")]
-    [InlineData("phi3")]
-    public void LlamaCppComputesOurLogitsForEachFamily(string family)
+    [InlineData("qwen3", 1e-3)]
+    [InlineData("phi3", 1e-3)]
+    [InlineData("gemma2", 1e-3)]
+    [InlineData("gemma3_text", 3e-3)]
+    public void LlamaCppComputesOurLogitsForEachFamily(string family, double tolerance)
     {
         using var dir = new TempDir();
         string folder = dir.File(family);
@@ -141,13 +148,19 @@ public class LlamaCppChecks
         // "phi3" (real Phi-3 vocabularies have it), and this synthetic byte-level vocabulary does not.
         GgufFloatExport.Write(folder, dir.File("f32.gguf"), GgmlType.F32, name: "synthetic");
         using (var f = GgufFile.Open(dir.File("f32.gguf")))
-            Assert.Equal(family, f["general.architecture"]!.Value);
-        SameTokensAndLogits(folder, dir.File("f32.gguf"), "Once upon a time, Lily's dog ran 123 miles!\n\n  Then   it slept. " + SampleText[..1500], addBos: false);
+            Assert.Equal(LlamaGgufLayout.Architecture(ModelConfig.Load(folder)), f["general.architecture"]!.Value);
+        SameTokensAndLogits(folder, dir.File("f32.gguf"), "Once upon a time, Lily's dog ran 123 miles!\n\n  Then   it slept. " + SampleText[..1500], addBos: false, tolerance);
+
+        var ids = HfTokenizer.Load(folder).Encode(File.ReadAllText(SharedPaths.Data("wikitext2", "wiki.test.gptq-joined.txt"))[..20000]);
+        using var model = ModelLoader.Open(dir.File("f32.gguf"));
+        double ours = DotQuant.Engine.Evaluation.Perplexity.Windows(model, ids, 128, 8).Perplexity;
+        double theirs = LlamaCpp.Perplexity(dir.File("f32.gguf"), ids, 128, 8);
+        Assert.True(Math.Abs(ours / theirs - 1) < 1e-3, $"{family}: eval {ours:F4} vs llama.cpp {theirs:F4}");
     }
 
     static readonly string SampleText = File.ReadAllText(SharedPaths.Data("tinystories", "stories-sample.txt"));
 
-    static void SameTokensAndLogits(string folder, string gguf, string text, bool addBos)
+    static void SameTokensAndLogits(string folder, string gguf, string text, bool addBos, double tolerance = 1e-3)
     {
         using var weights = LlamaCpp.Load(gguf, out var parameters);
         var tokenizer = HfTokenizer.Load(folder);
@@ -176,6 +189,6 @@ public class LlamaCppChecks
                 if (d > worst) { worst = d; worstAt = p; }
             }
         }
-        Assert.True(worst < 1e-3, $"largest logit difference {worst:E2} of the range at position {worstAt}; by position: {string.Join(" ", perPosition.Select(x => x.ToString("E1")))}");
+        Assert.True(worst < tolerance, $"largest logit difference {worst:E2} of the range at position {worstAt}; by position: {string.Join(" ", perPosition.Select(x => x.ToString("E1")))}");
     }
 }

@@ -117,7 +117,7 @@ public static class Perplexity
         {
             using var inner = NewDisposeScope();
             long n = Math.Min(chunk, rows - r);
-            var logits = nn.functional.linear(hidden.narrow(0, r, n), head);
+            var logits = model.Logits(hidden.narrow(0, r, n), head);
             var logp = logits.log_softmax(-1);
             var picked = logp.gather(1, targets.narrow(0, r, n).unsqueeze(1));
             total -= picked.sum(type: ScalarType.Float64).item<double>();

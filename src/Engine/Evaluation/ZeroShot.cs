@@ -108,7 +108,7 @@ public static class ZeroShot
             LayerMajor.Run(model, batches, (i, hidden, head) =>
             {
                 var (chunk, inputs) = chunks[i];
-                var logits = nn.functional.linear(hidden, head);
+                var logits = model.Logits(hidden, head);
                 for (int b = 0; b < chunk.Count; b++)
                 {
                     // Only the continuation's positions are scored (log-softmax is per row).

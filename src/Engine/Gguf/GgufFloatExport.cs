@@ -60,6 +60,8 @@ public static class GgufFloatExport
             var v = ckpt.Load(m.Source, m.Shape).to(ScalarType.Float32).contiguous();
             var values = v.data<float>().ToArray();
             if (m.RowOrder is { } order) values = order.Select(r => values[r]).ToArray();
+            if (m.Offset != 0)
+                for (int i = 0; i < values.Length; i++) values[i] += m.Offset;
             Encode(writer, codec, values, values.Length, 1);
             return;
         }

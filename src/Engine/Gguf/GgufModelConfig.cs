@@ -15,12 +15,29 @@ public static class GgufModelConfig
         return f.Decode(t).Select(x => (double)x).ToArray();
     }
 
+    /// <summary>Gemma's settings as llama.cpp's graph applies them (fixed sliding pattern, local base 10000,
+    /// 1/√head_dim unless 27B-shaped).</summary>
+    static GemmaSettings GemmaOf(GgufFile f, string arch, int layers, int headDim, int hidden, int heads)
+    {
+        bool gemma3 = arch == "gemma3";
+        double? Opt(string key) => f[$"{arch}.{key}"] is { } v ? v.AsFloat() : null;
+        int window = f[$"{arch}.attention.sliding_window"] is { } w ? (int)w.AsInteger() : 4096;
+        bool is27B = layers == (gemma3 ? 62 : 46);
+        return new GemmaSettings(
+            QueryPreAttnScalar: is27B ? (double)hidden / heads : headDim,
+            AttnSoftcap: gemma3 ? null : Opt("attn_logit_softcapping"),
+            FinalSoftcap: gemma3 ? null : Opt("final_logit_softcapping"),
+            SlidingWindow: window,
+            SlidingLayers: Enumerable.Range(0, layers).Select(i => gemma3 ? i % 6 < 5 : i % 2 == 0).ToArray(),
+            LocalRopeTheta: gemma3 ? 10000 : Opt("rope.freq_base") ?? 10000);
+    }
+
     public static ModelConfig From(GgufFile f)
     {
         string arch = f["general.architecture"]?.AsString()
             ?? throw new DotQuantException(ErrorCodes.GgufHeader, "general.architecture is missing", f.Path);
-        if (arch is not ("llama" or "qwen2" or "qwen3" or "phi3"))
-            throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"GGUF architecture '{arch}' is not supported (llama, qwen2, qwen3, phi3)", f.Path);
+        if (arch is not ("llama" or "qwen2" or "qwen3" or "phi3" or "gemma2" or "gemma3"))
+            throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"GGUF architecture '{arch}' is not supported (llama, qwen2, qwen3, phi3, gemma2, gemma3)", f.Path);
         long Int(string key) => f[$"{arch}.{key}"] is { } v
             ? Checked(v, key)
             : throw new DotQuantException(ErrorCodes.GgufHeader, $"{arch}.{key} is missing", f.Path);
@@ -60,7 +77,7 @@ public static class GgufModelConfig
         bool qkvBias = f.Tensor("blk.0.attn_q.bias") is not null;
         return new ModelConfig
         {
-            ModelType = arch,
+            ModelType = arch == "gemma3" ? "gemma3_text" : arch,
             HiddenSize = hidden,
             NumLayers = (int)Int("block_count"),
             NumHeads = heads,
@@ -77,9 +94,10 @@ public static class GgufModelConfig
             MlpBias = false,
             QkNorm = f.Tensor("blk.0.attn_q_norm.weight") is not null,
             FusedProjections = arch == "phi3",
+            Gemma = arch.StartsWith("gemma", StringComparison.Ordinal) ? GemmaOf(f, arch, (int)Int("block_count"), headDim, hidden, heads) : null,
             RotaryDim = rotary,
             MaxPositionEmbeddings = f[$"{arch}.context_length"] is { } c ? (int)c.AsInteger() : 2048,
-            HiddenAct = "silu",
+            HiddenAct = arch.StartsWith("gemma", StringComparison.Ordinal) ? "gelu_pytorch_tanh" : "silu",
             BosTokenId = f["tokenizer.ggml.bos_token_id"] is { } b ? (int)b.AsInteger() : null,
             EosTokenIds = f["tokenizer.ggml.eos_token_id"] is { } e ? [(int)e.AsInteger()] : [],
         };

@@ -69,6 +69,8 @@ public sealed class GgufWeightSource : IWeightSource, IDisposable
     {
         var (t, m) = Entry(name);
         var decoded = Decode(t, 0, t.Rows);
+        if (m.Offset != 0)
+            for (int i = 0; i < decoded.Length; i++) decoded[i] -= m.Offset;
         var result = tensor(decoded, m.Shape);
         if (m.RowOrder is not { } order) return result;
         // GGUF row r holds transformers' row order[r].

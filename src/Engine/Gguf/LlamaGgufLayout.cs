@@ -8,6 +8,9 @@ namespace DotQuant.Engine.Gguf;
 /// quantized rows are permuted exactly like float ones).</summary>
 public sealed record GgufTensorMapping(string Source, string Name, long[] Shape, int[]? RowOrder)
 {
+    /// <summary>Added to every value on the way into GGUF (Gemma's norms are stored as 1 + w, as
+    /// llama.cpp's converter stores them) and subtracted on the way back.</summary>
+    public float Offset { get; init; }
     public bool IsMatrix => Shape.Length == 2;
     /// <summary>ggml dims: the torch shape reversed.</summary>
     public long[] Dims => Shape.Reverse().ToArray();
@@ -31,6 +34,8 @@ public static class LlamaGgufLayout
         "qwen2" => "qwen2",
         "qwen3" => "qwen3",
         "phi3" => "phi3",
+        "gemma2" => "gemma2",
+        "gemma3_text" => "gemma3",
         _ => throw new DotQuantException(ErrorCodes.GgufUnsupported, $"model_type '{c.ModelType}' has no GGUF layout here"),
     };
 
@@ -46,6 +51,27 @@ public static class LlamaGgufLayout
         for (int i = 0; i < c.NumLayers; i++)
         {
             string p = $"model.layers.{i}.", b = $"blk.{i}.";
+            if (c.Gemma is not null)
+            {
+                GgufTensorMapping Norm(string source, string name, long length) => new(p + source, b + name, [length], null) { Offset = 1 };
+                list.Add(Norm("input_layernorm.weight", "attn_norm.weight", h));
+                list.Add(new(p + "self_attn.q_proj.weight", b + "attn_q.weight", [q, h], null));
+                list.Add(new(p + "self_attn.k_proj.weight", b + "attn_k.weight", [kv, h], null));
+                list.Add(new(p + "self_attn.v_proj.weight", b + "attn_v.weight", [kv, h], null));
+                if (c.QkNorm)
+                {
+                    list.Add(Norm("self_attn.q_norm.weight", "attn_q_norm.weight", c.HeadDim));
+                    list.Add(Norm("self_attn.k_norm.weight", "attn_k_norm.weight", c.HeadDim));
+                }
+                list.Add(new(p + "self_attn.o_proj.weight", b + "attn_output.weight", [h, q], null));
+                list.Add(Norm("post_attention_layernorm.weight", "post_attention_norm.weight", h));
+                list.Add(Norm("pre_feedforward_layernorm.weight", "ffn_norm.weight", h));
+                list.Add(new(p + "mlp.gate_proj.weight", b + "ffn_gate.weight", [f, h], null));
+                list.Add(new(p + "mlp.up_proj.weight", b + "ffn_up.weight", [f, h], null));
+                list.Add(new(p + "mlp.down_proj.weight", b + "ffn_down.weight", [h, f], null));
+                list.Add(Norm("post_feedforward_layernorm.weight", "post_ffw_norm.weight", h));
+                continue;
+            }
             if (c.FusedProjections)
             {
                 // Phi-3: llama.cpp's attn_qkv is [q | k | v] rows and ffn_up is [gate | up] rows, as in the checkpoint.
@@ -81,7 +107,7 @@ public static class LlamaGgufLayout
             list.Add(new(p + "mlp.up_proj.weight", b + "ffn_up.weight", [f, h], null));
             list.Add(new(p + "mlp.down_proj.weight", b + "ffn_down.weight", [h, f], null));
         }
-        list.Add(new("model.norm.weight", "output_norm.weight", [h], null));
+        list.Add(new("model.norm.weight", "output_norm.weight", [h], null) { Offset = c.Gemma is null ? 0 : 1 });
         // A tied head is token_embd itself: llama.cpp falls back to it when output.weight is absent.
         if (!c.TieWordEmbeddings && contains("lm_head.weight"))
             list.Add(new("lm_head.weight", "output.weight", [c.VocabSize, h], null));
@@ -123,7 +149,7 @@ public static class LlamaGgufLayout
         yield return new($"{a}.attention.head_count_kv", GgufValue.Of((uint)c.NumKvHeads));
         yield return new($"{a}.rope.freq_base", GgufValue.Of((float)c.RopeTheta));
         yield return new($"{a}.attention.layer_norm_rms_epsilon", GgufValue.Of((float)c.RmsNormEps));
-        if (c.HeadDim != c.HiddenSize / c.NumHeads)
+        if (c.HeadDim != c.HiddenSize / c.NumHeads || c.Gemma is not null)
         {
             yield return new($"{a}.attention.key_length", GgufValue.Of((uint)c.HeadDim));
             yield return new($"{a}.attention.value_length", GgufValue.Of((uint)c.HeadDim));
@@ -132,6 +158,12 @@ public static class LlamaGgufLayout
             yield return new($"{a}.rope.dimension_count", GgufValue.Of((uint)c.Rotary));
         if (a == "llama")
             yield return new($"{a}.vocab_size", GgufValue.Of((uint)c.VocabSize));
+        if (c.Gemma is { } g)
+        {
+            yield return new($"{a}.attention.sliding_window", GgufValue.Of((uint)g.SlidingWindow));
+            if (g.AttnSoftcap is double ac) yield return new($"{a}.attn_logit_softcapping", GgufValue.Of((float)ac));
+            if (g.FinalSoftcap is double fc) yield return new($"{a}.final_logit_softcapping", GgufValue.Of((float)fc));
+        }
         if (c.RopeScaling is { Type: "longrope" } lr)
         {
             yield return new($"{a}.rope.scaling.attn_factor", GgufValue.Of((float)lr.AttentionFactor));
@@ -144,6 +176,25 @@ public static class LlamaGgufLayout
         }
     }
 
+    /// <summary>What llama.cpp's gemma2/gemma3 graphs fix rather than read: the sliding pattern (every other
+    /// layer; five of six), the local RoPE base (10000), the attention scale (1/√head_dim, or 1/√(hidden/heads)
+    /// for the 27B shapes) and, for Gemma 3, no soft caps.</summary>
+    static void RefuseGemma(ModelConfig c, GemmaSettings g)
+    {
+        bool gemma3 = c.ModelType == "gemma3_text";
+        var expected = Enumerable.Range(0, c.NumLayers).Select(i => gemma3 ? i % 6 < 5 : i % 2 == 0);
+        if (!g.SlidingLayers.SequenceEqual(expected))
+            throw new DotQuantException(ErrorCodes.GgufUnsupported, $"layer_types: llama.cpp's {Architecture(c)} graph slides on {(gemma3 ? "five layers of every six" : "even layers")}; this model's pattern differs");
+        bool is27B = c.NumLayers == (gemma3 ? 62 : 46);
+        double scalar = is27B ? (double)c.HiddenSize / c.NumHeads : c.HeadDim;
+        if (Math.Abs(g.QueryPreAttnScalar - scalar) > 1e-9)
+            throw new DotQuantException(ErrorCodes.GgufUnsupported, $"query_pre_attn_scalar {g.QueryPreAttnScalar}: llama.cpp's {Architecture(c)} graph scales attention by 1/√{scalar}");
+        if (gemma3 && Math.Abs(g.LocalRopeTheta - 10000) > 1e-9)
+            throw new DotQuantException(ErrorCodes.GgufUnsupported, $"rope_local_base_freq {g.LocalRopeTheta}: llama.cpp's gemma3 graph uses 10000 on sliding layers");
+        if (gemma3 && (g.AttnSoftcap is not null || g.FinalSoftcap is not null))
+            throw new DotQuantException(ErrorCodes.GgufUnsupported, "soft-capping: llama.cpp's gemma3 graph has none");
+    }
+
     static void Refuse(ModelConfig c)
     {
         if (c.RopeScaling is { } s && s.Type != "linear" && !(s.Type == "longrope" && Architecture(c) == "phi3"))
@@ -152,7 +203,8 @@ public static class LlamaGgufLayout
             throw new DotQuantException(ErrorCodes.GgufUnsupported, $"partial rotary ({c.Rotary} of {c.HeadDim}) is written to GGUF for phi3 only");
         if (c.DownProjHadamard)
             throw new DotQuantException(ErrorCodes.GgufUnsupported, "a QuaRot model applies an online Hadamard transform before down_proj, which llama.cpp's graph does not have");
-        if (c.HiddenAct != "silu")
+        if (c.Gemma is { } g) RefuseGemma(c, g);
+        else if (c.HiddenAct != "silu")
             throw new DotQuantException(ErrorCodes.GgufUnsupported, $"hidden_act '{c.HiddenAct}': llama.cpp's {Architecture(c)} graph uses SiLU");
         if (c.MlpBias)
             throw new DotQuantException(ErrorCodes.GgufUnsupported, "mlp_bias: llama.cpp's llama graph has no MLP biases");

@@ -132,7 +132,7 @@ public static class OutputAdaptiveHessian
                     var (i, s) = sequences[q];
                     var last = x[q]!.detach().requires_grad_(true);
                     long t = last.shape[1];
-                    var logits = nn.functional.linear(model.FinalNorm(last), head).squeeze(0);          // [T, V]
+                    var logits = model.Logits(model.FinalNorm(last), head).squeeze(0);          // [T, V]
                     var predicted = logits.narrow(0, 0, t - 1);
                     Tensor labels;
                     if (o.Labels == FisherLabels.Empirical)

@@ -6,6 +6,12 @@ namespace DotQuant.Engine.IO;
 /// <summary>quantization_config of a GPTQ checkpoint: v1 stores zero − 1, v2 the zero itself.</summary>
 public sealed record GptqConfig(int Bits, int GroupSize, bool V2);
 
+/// <summary>What Gemma 2 and Gemma 3 add to a decoder: RMSNorm as x̂·(1+w), √hidden embedding scale,
+/// norms after attention and the MLP as well as before, 1/√query_pre_attn_scalar attention scale,
+/// soft-capped attention and final logits (tanh(x/c)·c), and sliding-window layers with their own
+/// RoPE base (Gemma 3's global layers alone carry rope_scaling).</summary>
+public sealed record GemmaSettings(double QueryPreAttnScalar, double? AttnSoftcap, double? FinalSoftcap, int SlidingWindow, bool[] SlidingLayers, double LocalRopeTheta);
+
 /// <summary>RoPE frequency scaling as in transformers' <c>rope_scaling</c>.</summary>
 public sealed record RopeScaling(string Type, double Factor, double LowFreqFactor = 1, double HighFreqFactor = 4, int OriginalMaxPositions = 8192)
 {
@@ -42,6 +48,7 @@ public sealed record ModelConfig
     public bool QkNorm { get; init; }
     /// <summary>q, k and v as one linear (qkv_proj), gate and up as one (gate_up_proj): Phi-3.</summary>
     public bool FusedProjections { get; init; }
+    public GemmaSettings? Gemma { get; init; }
     /// <summary>How many leading dimensions of each head rotate (partial_rotary_factor · head_dim).</summary>
     public int RotaryDim { get; init; }
     public required int MaxPositionEmbeddings { get; init; }
@@ -62,7 +69,7 @@ public sealed record ModelConfig
     /// <summary>Rotating dimensions per head (all of them unless partial_rotary_factor says otherwise).</summary>
     public int Rotary => RotaryDim > 0 ? RotaryDim : HeadDim;
 
-    public static readonly string[] SupportedModelTypes = ["llama", "qwen2", "qwen3", "mistral", "phi3"];
+    public static readonly string[] SupportedModelTypes = ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3_text"];
 
     public static ModelConfig Load(string modelDir)
     {
@@ -120,9 +127,10 @@ public sealed record ModelConfig
         if (headDim % 2 != 0)
             throw new DotQuantException(ErrorCodes.ConfigInconsistent, $"head_dim ({headDim}) must be even for rotary embeddings", path);
 
-        string act = r.String("hidden_act") ?? "silu";
-        if (act is not ("silu" or "swish"))
-            throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"hidden_act '{act}' is not supported for {modelType} (only silu)", path);
+        bool gemma = modelType is "gemma2" or "gemma3_text";
+        string act = gemma ? r.String("hidden_activation") ?? r.String("hidden_act") ?? "gelu_pytorch_tanh" : r.String("hidden_act") ?? "silu";
+        if (gemma ? act is not ("gelu_pytorch_tanh" or "gelu_tanh") : act is not ("silu" or "swish"))
+            throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"hidden_act '{act}' is not supported for {modelType} (only {(gemma ? "gelu_pytorch_tanh" : "silu")})", path);
 
         bool attentionBias = r.Bool("attention_bias") ?? false;
         bool qwen = modelType == "qwen2", qwen3 = modelType == "qwen3";
@@ -149,11 +157,12 @@ public sealed record ModelConfig
             RmsNormEps = r.Double("rms_norm_eps") ?? 1e-6,
             RopeTheta = r.Double("rope_theta") ?? 10000.0,
             RopeScaling = ParseRopeScaling(r, path, rotaryDim, maxPositions),
-            TieWordEmbeddings = r.Bool("tie_word_embeddings") ?? false,
+            TieWordEmbeddings = r.Bool("tie_word_embeddings") ?? gemma,
             QkvBias = qwen || attentionBias,
             OutputBias = !qwen && attentionBias,
             MlpBias = !qwen && !qwen3 && (r.Bool("mlp_bias") ?? false),
-            QkNorm = qwen3,
+            QkNorm = qwen3 || modelType == "gemma3_text",
+            Gemma = gemma ? ParseGemma(r, modelType, layers, headDim, path) : null,
             FusedProjections = phi3,
             RotaryDim = rotaryDim,
             MaxPositionEmbeddings = maxPositions,
@@ -165,6 +174,37 @@ public sealed record ModelConfig
             Gptq = gptq,
             DownProjHadamard = ParseRotation(root, path),
         };
+    }
+
+    static GemmaSettings ParseGemma(Reader r, string modelType, int layers, int headDim, string path)
+    {
+        bool gemma3 = modelType == "gemma3_text";
+        int window = r.Int("sliding_window") ?? 4096;
+        bool[] sliding;
+        if (r.Root.TryGetProperty("layer_types", out var lt) && lt.ValueKind == JsonValueKind.Array)
+        {
+            sliding = lt.EnumerateArray().Select(e => e.GetString() switch
+            {
+                "sliding_attention" => true,
+                "full_attention" => false,
+                var other => throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"layer_types value '{other}' is not supported (sliding_attention, full_attention)", path),
+            }).ToArray();
+            if (sliding.Length != layers)
+                throw new DotQuantException(ErrorCodes.ConfigInconsistent, $"layer_types has {sliding.Length} entries for {layers} layers", path);
+        }
+        else
+        {
+            // transformers: Gemma 2 slides on even layers; Gemma 3 on all but every sliding_window_pattern-th.
+            int pattern = gemma3 ? r.Int("sliding_window_pattern") ?? 6 : 2;
+            sliding = Enumerable.Range(0, layers).Select(i => gemma3 ? (i + 1) % pattern != 0 : i % 2 == 0).ToArray();
+        }
+        return new GemmaSettings(
+            QueryPreAttnScalar: r.Double("query_pre_attn_scalar") ?? headDim,
+            AttnSoftcap: r.Double("attn_logit_softcapping"),
+            FinalSoftcap: r.Double("final_logit_softcapping"),
+            SlidingWindow: window,
+            SlidingLayers: sliding,
+            LocalRopeTheta: gemma3 ? r.Double("rope_local_base_freq") ?? 10000 : r.Double("rope_theta") ?? 10000);
     }
 
     static bool ParseRotation(JsonElement root, string path)

@@ -14,12 +14,19 @@ public sealed class ForwardContext : IDisposable
     /// <summary>Boolean mask [T, past+T] (true = attend), or null when plain causal attention applies.</summary>
     public Tensor? Mask { get; init; }
     public KvCache? Cache { get; init; }
+    /// <summary>Sliding-window layers' own rotary tables and mask (Gemma), when they differ from the rest.</summary>
+    public Tensor? LocalCos { get; init; }
+    public Tensor? LocalSin { get; init; }
+    public Tensor? LocalMask { get; init; }
 
     public void Dispose()
     {
         Cos.Dispose();
         Sin.Dispose();
         Mask?.Dispose();
+        LocalCos?.Dispose();
+        LocalSin?.Dispose();
+        LocalMask?.Dispose();
     }
 }
 
@@ -125,6 +132,10 @@ public abstract class DecoderModel : IDisposable
     /// <summary>The output projection [V, H] in fp32 (tied to embeddings or separate). Caller disposes.</summary>
     public abstract Tensor HeadWeight();
 
+    /// <summary>Logits from final-normalised hidden states and <see cref="HeadWeight"/> (a family may cap
+    /// them, as Gemma 2 does).</summary>
+    public virtual Tensor Logits(Tensor normedHidden, Tensor head) => nn.functional.linear(normedHidden, head);
+
     /// <summary>Builds the per-call context for T new tokens after <paramref name="past"/> cached ones.</summary>
     public abstract ForwardContext CreateContext(long past, long length, KvCache? cache = null);
 
@@ -146,7 +157,7 @@ public abstract class DecoderModel : IDisposable
         }
         h = FinalNorm(h);
         using var w = HeadWeight();
-        var logits = nn.functional.linear(h, w);
+        var logits = Logits(h, w);
         cache?.Advance(t);
         return scope.MoveToOuter(logits);
     }

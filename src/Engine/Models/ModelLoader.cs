@@ -69,6 +69,7 @@ public static class ModelLoader
     public static DecoderModel Open(ModelConfig config, IWeightSource weights, bool ownsSource = false) => config.ModelType switch
     {
         "llama" or "qwen2" or "qwen3" or "mistral" or "phi3" => LlamaModel.Open(config, weights, ownsSource),
+        "gemma2" or "gemma3_text" => GemmaModel.Open(config, weights, ownsSource),
         _ => throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"model_type '{config.ModelType}' is not supported", weights.Directory),
     };
 

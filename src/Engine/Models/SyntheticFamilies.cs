@@ -7,7 +7,7 @@ namespace DotQuant.Engine.Models;
 /// tests that compare our forward with a naive one and with llama.cpp.</summary>
 public static class SyntheticFamilies
 {
-    public static readonly string[] Names = ["qwen3", "phi3"];
+    public static readonly string[] Names = ["qwen3", "phi3", "gemma2", "gemma3_text"];
 
     /// <summary>The preset of <paramref name="family"/> at width <paramref name="hidden"/> (4 heads, 2 KV heads).
     /// <paramref name="originalContext"/>: Phi-3's original_max_position_embeddings (LongRoPE uses its long
@@ -33,6 +33,29 @@ public static class SyntheticFamilies
                     ["short_factor"] = Factors(hidden / 4 * 3 / 8, 0.1),
                     ["long_factor"] = Factors(hidden / 4 * 3 / 8, 0.7),
                 },
+            },
+        },
+        // Gemma: head_dim decoupled from hidden/heads, a short window so sliding layers differ from global ones.
+        "gemma2" => new()
+        {
+            ModelType = "gemma2", HiddenSize = hidden, Heads = 4, KvHeads = 2, HeadDim = hidden / 2, IntermediateSize = 2 * hidden,
+            Layers = 2, VocabSize = 384, TieWordEmbeddings = true, TokenizerText = tokenizerText,
+            ExtraConfig = new JsonObject
+            {
+                ["query_pre_attn_scalar"] = hidden / 2, ["attn_logit_softcapping"] = 0.1, ["final_logit_softcapping"] = 0.5,
+                ["sliding_window"] = 8,
+            },
+        },
+        "gemma3_text" => new()
+        {
+            // Six layers: llama.cpp's gemma3 graph fixes the pattern (five sliding, one global) that transformers reads.
+            ModelType = "gemma3_text", HiddenSize = hidden, Heads = 4, KvHeads = 2, HeadDim = hidden / 2, IntermediateSize = 2 * hidden,
+            Layers = 6, VocabSize = 384, TieWordEmbeddings = true, RopeTheta = 1_000_000, TokenizerText = tokenizerText,
+            ExtraConfig = new JsonObject
+            {
+                ["query_pre_attn_scalar"] = hidden / 2, ["sliding_window"] = 8, ["sliding_window_pattern"] = 6,
+                ["rope_local_base_freq"] = 10000.0,
+                ["rope_scaling"] = new JsonObject { ["rope_type"] = "linear", ["factor"] = 4.0 },
             },
         },
         _ => throw new ArgumentOutOfRangeException(nameof(family), family, "no synthetic preset"),

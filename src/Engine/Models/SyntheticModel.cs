@@ -53,7 +53,7 @@ public static class SyntheticModel
     {
         var config = new JsonObject
         {
-            ["architectures"] = new JsonArray(s.ModelType switch { "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "mistral" => "MistralForCausalLM", "phi3" => "Phi3ForCausalLM", _ => "LlamaForCausalLM" }),
+            ["architectures"] = new JsonArray(s.ModelType switch { "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "mistral" => "MistralForCausalLM", "phi3" => "Phi3ForCausalLM", "gemma2" => "Gemma2ForCausalLM", "gemma3_text" => "Gemma3ForCausalLM", _ => "LlamaForCausalLM" }),
             ["model_type"] = s.ModelType,
             ["hidden_size"] = s.HiddenSize,
             ["intermediate_size"] = s.IntermediateSize,
@@ -64,7 +64,7 @@ public static class SyntheticModel
             ["max_position_embeddings"] = s.MaxPositions,
             ["rms_norm_eps"] = 1e-6,
             ["rope_theta"] = s.RopeTheta,
-            ["hidden_act"] = "silu",
+            ["hidden_act"] = s.ModelType.StartsWith("gemma", StringComparison.Ordinal) ? "gelu_pytorch_tanh" : "silu",
             ["tie_word_embeddings"] = s.TieWordEmbeddings,
             ["torch_dtype"] = s.DType switch { ScalarType.BFloat16 => "bfloat16", ScalarType.Float16 => "float16", _ => "float32" },
             ["bos_token_id"] = 0,
@@ -123,7 +123,12 @@ public static class SyntheticModel
             tensors[p + "mlp.down_proj.weight"] = Rand(s.HiddenSize, s.IntermediateSize);
             tensors[p + "input_layernorm.weight"] = Norm(s.HiddenSize);
             tensors[p + "post_attention_layernorm.weight"] = Norm(s.HiddenSize);
-            if (s.ModelType == "qwen3")
+            if (s.ModelType is "gemma2" or "gemma3_text")
+            {
+                tensors[p + "pre_feedforward_layernorm.weight"] = Norm(s.HiddenSize);
+                tensors[p + "post_feedforward_layernorm.weight"] = Norm(s.HiddenSize);
+            }
+            if (s.ModelType is "qwen3" or "gemma3_text")
             {
                 tensors[p + "self_attn.q_norm.weight"] = Norm(headDim);
                 tensors[p + "self_attn.k_norm.weight"] = Norm(headDim);
