@@ -145,12 +145,48 @@ public class FamilyTests
         return g.FinalSoftcap is double fc ? (logits / fc).tanh() * fc : logits;
     }
 
+    /// <summary>GPT-2 straight from the checkpoint: Conv1D weights used as stored (x·W + b, W [in, out]),
+    /// learned positions, LayerNorm with bias, per-head softmax attention, tanh GeLU, tied head.</summary>
+    static Tensor NaiveGpt2Logits(string dir, ModelConfig c, long[] ids)
+    {
+        using var ckpt = Checkpoint.Open(dir);
+        Tensor W(string n) => ckpt.Load(n).to(ScalarType.Float64);
+        int t = ids.Length, d = c.HeadDim, h = c.HiddenSize;
+        var x = W("transformer.wte.weight").index_select(0, tensor(ids)) + W("transformer.wpe.weight").narrow(0, 0, t);
+        Tensor Ln(Tensor v, string n)
+        {
+            var mu = v.mean([-1], keepdim: true);
+            var var_ = (v - mu).pow(2).mean([-1], keepdim: true);
+            return (v - mu) / (var_ + c.RmsNormEps).sqrt() * W(n + ".weight") + W(n + ".bias");
+        }
+        Tensor Conv(Tensor v, string n) => v.matmul(W(n + ".weight")) + W(n + ".bias");
+        for (int l = 0; l < c.NumLayers; l++)
+        {
+            string p = $"transformer.h.{l}.";
+            var qkv = Conv(Ln(x, p + "ln_1"), p + "attn.c_attn");
+            var heads = new List<Tensor>();
+            for (int hi = 0; hi < c.NumHeads; hi++)
+            {
+                var q = qkv.narrow(1, hi * d, d); var k = qkv.narrow(1, h + hi * d, d); var v = qkv.narrow(1, 2 * h + hi * d, d);
+                var scores = q.matmul(k.t()) / Math.Sqrt(d);
+                for (int i = 0; i < t; i++)
+                    for (int j = i + 1; j < t; j++) scores[i, j] = double.NegativeInfinity;
+                heads.Add(scores.softmax(-1).matmul(v));
+            }
+            x = x + Conv(cat(heads, 1), p + "attn.c_proj");
+            var a = Conv(Ln(x, p + "ln_2"), p + "mlp.c_fc");
+            var gelu = 0.5 * a * (1 + (Math.Sqrt(2 / Math.PI) * (a + 0.044715 * a.pow(3))).tanh());
+            x = x + Conv(gelu, p + "mlp.c_proj");
+        }
+        return Ln(x, "transformer.ln_f").matmul(W("transformer.wte.weight").t());
+    }
+
     static void AssertMatchesNaive(string dir, long[] ids)
     {
         var c = ModelConfig.Load(dir);
         using var model = ModelLoader.Load(dir);
         using var ours = model.Forward(tensor(ids, [1, ids.Length]))[0].to(ScalarType.Float64);
-        using var naive = c.Gemma is null ? NaiveLogits(dir, c, ids) : NaiveGemmaLogits(dir, c, ids);
+        using var naive = c.ModelType == "gpt2" ? NaiveGpt2Logits(dir, c, ids) : c.Gemma is null ? NaiveLogits(dir, c, ids) : NaiveGemmaLogits(dir, c, ids);
         double err = (ours - naive).abs().max().item<double>();
         double scale = naive.abs().max().item<double>();
         Assert.True(err <= 1e-4 * Math.Max(1, scale), $"max |Δlogit| = {err} (scale {scale})");
@@ -212,6 +248,25 @@ public class FamilyTests
         var c = ModelConfig.Load(dir.Path);
         Assert.True(c.Gemma is { SlidingWindow: 8 } g && g.SlidingLayers.Contains(true) && g.SlidingLayers[^1] == false && c.TieWordEmbeddings);
         AssertMatchesNaive(dir.Path, [5, 17, 300, 2, 99, 41, 41, 7, 250, 3, 3, 120]);
+    }
+
+    /// <summary>GPT-2: Conv1D [in, out] weights seen as linears, learned positions, LayerNorm, fused c_attn;
+    /// with the KV cache, positions continue where the prompt ended.</summary>
+    [Fact]
+    public void Gpt2MatchesNaiveReferenceAndDecodesWithItsPositions()
+    {
+        using var dir = new TempDir();
+        SyntheticModel.Write(dir.Path, SyntheticFamilies.Spec("gpt2") with { VocabSize = 320 });
+        var c = ModelConfig.Load(dir.Path);
+        Assert.True(c.ModelType == "gpt2" && c.IntermediateSize == 256 && c.HeadDim == 16);
+        long[] ids = [5, 17, 300, 2, 99, 41, 41, 7, 250];
+        AssertMatchesNaive(dir.Path, ids);
+        using var model = ModelLoader.Load(dir.Path);
+        using var whole = model.Forward(tensor(ids, [1, ids.Length]));
+        using var cache = model.CreateCache(1, 16);
+        using var prompt = model.Forward(tensor(ids[..5], [1, 5]), cache);
+        using var rest = model.Forward(tensor(ids[5..], [1, 4]), cache);
+        Assert.True((rest[0] - whole[0, TensorIndex.Slice(5)]).abs().max().item<float>() < 1e-4);
     }
 
     [Fact]

@@ -91,6 +91,7 @@ public class GgufRunTests
     [InlineData("phi3", 1e-3)]
     [InlineData("gemma2", 1e-3)]
     [InlineData("gemma3_text", 1e-2)]
+    [InlineData("gpt2", 1e-3)]
     public void EachFamilyRunsGptqToAGgufLlamaCppScoresAlike(string family, double tolerance)
     {
         using var dir = new TempDir();

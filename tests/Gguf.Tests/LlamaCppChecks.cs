@@ -139,6 +139,7 @@ public class LlamaCppChecks
     [InlineData("phi3", 1e-3)]
     [InlineData("gemma2", 1e-3)]
     [InlineData("gemma3_text", 3e-3)]
+    [InlineData("gpt2", 1e-3)]
     public void LlamaCppComputesOurLogitsForEachFamily(string family, double tolerance)
     {
         using var dir = new TempDir();
@@ -148,7 +149,7 @@ public class LlamaCppChecks
         // "phi3" (real Phi-3 vocabularies have it), and this synthetic byte-level vocabulary does not.
         GgufFloatExport.Write(folder, dir.File("f32.gguf"), GgmlType.F32, name: "synthetic");
         using (var f = GgufFile.Open(dir.File("f32.gguf")))
-            Assert.Equal(LlamaGgufLayout.Architecture(ModelConfig.Load(folder)), f["general.architecture"]!.Value);
+            Assert.Equal(GgufArchitectures.Architecture(ModelConfig.Load(folder)), f["general.architecture"]!.Value);
         SameTokensAndLogits(folder, dir.File("f32.gguf"), "Once upon a time, Lily's dog ran 123 miles!\n\n  Then   it slept. " + SampleText[..1500], addBos: false, tolerance);
 
         var ids = HfTokenizer.Load(folder).Encode(File.ReadAllText(SharedPaths.Data("wikitext2", "wiki.test.gptq-joined.txt"))[..20000]);

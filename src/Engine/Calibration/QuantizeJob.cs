@@ -118,7 +118,7 @@ public static class QuantizeJob
         }
         // Tensors outside the blocks (embeddings, final norm, head), as stored.
         foreach (var name in model.OutsideTensorNames())
-            writer.AddStored(name, weights);
+            writer.AddStored(name, model.Weights);
         writer.FinishTensors(m.ModelPath);
 
         Action<JsonObject>? patch = rotated is null ? null : rotated.PatchConfig;

@@ -28,7 +28,7 @@ public sealed class GgufPackageWriter : PackageWriter
         var recipe = m.Output.Gguf!;
         _layout = GgufPackageLayout.For(model.Config, model.Weights, recipe);
         _path = Path.Combine(folder, m.Output.GgufFileName!);
-        var constants = LlamaGgufLayout.Constants(model.Config);
+        var constants = GgufArchitectures.Constants(model.Config);
         var specs = constants.Select(k => new GgufTensorSpec(k.Name, k.Dims, GgmlType.F32)).ToList();
         foreach (var source in ArrivalOrder(model))
         {

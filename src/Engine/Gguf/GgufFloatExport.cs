@@ -17,11 +17,13 @@ public static class GgufFloatExport
     {
         if (type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16))
             throw new DotQuantException(ErrorCodes.GgufUnsupported, $"a float GGUF is F32, F16 or BF16, not {type}");
-        var config = ModelConfig.Load(modelDir);
-        using var ckpt = Checkpoint.Open(modelDir);
-        var mappings = LlamaGgufLayout.Tensors(config, ckpt.Contains);
+        // Through the model's weight view: what the family's adapter reads (GPT-2's Conv1D turned to [out, in]).
+        using var model = ModelLoader.Open(modelDir);
+        var config = model.Config;
+        var ckpt = model.Weights;
+        var mappings = GgufArchitectures.Tensors(config, ckpt.Contains);
         var vocab = GgufVocab.Load(modelDir, config.VocabSize);
-        var constants = LlamaGgufLayout.Constants(config);
+        var constants = GgufArchitectures.Constants(config);
         var specs = constants.Select(k => new GgufTensorSpec(k.Name, k.Dims, GgmlType.F32))
             .Concat(mappings.Select(m => new GgufTensorSpec(m.Name, m.Dims, m.IsMatrix ? type : GgmlType.F32))).ToList();
         var metadata = Header(config, name ?? Path.GetFileName(Path.GetFullPath(modelDir).TrimEnd('/')), FileType(type))
@@ -36,10 +38,10 @@ public static class GgufFloatExport
     /// <summary>general.* keys then the architecture's hyperparameters, in the converter's order.</summary>
     public static IEnumerable<KeyValuePair<string, GgufValue>> Header(ModelConfig config, string name, uint fileType)
     {
-        yield return new("general.architecture", GgufValue.Of(LlamaGgufLayout.Architecture(config)));
+        yield return new("general.architecture", GgufValue.Of(GgufArchitectures.Architecture(config)));
         yield return new("general.name", GgufValue.Of(name));
         yield return new("general.file_type", GgufValue.Of(fileType));
-        foreach (var kv in LlamaGgufLayout.Hyperparameters(config)) yield return kv;
+        foreach (var kv in GgufArchitectures.Hyperparameters(config)) yield return kv;
     }
 
     /// <summary>llama_ftype of a float file.</summary>

@@ -36,8 +36,8 @@ public static class GgufModelConfig
     {
         string arch = f["general.architecture"]?.AsString()
             ?? throw new DotQuantException(ErrorCodes.GgufHeader, "general.architecture is missing", f.Path);
-        if (arch is not ("llama" or "qwen2" or "qwen3" or "phi3" or "gemma2" or "gemma3"))
-            throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"GGUF architecture '{arch}' is not supported (llama, qwen2, qwen3, phi3, gemma2, gemma3)", f.Path);
+        if (arch is not ("llama" or "qwen2" or "qwen3" or "phi3" or "gemma2" or "gemma3" or "gpt2"))
+            throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"GGUF architecture '{arch}' is not supported (llama, qwen2, qwen3, phi3, gemma2, gemma3, gpt2)", f.Path);
         long Int(string key) => f[$"{arch}.{key}"] is { } v
             ? Checked(v, key)
             : throw new DotQuantException(ErrorCodes.GgufHeader, $"{arch}.{key} is missing", f.Path);
@@ -53,6 +53,20 @@ public static class GgufModelConfig
             : fallback;
 
         int hidden = (int)Int("embedding_length"), heads = (int)Int("attention.head_count");
+        if (arch == "gpt2")
+        {
+            var wte = f.Tensor("token_embd.weight") ?? throw new DotQuantException(ErrorCodes.WeightMissing, "token_embd.weight is missing", f.Path);
+            return new ModelConfig
+            {
+                ModelType = "gpt2", HiddenSize = hidden, NumLayers = (int)Int("block_count"), NumHeads = heads, NumKvHeads = heads,
+                HeadDim = hidden / heads, IntermediateSize = (int)Int("feed_forward_length"), VocabSize = (int)wte.Dims[1],
+                RmsNormEps = Float("attention.layer_norm_epsilon", 1e-5), RopeTheta = 10000, TieWordEmbeddings = f.Tensor("output.weight") is null,
+                QkvBias = true, OutputBias = true, MlpBias = true, FusedProjections = true, HiddenAct = "gelu_new",
+                MaxPositionEmbeddings = (int)Int("context_length"),
+                BosTokenId = f["tokenizer.ggml.bos_token_id"] is { } gb ? (int)gb.AsInteger() : null,
+                EosTokenIds = f["tokenizer.ggml.eos_token_id"] is { } ge ? [(int)ge.AsInteger()] : [],
+            };
+        }
         int kvHeads = f[$"{arch}.attention.head_count_kv"] is { } kv ? (int)kv.AsInteger() : heads;
         if (hidden <= 0 || heads <= 0 || kvHeads <= 0 || heads % kvHeads != 0)
             throw new DotQuantException(ErrorCodes.ConfigInconsistent, $"{arch}: {heads} heads, {kvHeads} KV heads, width {hidden} do not fit together", f.Path);

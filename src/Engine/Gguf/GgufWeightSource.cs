@@ -34,7 +34,7 @@ public sealed class GgufWeightSource : IWeightSource, IDisposable
             var config = GgufModelConfig.From(file);
             var map = new Dictionary<string, (GgufTensorInfo, GgufTensorMapping)>(StringComparer.Ordinal);
             var names = new List<string>();
-            foreach (var m in LlamaGgufLayout.Tensors(config, _ => true))
+            foreach (var m in GgufArchitectures.Tensors(config, _ => true))
             {
                 if (file.Tensor(m.Name) is not { } t) continue;
                 if (!t.Shape.SequenceEqual(m.Shape))

@@ -69,7 +69,7 @@ public sealed record ModelConfig
     /// <summary>Rotating dimensions per head (all of them unless partial_rotary_factor says otherwise).</summary>
     public int Rotary => RotaryDim > 0 ? RotaryDim : HeadDim;
 
-    public static readonly string[] SupportedModelTypes = ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3_text"];
+    public static readonly string[] SupportedModelTypes = ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3_text", "gpt2"];
 
     public static ModelConfig Load(string modelDir)
     {
@@ -95,6 +95,8 @@ public sealed record ModelConfig
         if (!SupportedModelTypes.Contains(modelType))
             throw new DotQuantException(ErrorCodes.UnsupportedModelType,
                 $"model_type '{modelType}' is not supported (supported: {string.Join(", ", SupportedModelTypes)})", path);
+
+        if (modelType == "gpt2") return ParseGpt2(r, root, path);
 
         GptqConfig? gptq = null;
         if (root.TryGetProperty("quantization_config", out var qc) && qc.ValueKind == JsonValueKind.Object)
@@ -173,6 +175,36 @@ public sealed record ModelConfig
             TorchDtype = r.String("torch_dtype") ?? r.String("dtype"),
             Gptq = gptq,
             DownProjHadamard = ParseRotation(root, path),
+        };
+    }
+
+    /// <summary>GPT-2's own key names (transformers' GPT2Config attribute map: n_embd, n_layer, n_head,
+    /// n_positions, n_inner); LayerNorm eps goes to <see cref="RmsNormEps"/>, the one norm epsilon.</summary>
+    static ModelConfig ParseGpt2(Reader r, JsonElement root, string path)
+    {
+        if (root.TryGetProperty("quantization_config", out var qc) && qc.ValueKind == JsonValueKind.Object)
+            throw new DotQuantException(ErrorCodes.UnsupportedModelType, "quantized GPT-2 checkpoints are not read yet; quantize the floating-point checkpoint", path);
+        int hidden = r.Int("n_embd") ?? r.Int("hidden_size") ?? throw r.Missing("n_embd");
+        int layers = r.Int("n_layer") ?? r.Int("num_hidden_layers") ?? throw r.Missing("n_layer");
+        int heads = r.Int("n_head") ?? r.Int("num_attention_heads") ?? throw r.Missing("n_head");
+        int vocab = r.Int("vocab_size") ?? throw r.Missing("vocab_size");
+        int positions = r.Int("n_positions") ?? r.Int("n_ctx") ?? 1024;
+        if (hidden <= 0 || layers <= 0 || heads <= 0 || vocab <= 0 || positions <= 0 || hidden % heads != 0)
+            throw new DotQuantException(ErrorCodes.ConfigInconsistent, $"n_embd ({hidden}) must be a positive multiple of n_head ({heads}), and sizes positive", path);
+        string act = r.String("activation_function") ?? "gelu_new";
+        if (act is not ("gelu_new" or "gelu_pytorch_tanh"))
+            throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"activation_function '{act}' is not supported for gpt2 (gelu_new)", path);
+        if (r.Bool("scale_attn_by_inverse_layer_idx") == true)
+            throw new DotQuantException(ErrorCodes.UnsupportedModelType, "scale_attn_by_inverse_layer_idx=true is not supported for gpt2", path);
+        if (r.Bool("scale_attn_weights") == false)
+            throw new DotQuantException(ErrorCodes.UnsupportedModelType, "scale_attn_weights=false is not supported for gpt2", path);
+        return new ModelConfig
+        {
+            ModelType = "gpt2", HiddenSize = hidden, NumLayers = layers, NumHeads = heads, NumKvHeads = heads, HeadDim = hidden / heads,
+            IntermediateSize = r.Int("n_inner") ?? 4 * hidden, VocabSize = vocab, RmsNormEps = r.Double("layer_norm_epsilon") ?? 1e-5,
+            RopeTheta = 10000, TieWordEmbeddings = r.Bool("tie_word_embeddings") ?? true, QkvBias = true, OutputBias = true, MlpBias = true,
+            MaxPositionEmbeddings = positions, HiddenAct = "gelu_new", BosTokenId = r.Int("bos_token_id"), EosTokenIds = r.IntOrInts("eos_token_id"),
+            TorchDtype = r.String("torch_dtype") ?? r.String("dtype"), FusedProjections = true,
         };
     }
 

@@ -123,8 +123,9 @@ public abstract class DecoderModel : IDisposable
     /// <summary>Lets a subclass keep its tables (embeddings, head) in memory once resident.</summary>
     protected virtual void OnResident() { }
 
-    /// <summary>Token ids [B, T] (int64) → hidden states [B, T, H] in fp32.</summary>
-    public abstract Tensor Embed(Tensor ids);
+    /// <summary>Token ids [B, T] (int64) at positions past..past+T−1 → hidden states [B, T, H] in fp32
+    /// (positions matter to families with learned position embeddings, GPT-2).</summary>
+    public abstract Tensor Embed(Tensor ids, long past = 0);
 
     /// <summary>Final normalisation of hidden states [B, T, H].</summary>
     public abstract Tensor FinalNorm(Tensor hidden);
@@ -149,7 +150,7 @@ public abstract class DecoderModel : IDisposable
         using var scope = NewDisposeScope();
         long t = ids.shape[1];
         using var ctx = CreateContext(cache?.Length ?? 0, t, cache);
-        var h = Embed(ids);
+        var h = Embed(ids, cache?.Length ?? 0);
         for (int i = 0; i < BlockCount; i++)
         {
             using var block = Block(i);

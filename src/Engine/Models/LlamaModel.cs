@@ -162,7 +162,7 @@ public sealed class LlamaModel : DecoderModel
             _lmHead = Weights.Load("lm_head.weight", _config.VocabSize, _config.HiddenSize).DetachFromDisposeScope();
     }
 
-    public override Tensor Embed(Tensor ids)
+    public override Tensor Embed(Tensor ids, long past = 0)
     {
         using var flat = ids.reshape(-1);
         using var rows = _embed is not null ? _embed.index_select(0, flat) : Weights.LoadRows("model.embed_tokens.weight", flat);

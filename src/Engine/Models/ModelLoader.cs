@@ -70,6 +70,7 @@ public static class ModelLoader
     {
         "llama" or "qwen2" or "qwen3" or "mistral" or "phi3" => LlamaModel.Open(config, weights, ownsSource),
         "gemma2" or "gemma3_text" => GemmaModel.Open(config, weights, ownsSource),
+        "gpt2" => Gpt2Model.Open(config, weights, ownsSource),
         _ => throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"model_type '{config.ModelType}' is not supported", weights.Directory),
     };
 

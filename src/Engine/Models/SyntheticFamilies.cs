@@ -7,7 +7,7 @@ namespace DotQuant.Engine.Models;
 /// tests that compare our forward with a naive one and with llama.cpp.</summary>
 public static class SyntheticFamilies
 {
-    public static readonly string[] Names = ["qwen3", "phi3", "gemma2", "gemma3_text"];
+    public static readonly string[] Names = ["qwen3", "phi3", "gemma2", "gemma3_text", "gpt2"];
 
     /// <summary>The preset of <paramref name="family"/> at width <paramref name="hidden"/> (4 heads, 2 KV heads).
     /// <paramref name="originalContext"/>: Phi-3's original_max_position_embeddings (LongRoPE uses its long
@@ -57,6 +57,11 @@ public static class SyntheticFamilies
                 ["rope_local_base_freq"] = 10000.0,
                 ["rope_scaling"] = new JsonObject { ["rope_type"] = "linear", ["factor"] = 4.0 },
             },
+        },
+        "gpt2" => new()
+        {
+            ModelType = "gpt2", HiddenSize = hidden, Heads = 4, KvHeads = 4, IntermediateSize = 4 * hidden, Layers = 2,
+            VocabSize = 384, TieWordEmbeddings = true, MaxPositions = 256, TokenizerText = tokenizerText,
         },
         _ => throw new ArgumentOutOfRangeException(nameof(family), family, "no synthetic preset"),
     };

@@ -51,6 +51,19 @@ public static class SyntheticModel
 
     static void WriteConfig(string dir, Spec s)
     {
+        if (s.ModelType == "gpt2")
+        {
+            var gpt2 = new JsonObject
+            {
+                ["architectures"] = new JsonArray("GPT2LMHeadModel"), ["model_type"] = "gpt2",
+                ["n_embd"] = s.HiddenSize, ["n_layer"] = s.Layers, ["n_head"] = s.Heads, ["n_positions"] = s.MaxPositions,
+                ["n_inner"] = s.IntermediateSize, ["vocab_size"] = s.VocabSize, ["layer_norm_epsilon"] = 1e-5,
+                ["activation_function"] = "gelu_new", ["bos_token_id"] = 0, ["eos_token_id"] = 0, ["torch_dtype"] = "float32",
+            };
+            foreach (var (key, value) in s.ExtraConfig ?? []) gpt2[key] = value?.DeepClone();
+            File.WriteAllText(Path.Combine(dir, "config.json"), gpt2.ToJsonString(new() { WriteIndented = true }));
+            return;
+        }
         var config = new JsonObject
         {
             ["architectures"] = new JsonArray(s.ModelType switch { "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "mistral" => "MistralForCausalLM", "phi3" => "Phi3ForCausalLM", "gemma2" => "Gemma2ForCausalLM", "gemma3_text" => "Gemma3ForCausalLM", _ => "LlamaForCausalLM" }),
@@ -85,6 +98,11 @@ public static class SyntheticModel
         }
         using var scope = NewDisposeScope();
         var g = new TorchSharp.torch.Generator((ulong)s.Seed);
+        if (s.ModelType == "gpt2")
+        {
+            SafeTensorsWriter.Write(Path.Combine(dir, "model.safetensors"), Gpt2Tensors(s, g));
+            return;
+        }
         int headDim = s.HeadDim ?? s.HiddenSize / s.Heads;
         long q = (long)s.Heads * headDim, kv = (long)s.KvHeads * headDim;
         bool qkvBias = s.ModelType == "qwen2";
@@ -154,6 +172,36 @@ public static class SyntheticModel
         }
         var index = new JsonObject { ["metadata"] = new JsonObject(), ["weight_map"] = weightMap };
         File.WriteAllText(Path.Combine(dir, "model.safetensors.index.json"), index.ToJsonString(new() { WriteIndented = true }));
+    }
+
+    /// <summary>GPT-2 as transformers saves GPT2LMHeadModel: Conv1D weights [in, out], biases everywhere,
+    /// learned positions, LayerNorms with bias, the head tied to wte (not stored).</summary>
+    static SortedDictionary<string, Tensor> Gpt2Tensors(Spec s, TorchSharp.torch.Generator g)
+    {
+        long h = s.HiddenSize, f = s.IntermediateSize;
+        var t = new SortedDictionary<string, Tensor>(StringComparer.Ordinal);
+        Tensor Rand(float scale, params long[] shape) => randn(shape, generator: g).mul_(scale).to(s.DType);
+        t["transformer.wte.weight"] = Rand(0.02f, s.VocabSize, h);
+        t["transformer.wpe.weight"] = Rand(0.01f, s.MaxPositions, h);
+        for (int i = 0; i < s.Layers; i++)
+        {
+            string p = $"transformer.h.{i}.";
+            t[p + "ln_1.weight"] = Rand(0.05f, h).add_(1);
+            t[p + "ln_1.bias"] = Rand(0.05f, h);
+            t[p + "attn.c_attn.weight"] = Rand(0.02f, h, 3 * h);
+            t[p + "attn.c_attn.bias"] = Rand(0.05f, 3 * h);
+            t[p + "attn.c_proj.weight"] = Rand(0.02f, h, h);
+            t[p + "attn.c_proj.bias"] = Rand(0.05f, h);
+            t[p + "ln_2.weight"] = Rand(0.05f, h).add_(1);
+            t[p + "ln_2.bias"] = Rand(0.05f, h);
+            t[p + "mlp.c_fc.weight"] = Rand(0.02f, h, f);
+            t[p + "mlp.c_fc.bias"] = Rand(0.05f, f);
+            t[p + "mlp.c_proj.weight"] = Rand(0.02f, f, h);
+            t[p + "mlp.c_proj.bias"] = Rand(0.05f, h);
+        }
+        t["transformer.ln_f.weight"] = Rand(0.05f, h).add_(1);
+        t["transformer.ln_f.bias"] = Rand(0.05f, h);
+        return t;
     }
 
     /// <summary>Phi-3's layout: q, k, v rows stacked into qkv_proj, gate and up into gate_up_proj.</summary>

@@ -26,7 +26,7 @@ public sealed record GgufConstant(string Name, float[] Values)
 /// <summary>How the Llama family (llama, mistral → llama.cpp's "llama"; qwen2, qwen3, phi3 → their own) is laid out
 /// in GGUF: tensor names, llama.cpp's q/k row order, the architecture's hyperparameter keys. What
 /// llama.cpp's converter does, in .NET; what it cannot represent is refused (DQ0115).</summary>
-public static class LlamaGgufLayout
+public static class GgufArchitectures
 {
     public static string Architecture(ModelConfig c) => c.ModelType switch
     {
@@ -36,6 +36,7 @@ public static class LlamaGgufLayout
         "phi3" => "phi3",
         "gemma2" => "gemma2",
         "gemma3_text" => "gemma3",
+        "gpt2" => "gpt2",
         _ => throw new DotQuantException(ErrorCodes.GgufUnsupported, $"model_type '{c.ModelType}' has no GGUF layout here"),
     };
 
@@ -45,6 +46,7 @@ public static class LlamaGgufLayout
 
     public static IReadOnlyList<GgufTensorMapping> Tensors(ModelConfig c, Func<string, bool> contains)
     {
+        if (c.ModelType == "gpt2") return Gpt2Tensors(c, contains);
         Refuse(c);
         long h = c.HiddenSize, q = (long)c.NumHeads * c.HeadDim, kv = (long)c.NumKvHeads * c.HeadDim, f = c.IntermediateSize;
         var list = new List<GgufTensorMapping> { new("model.embed_tokens.weight", "token_embd.weight", [c.VocabSize, h], null) };
@@ -138,9 +140,51 @@ public static class LlamaGgufLayout
         return order;
     }
 
+    /// <summary>GPT-2 as convert_hf_to_gguf writes it (Conv1D weights already turned to [out, in] by the
+    /// model's weight view): learned positions, LayerNorm weight and bias, fused qkv, biases everywhere.</summary>
+    static IReadOnlyList<GgufTensorMapping> Gpt2Tensors(ModelConfig c, Func<string, bool> contains)
+    {
+        string pre = contains("transformer.wte.weight") ? "transformer." : "";
+        long h = c.HiddenSize, f = c.IntermediateSize;
+        var list = new List<GgufTensorMapping>
+        {
+            new(pre + "wte.weight", "token_embd.weight", [c.VocabSize, h], null),
+            new(pre + "wpe.weight", "position_embd.weight", [c.MaxPositionEmbeddings, h], null),
+        };
+        void Both(string source, string name, long[] shape)
+        {
+            list.Add(new(source + ".weight", name + ".weight", shape, null));
+            list.Add(new(source + ".bias", name + ".bias", [shape[0]], null));
+        }
+        for (int i = 0; i < c.NumLayers; i++)
+        {
+            string p = $"{pre}h.{i}.", b = $"blk.{i}.";
+            Both(p + "ln_1", b + "attn_norm", [h]);
+            Both(p + "attn.c_attn", b + "attn_qkv", [3 * h, h]);
+            Both(p + "attn.c_proj", b + "attn_output", [h, h]);
+            Both(p + "ln_2", b + "ffn_norm", [h]);
+            Both(p + "mlp.c_fc", b + "ffn_up", [f, h]);
+            Both(p + "mlp.c_proj", b + "ffn_down", [h, f]);
+        }
+        Both(pre + "ln_f", "output_norm", [h]);
+        if (!c.TieWordEmbeddings && contains("lm_head.weight"))
+            list.Add(new("lm_head.weight", "output.weight", [c.VocabSize, h], null));
+        return list;
+    }
+
     public static IEnumerable<KeyValuePair<string, GgufValue>> Hyperparameters(ModelConfig c)
     {
         string a = Architecture(c);
+        if (a == "gpt2")
+        {
+            yield return new($"{a}.context_length", GgufValue.Of((uint)c.MaxPositionEmbeddings));
+            yield return new($"{a}.embedding_length", GgufValue.Of((uint)c.HiddenSize));
+            yield return new($"{a}.feed_forward_length", GgufValue.Of((uint)c.IntermediateSize));
+            yield return new($"{a}.block_count", GgufValue.Of((uint)c.NumLayers));
+            yield return new($"{a}.attention.head_count", GgufValue.Of((uint)c.NumHeads));
+            yield return new($"{a}.attention.layer_norm_epsilon", GgufValue.Of((float)c.RmsNormEps));
+            yield break;
+        }
         yield return new($"{a}.context_length", GgufValue.Of((uint)c.MaxPositionEmbeddings));
         yield return new($"{a}.embedding_length", GgufValue.Of((uint)c.HiddenSize));
         yield return new($"{a}.block_count", GgufValue.Of((uint)c.NumLayers));
