@@ -31,11 +31,32 @@ public class GgufRecipeTests
 
     [Theory]
     [MemberData(nameof(Cases))]
-    public void EveryTensorGetsTheTypeLlamaQuantizeGivesIt(string model, string recipeName, LLamaFtype ftype)
+    public void EveryTensorGetsTheTypeLlamaQuantizeGivesIt(string model, string recipeName, LLamaFtype ftype) =>
+        AssertSameTypes(Path.Combine(SharedPaths.Root, "models", model), model, recipeName, ftype);
+
+    /// <summary>The families' own tensors (Phi-3's and GPT-2's attn_qkv, Gemma's tied head and extra norms),
+    /// on synthetic checkpoints 256 wide so the k-quants apply.</summary>
+    [Theory]
+    [InlineData("qwen3", "q4_k_m", LLamaFtype.MOSTLY_Q4_K_M)]
+    [InlineData("phi3", "q4_k_m", LLamaFtype.MOSTLY_Q4_K_M)]
+    [InlineData("phi3", "q3_k_m", LLamaFtype.MOSTLY_Q3_K_M)]
+    [InlineData("phi3", "q5_k_m", LLamaFtype.MOSTLY_Q5_K_M)]
+    [InlineData("gemma2", "q4_k_m", LLamaFtype.MOSTLY_Q4_K_M)]
+    [InlineData("gemma3_text", "q2_k", LLamaFtype.MOSTLY_Q2_K)]
+    [InlineData("gpt2", "q4_k_m", LLamaFtype.MOSTLY_Q4_K_M)]
+    [InlineData("gpt2", "q3_k_m", LLamaFtype.MOSTLY_Q3_K_M)]
+    public void EachFamilysTensorsGetTheTypesLlamaQuantizeGivesThem(string family, string recipeName, LLamaFtype ftype)
     {
-        string dir = Path.Combine(SharedPaths.Root, "models", model);
         using var tmp = new TempDir();
-        GgufFloatExport.Write(dir, tmp.File("f32.gguf"), GgmlType.F32);
+        DotQuant.Engine.Models.SyntheticModel.Write(tmp.File(family), DotQuant.Engine.Models.SyntheticFamilies.Spec(family, hidden: 256,
+            tokenizerText: File.ReadAllText(SharedPaths.Data("tinystories", "stories-sample.txt"))));
+        AssertSameTypes(tmp.File(family), family, recipeName, ftype);
+    }
+
+    static void AssertSameTypes(string dir, string model, string recipeName, LLamaFtype ftype)
+    {
+        using var tmp = new TempDir();
+        GgufFloatExport.Write(dir, tmp.File("f32.gguf"), GgmlType.F32, name: "synthetic");
         LlamaCpp.Quantize(tmp.File("f32.gguf"), tmp.File("q.gguf"), ftype);
         var recipe = GgufRecipe.Parse(recipeName)!;
         var config = ModelConfig.Load(dir);

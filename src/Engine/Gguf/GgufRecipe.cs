@@ -9,7 +9,7 @@ public enum LlamaFileType : uint
 }
 
 /// <summary>What a tensor is to llama.cpp's type selection.</summary>
-public enum GgufTensorRole { TokenEmbedding, Output, AttentionQ, AttentionK, AttentionV, AttentionQkv, AttentionOutput, FfnGate, FfnUp, FfnDown, Other }
+public enum GgufTensorRole { TokenEmbedding, PositionEmbedding, Output, AttentionQ, AttentionK, AttentionV, AttentionOutput, FfnGate, FfnUp, FfnDown, Other }
 
 /// <summary>The type of every tensor of a GGUF file of one named type, as llama-quantize chooses them
 /// (llama-quant.cpp llama_tensor_get_type for the dense models we write): the mix's base type, more bits
@@ -68,7 +68,10 @@ public sealed record GgufRecipe(string Name, LlamaFileType FileType, GgmlType Ba
     {
         "token_embd.weight" => GgufTensorRole.TokenEmbedding,
         "output.weight" => GgufTensorRole.Output,
-        _ when ggufName.Contains("attn_qkv.weight") => GgufTensorRole.AttentionQkv,
+        // llama.cpp (the build in LLamaSharp 0.30.0) gives a fused qkv the attn_v rules, and keeps learned
+        // positions in the file's float type.
+        _ when ggufName.Contains("attn_qkv.weight") => GgufTensorRole.AttentionV,
+        "position_embd.weight" => GgufTensorRole.PositionEmbedding,
         _ when ggufName.Contains("attn_v.weight") => GgufTensorRole.AttentionV,
         _ when ggufName.Contains("attn_k.weight") => GgufTensorRole.AttentionK,
         _ when ggufName.Contains("attn_q.weight") => GgufTensorRole.AttentionQ,
@@ -123,14 +126,8 @@ public sealed record GgufRecipe(string Name, LlamaFileType FileType, GgmlType Ba
                     LlamaFileType.MostlyQ4_K_S when layer < n / 8 => GgmlType.Q5_K,
                     _ => t,
                 };
-            case GgufTensorRole.AttentionQkv:
-                return FileType switch
-                {
-                    LlamaFileType.MostlyQ3_K_M => GgmlType.Q4_K,
-                    LlamaFileType.MostlyQ4_K_M => GgmlType.Q5_K,
-                    LlamaFileType.MostlyQ5_K_M => GgmlType.Q6_K,
-                    _ => t,
-                };
+            case GgufTensorRole.PositionEmbedding:
+                return GgmlType.F32;
             case GgufTensorRole.AttentionOutput:
                 return FileType switch
                 {
