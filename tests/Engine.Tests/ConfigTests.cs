@@ -66,6 +66,24 @@ public class ConfigTests
         Assert.Equal(ErrorCodes.UnsupportedModelType, Assert.Throws<DotQuantException>(() => Parse("{\"model_type\":\"llama\"," + Base + ",\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":4}}")).Code);
     }
 
+    /// <summary>Each family's unsupported values are DQ0122 naming the key; malformed ones DQ0121.</summary>
+    [Theory]
+    [InlineData("{\"model_type\":\"qwen3\",BASE,\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":4}}", "DQ0122", "rope_scaling")]
+    [InlineData("{\"model_type\":\"qwen3\",BASE,\"use_sliding_window\":true}", "DQ0122", "use_sliding_window")]
+    [InlineData("{\"model_type\":\"phi3\",BASE,\"partial_rotary_factor\":0.1}", "DQ0122", "partial_rotary_factor")]
+    [InlineData("{\"model_type\":\"phi3\",BASE,\"rope_scaling\":{\"type\":\"longrope\",\"short_factor\":[1,1],\"long_factor\":[1,1,1,1]}}", "DQ0121", "short_factor")]
+    [InlineData("{\"model_type\":\"gemma2\",BASE,\"hidden_activation\":\"relu\"}", "DQ0122", "hidden_activation")]
+    [InlineData("{\"model_type\":\"gemma3_text\",BASE,\"layer_types\":[\"chunked_attention\",\"full_attention\"]}", "DQ0122", "layer_types")]
+    [InlineData("{\"model_type\":\"gpt2\",\"n_embd\":64,\"n_layer\":2,\"n_head\":4,\"vocab_size\":100,\"activation_function\":\"relu\"}", "DQ0122", "activation_function")]
+    [InlineData("{\"model_type\":\"gpt2\",\"n_embd\":64,\"n_layer\":2,\"n_head\":4,\"vocab_size\":100,\"scale_attn_by_inverse_layer_idx\":true}", "DQ0122", "scale_attn_by_inverse_layer_idx")]
+    [InlineData("{\"model_type\":\"gpt2\",\"n_layer\":2,\"n_head\":4,\"vocab_size\":100}", "DQ0121", "n_embd")]
+    public void FamilyValuesWeCannotRunAreRefusedNamingTheKey(string json, string code, string key)
+    {
+        var e = Assert.Throws<DotQuantException>(() => Parse(json.Replace("BASE", Base)));
+        Assert.Equal(code, e.Code);
+        Assert.Contains(key, e.Message);
+    }
+
     [Fact]
     public void MissingConfigFileIsADiagnostic()
     {

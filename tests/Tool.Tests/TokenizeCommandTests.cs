@@ -12,6 +12,7 @@ public class TokenizeCommandTests
     [InlineData("gpt2", "gpt-2")]
     [InlineData("llama3", "llama-bpe")]
     [InlineData("qwen2.5", "qwen2")]
+    [InlineData("qwen3", "qwen2")]
     public void TheIdsAreTheReferenceVectors(string folder, string vectors)
     {
         var inputs = File.ReadAllText(Tokenizers("llama.cpp-vectors", $"ggml-vocab-{vectors}.gguf.inp")).Split("\n__ggml_vocab_test__\n");

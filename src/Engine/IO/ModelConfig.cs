@@ -130,9 +130,10 @@ public sealed record ModelConfig
             throw new DotQuantException(ErrorCodes.ConfigInconsistent, $"head_dim ({headDim}) must be even for rotary embeddings", path);
 
         bool gemma = modelType is "gemma2" or "gemma3_text";
-        string act = gemma ? r.String("hidden_activation") ?? r.String("hidden_act") ?? "gelu_pytorch_tanh" : r.String("hidden_act") ?? "silu";
+        string actKey = gemma && r.String("hidden_activation") is not null ? "hidden_activation" : "hidden_act";
+        string act = r.String(actKey) ?? (gemma ? "gelu_pytorch_tanh" : "silu");
         if (gemma ? act is not ("gelu_pytorch_tanh" or "gelu_tanh") : act is not ("silu" or "swish"))
-            throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"hidden_act '{act}' is not supported for {modelType} (only {(gemma ? "gelu_pytorch_tanh" : "silu")})", path);
+            throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"{actKey} '{act}' is not supported for {modelType} (only {(gemma ? "gelu_pytorch_tanh" : "silu")})", path);
 
         bool attentionBias = r.Bool("attention_bias") ?? false;
         bool qwen = modelType == "qwen2", qwen3 = modelType == "qwen3";
@@ -142,7 +143,7 @@ public sealed record ModelConfig
         int? sliding = modelType is "mistral" or "phi3" ? r.Int("sliding_window") : null;
         double partial = r.Double("partial_rotary_factor") ?? 1.0;
         int rotaryDim = (int)(headDim * partial);
-        if (partial is <= 0 or > 1 || rotaryDim % 2 != 0)
+        if (partial is <= 0 or > 1 || rotaryDim <= 0 || rotaryDim % 2 != 0)
             throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"partial_rotary_factor {partial} gives {rotaryDim} rotary dimensions of {headDim}; it must be an even number > 0", path);
         int maxPositions = r.Int("max_position_embeddings") ?? 2048;
 
