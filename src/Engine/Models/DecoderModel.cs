@@ -163,6 +163,13 @@ public abstract class DecoderModel : IDisposable
         return scope.MoveToOuter(logits);
     }
 
+    /// <summary>Hands a group's shared input to the observer, once per linear (calibration statistics).</summary>
+    protected static void Observe(LinearInputObserver? observer, NamedLinear[] linears, Tensor input)
+    {
+        if (observer is null) return;
+        foreach (var l in linears) observer(l, input);
+    }
+
     protected virtual void DisposeTables() { }
 
     public void Dispose()

@@ -75,18 +75,7 @@ public sealed class GemmaModel : DecoderModel
         }
     }
 
-    static IReadOnlyList<IReadOnlyList<LinearSpec>> Layout(ModelConfig c, int i)
-    {
-        long h = c.HiddenSize, q = (long)c.NumHeads * c.HeadDim, kv = (long)c.NumKvHeads * c.HeadDim, f = c.IntermediateSize;
-        string p = $"model.layers.{i}.";
-        return
-        [
-            [new(p + "self_attn.q_proj", q, h), new(p + "self_attn.k_proj", kv, h), new(p + "self_attn.v_proj", kv, h)],
-            [new(p + "self_attn.o_proj", h, q)],
-            [new(p + "mlp.gate_proj", f, h), new(p + "mlp.up_proj", f, h)],
-            [new(p + "mlp.down_proj", h, f)],
-        ];
-    }
+    static IReadOnlyList<IReadOnlyList<LinearSpec>> Layout(ModelConfig c, int i) => LlamaLayout.Of(c, i);
 
     public override IReadOnlyList<IReadOnlyList<LinearSpec>> LinearLayout(int index) => Layout(_config, index);
 
@@ -97,30 +86,19 @@ public sealed class GemmaModel : DecoderModel
         if (i < 0 || i >= BlockCount) throw new ArgumentOutOfRangeException(nameof(i));
         var c = _config;
         string p = BlockPrefix(i);
-        var loaded = new List<IDisposable>();
-        T Keep<T>(T x) where T : IDisposable { loaded.Add(x); return x; }
-        Tensor W(string name, params long[] shape) => Keep(Weights.Load(name, shape).DetachFromDisposeScope());
-        NamedLinear Lin(LinearSpec s) => Keep(new NamedLinear(s.Name, W(s.Name + ".weight", s.OutFeatures, s.InFeatures), null));
-        try
+        var layout = Layout(c, i);
+        return new BlockLoader(Weights).Build(load => new GemmaBlock(this, i)
         {
-            var layout = Layout(c, i);
-            return new GemmaBlock(this, i)
-            {
-                Q = Lin(layout[0][0]), K = Lin(layout[0][1]), V = Lin(layout[0][2]), O = Lin(layout[1][0]),
-                Gate = Lin(layout[2][0]), Up = Lin(layout[2][1]), Down = Lin(layout[3][0]),
-                InputNorm = W(p + "input_layernorm.weight", c.HiddenSize),
-                PostAttentionNorm = W(p + "post_attention_layernorm.weight", c.HiddenSize),
-                PreFeedForwardNorm = W(p + "pre_feedforward_layernorm.weight", c.HiddenSize),
-                PostFeedForwardNorm = W(p + "post_feedforward_layernorm.weight", c.HiddenSize),
-                QNorm = c.QkNorm ? W(p + "self_attn.q_norm.weight", c.HeadDim) : null,
-                KNorm = c.QkNorm ? W(p + "self_attn.k_norm.weight", c.HeadDim) : null,
-            };
-        }
-        catch
-        {
-            foreach (var x in loaded) x.Dispose();
-            throw;
-        }
+            Q = load.Linear(layout[0][0], false), K = load.Linear(layout[0][1], false), V = load.Linear(layout[0][2], false),
+            O = load.Linear(layout[1][0], false), Gate = load.Linear(layout[2][0], false), Up = load.Linear(layout[2][1], false),
+            Down = load.Linear(layout[3][0], false),
+            InputNorm = load.Tensor(p + "input_layernorm.weight", c.HiddenSize),
+            PostAttentionNorm = load.Tensor(p + "post_attention_layernorm.weight", c.HiddenSize),
+            PreFeedForwardNorm = load.Tensor(p + "pre_feedforward_layernorm.weight", c.HiddenSize),
+            PostFeedForwardNorm = load.Tensor(p + "post_feedforward_layernorm.weight", c.HiddenSize),
+            QNorm = c.QkNorm ? load.Tensor(p + "self_attn.q_norm.weight", c.HeadDim) : null,
+            KNorm = c.QkNorm ? load.Tensor(p + "self_attn.k_norm.weight", c.HeadDim) : null,
+        });
     }
 
     protected override void OnResident() =>
@@ -182,12 +160,6 @@ public sealed class GemmaModel : DecoderModel
         Observe(observer, [b.Down], act);
         var output = h.Plus(Norm(b.Down.Forward(act), b.PostFeedForwardNorm));
         return scope.MoveToOuter(output);
-    }
-
-    static void Observe(LinearInputObserver? observer, NamedLinear[] linears, Tensor input)
-    {
-        if (observer is null) return;
-        foreach (var l in linears) observer(l, input);
     }
 
     public override Tensor FinalNorm(Tensor hidden)

@@ -94,25 +94,14 @@ public sealed class Gpt2Model : DecoderModel
         if (i < 0 || i >= BlockCount) throw new ArgumentOutOfRangeException(nameof(i));
         string p = BlockPrefix(i);
         long h = _config.HiddenSize;
-        var loaded = new List<IDisposable>();
-        T Keep<T>(T x) where T : IDisposable { loaded.Add(x); return x; }
-        Tensor W(string name, params long[] shape) => Keep(Weights.Load(name, shape).DetachFromDisposeScope());
-        NamedLinear Lin(LinearSpec s) => Keep(new NamedLinear(s.Name, W(s.Name + ".weight", s.OutFeatures, s.InFeatures), W(s.Name + ".bias", s.OutFeatures)));
-        try
+        var layout = Layout(_config, _prefix, i);
+        return new BlockLoader(Weights).Build(load => new Gpt2Block(this, i)
         {
-            var layout = Layout(_config, _prefix, i);
-            return new Gpt2Block(this, i)
-            {
-                Attn = Lin(layout[0][0]), AttnProj = Lin(layout[1][0]), Fc = Lin(layout[2][0]), MlpProj = Lin(layout[3][0]),
-                Ln1Weight = W(p + "ln_1.weight", h), Ln1Bias = W(p + "ln_1.bias", h),
-                Ln2Weight = W(p + "ln_2.weight", h), Ln2Bias = W(p + "ln_2.bias", h),
-            };
-        }
-        catch
-        {
-            foreach (var x in loaded) x.Dispose();
-            throw;
-        }
+            Attn = load.Linear(layout[0][0], true), AttnProj = load.Linear(layout[1][0], true),
+            Fc = load.Linear(layout[2][0], true), MlpProj = load.Linear(layout[3][0], true),
+            Ln1Weight = load.Tensor(p + "ln_1.weight", h), Ln1Bias = load.Tensor(p + "ln_1.bias", h),
+            Ln2Weight = load.Tensor(p + "ln_2.weight", h), Ln2Bias = load.Tensor(p + "ln_2.bias", h),
+        });
     }
 
     protected override void OnResident() =>

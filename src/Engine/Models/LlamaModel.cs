@@ -100,26 +100,7 @@ public sealed class LlamaModel : DecoderModel
         _ => c.MlpBias,
     };
 
-    static IReadOnlyList<IReadOnlyList<LinearSpec>> Layout(ModelConfig c, int i)
-    {
-        long h = c.HiddenSize, q = (long)c.NumHeads * c.HeadDim, kv = (long)c.NumKvHeads * c.HeadDim, f = c.IntermediateSize;
-        string p = $"model.layers.{i}.";
-        if (c.FusedProjections)
-            return
-            [
-                [new(p + "self_attn.qkv_proj", q + 2 * kv, h)],
-                [new(p + "self_attn.o_proj", h, q)],
-                [new(p + "mlp.gate_up_proj", 2 * f, h)],
-                [new(p + "mlp.down_proj", h, f)],
-            ];
-        return
-        [
-            [new(p + "self_attn.q_proj", q, h), new(p + "self_attn.k_proj", kv, h), new(p + "self_attn.v_proj", kv, h)],
-            [new(p + "self_attn.o_proj", h, q)],
-            [new(p + "mlp.gate_proj", f, h), new(p + "mlp.up_proj", f, h)],
-            [new(p + "mlp.down_proj", h, f)],
-        ];
-    }
+    static IReadOnlyList<IReadOnlyList<LinearSpec>> Layout(ModelConfig c, int i) => LlamaLayout.Of(c, i);
 
     public override IReadOnlyList<IReadOnlyList<LinearSpec>> LinearLayout(int index) => Layout(_config, index);
 
@@ -130,29 +111,14 @@ public sealed class LlamaModel : DecoderModel
         if (i < 0 || i >= BlockCount) throw new ArgumentOutOfRangeException(nameof(i));
         var c = _config;
         string p = BlockPrefix(i);
-        var loaded = new List<IDisposable>();
-        T Keep<T>(T x) where T : IDisposable { loaded.Add(x); return x; }
-        Tensor W(string name, params long[] shape) => Keep(Weights.Load(name, shape).DetachFromDisposeScope());
-        NamedLinear Lin(LinearSpec s) =>
-            Keep(new NamedLinear(s.Name, W(s.Name + ".weight", s.OutFeatures, s.InFeatures), HasBias(c, s.Name) ? W(s.Name + ".bias", s.OutFeatures) : null));
-        try
+        return new BlockLoader(Weights).Build(load => new LlamaBlock(this, i)
         {
-            var layout = Layout(c, i);
-            return new LlamaBlock(this, i)
-            {
-                Groups = layout.Select(g => g.Select(Lin).ToArray()).ToArray(),
-                InputNorm = W(p + "input_layernorm.weight", c.HiddenSize),
-                PostAttentionNorm = W(p + "post_attention_layernorm.weight", c.HiddenSize),
-                QNorm = c.QkNorm ? W(p + "self_attn.q_norm.weight", c.HeadDim) : null,
-                KNorm = c.QkNorm ? W(p + "self_attn.k_norm.weight", c.HeadDim) : null,
-            };
-        }
-        catch
-        {
-            // A linear owns its weight and bias; disposing a tensor twice is harmless.
-            foreach (var x in loaded) x.Dispose();
-            throw;
-        }
+            Groups = Layout(c, i).Select(g => g.Select(s => load.Linear(s, HasBias(c, s.Name))).ToArray()).ToArray(),
+            InputNorm = load.Tensor(p + "input_layernorm.weight", c.HiddenSize),
+            PostAttentionNorm = load.Tensor(p + "post_attention_layernorm.weight", c.HiddenSize),
+            QNorm = c.QkNorm ? load.Tensor(p + "self_attn.q_norm.weight", c.HeadDim) : null,
+            KNorm = c.QkNorm ? load.Tensor(p + "self_attn.k_norm.weight", c.HeadDim) : null,
+        });
     }
 
     protected override void OnResident()
@@ -234,12 +200,6 @@ public sealed class LlamaModel : DecoderModel
         var both = group[0].Forward(x);
         long f = both.shape[^1] / 2;
         return (both.narrow(-1, 0, f), both.narrow(-1, f, f));
-    }
-
-    static void Observe(LinearInputObserver? observer, NamedLinear[] linears, Tensor input)
-    {
-        if (observer is null) return;
-        foreach (var l in linears) observer(l, input);
     }
 
     public override Tensor FinalNorm(Tensor hidden)
