@@ -64,6 +64,11 @@ if (args.Length > 0 && args[0] == "quality-gguf")
     Sections.Splice(Option("--out") ?? Path.Combine(benchDir, "quality.md"), GgufQuality.Marker, GgufQuality.Run(shared, benchDir, quick));
     return 0;
 }
+if (args.Length > 0 && args[0] == "families")
+{
+    Sections.Splice(Option("--out") ?? Path.Combine(benchDir, "results.md"), FamilyChecks.Marker, FamilyChecks.Run(shared));
+    return 0;
+}
 if (args.Length > 0 && args[0] == "tokenizers")
 {
     Sections.Splice(Option("--out") ?? Path.Combine(benchDir, "results.md"), TokenizerSpeed.Marker, TokenizerSpeed.Run(shared, quick));
