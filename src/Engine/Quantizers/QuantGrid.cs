@@ -94,20 +94,20 @@ public sealed record GridOptions(int Bits, bool Symmetric, GridConvention Conven
     public QuantGrid Find(Tensor w)
     {
         using var scope = NewDisposeScope();
-        var xmin = w.amin([1]).clamp_max(0);
-        var xmax = w.amax([1]).clamp_min(0);
+        var xmin = w.amin([1]).clamp_max(Scalars.Of(0L));
+        var xmax = w.amax([1]).clamp_min(Scalars.Of(0L));
         var (scale, zero) = FromRange(xmin, xmax);
         if (MseClip)
         {
-            var best = full(w.shape[0], double.PositiveInfinity, dtype: w.dtype);
+            var best = full(w.shape[0], Scalars.Of(double.PositiveInfinity), dtype: w.dtype);
             int steps = (int)Math.Floor(MseMaxShrink * MseGrid);
             for (int i = 0; i < steps; i++)
             {
                 using var inner = NewDisposeScope();
                 double p = 1 - (double)i / MseGrid;
-                var (s, z) = FromRange(xmin * p, xmax * p);
+                var (s, z) = FromRange(xmin.mul(Scalars.Of(p)), xmax.mul(Scalars.Of(p)));
                 using var g = new QuantGrid(s, z, Bits);
-                var err = (g.QuantizeDequantize(w) - w).abs_().pow_(MseNorm).sum([1]);
+                var err = (g.QuantizeDequantize(w) - w).abs_().pow_(Scalars.Of(MseNorm)).sum([1]);
                 var better = err.lt(best);                       // strict, as the reference
                 best = inner.MoveToOuter(where(better, err, best));
                 scale = inner.MoveToOuter(where(better, g.Scale, scale));
@@ -127,26 +127,26 @@ public sealed record GridOptions(int Bits, bool Symmetric, GridConvention Conven
             if (Symmetric)
             {
                 xmax = xmin.abs().maximum(xmax);
-                xmin = where(xmin.lt(0), -xmax, xmin);      // only when xmin < 0 (spec §2.5a quirk ii)
+                xmin = where(xmin.lt(Scalars.Of(0L)), -xmax, xmin);      // only when xmin < 0 (spec §2.5a quirk ii)
             }
-            var both0 = xmin.eq(0).logical_and(xmax.eq(0));
-            xmin = xmin.masked_fill(both0, -1);
-            xmax = xmax.masked_fill(both0, 1);
-            scale = RoundScale((xmax - xmin) / maxq);
-            zero = Symmetric ? full_like(scale, (maxq + 1) / 2) : (-xmin / scale).round();
+            var both0 = xmin.eq(Scalars.Of(0L)).logical_and(xmax.eq(Scalars.Of(0L)));
+            xmin = xmin.masked_fill(both0, Scalars.Of(-1L));
+            xmax = xmax.masked_fill(both0, Scalars.Of(1L));
+            scale = RoundScale((xmax - xmin).div(Scalars.Of(maxq)));
+            zero = Symmetric ? full_like(scale, Scalars.Of((maxq + 1) / 2)) : (-xmin / scale).round();
         }
         else if (Symmetric)
         {
             double half = (1 << (Bits - 1)) - 1;
-            scale = RoundScale(xmin.abs().maximum(xmax).clamp_min(1e-5) / half);
-            zero = full_like(scale, half + 1);              // signed codes shifted to unsigned
+            scale = RoundScale(xmin.abs().maximum(xmax).clamp_min(Scalars.Of(1e-5)).div(Scalars.Of(half)));
+            zero = full_like(scale, Scalars.Of(half + 1));              // signed codes shifted to unsigned
         }
         else
         {
-            var both0 = xmin.eq(0).logical_and(xmax.eq(0));
-            xmin = xmin.masked_fill(both0, -1);
-            xmax = xmax.masked_fill(both0, 1);
-            scale = RoundScale((xmax - xmin).clamp_min(1e-5) / maxq);
+            var both0 = xmin.eq(Scalars.Of(0L)).logical_and(xmax.eq(Scalars.Of(0L)));
+            xmin = xmin.masked_fill(both0, Scalars.Of(-1L));
+            xmax = xmax.masked_fill(both0, Scalars.Of(1L));
+            scale = RoundScale((xmax - xmin).clamp_min(Scalars.Of(1e-5)).div(Scalars.Of(maxq)));
             zero = (-xmin / scale).round();
         }
         return (scale, zero);
@@ -157,6 +157,6 @@ public sealed record GridOptions(int Bits, bool Symmetric, GridConvention Conven
     {
         if (!Fp16Scales) return scale;
         var rounded = scale.to(ScalarType.Float16).to(scale.dtype);
-        return rounded.clamp_min(5.96e-8);
+        return rounded.clamp_min(Scalars.Of(5.96e-8));
     }
 }
