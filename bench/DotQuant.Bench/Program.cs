@@ -64,6 +64,13 @@ if (args.Length > 0 && args[0] == "quality-gguf")
     Sections.Splice(Option("--out") ?? Path.Combine(benchDir, "quality.md"), GgufQuality.Marker, GgufQuality.Run(shared, benchDir, quick));
     return 0;
 }
+if (args.Length > 0 && args[0] == "blas-child")
+    return BlasDispatch.Child();
+if (args.Length > 0 && args[0] == "blas")
+{
+    Sections.Splice(Option("--out") ?? Path.Combine(benchDir, "results.md"), BlasDispatch.Marker, BlasDispatch.Run());
+    return 0;
+}
 if (args.Length > 0 && args[0] == "families")
 {
     Sections.Splice(Option("--out") ?? Path.Combine(benchDir, "results.md"), FamilyChecks.Marker, FamilyChecks.Run(shared));
