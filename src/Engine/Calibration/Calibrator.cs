@@ -43,13 +43,17 @@ public sealed class Calibrator
         for (int b = firstBlock; b < Model.BlockCount; b++)
         {
             var blockTime = Stopwatch.StartNew();
-            using var block = Model.LoadBlock(b);
+            DecoderBlock block;
+            using (PhaseClock.Measure("load"))
+                block = Model.LoadBlock(b);
+            using var owned = block;
             var work = new BlockWork
             {
                 Model = Model, Block = block, Stream = stream!, Contexts = contexts, Planned = planned, Scratch = Scratch,
                 Events = Events, Cancellation = Cancellation,
             };
-            Hessians.BeginBlock(work);
+            using (PhaseClock.Measure("capture"))
+                Hessians.BeginBlock(work);
             foreach (var group in block.LinearGroups)
             {
                 var active = group.Where(l => planned.Contains(l.Name)).ToList();
@@ -58,7 +62,10 @@ public sealed class Calibrator
                 if (active.Count == 0) continue;
                 Cancellation.ThrowIfCancellationRequested();
                 var sw = Stopwatch.StartNew();
-                using var stats = Hessians.Group(work, group, active);
+                GroupStatistics stats;
+                using (PhaseClock.Measure("capture"))
+                    stats = Hessians.Group(work, group, active);
+                using var ownedStats = stats;
                 double statSeconds = sw.Elapsed.TotalSeconds / active.Count;
                 foreach (var lin in active)
                 {
@@ -70,10 +77,16 @@ public sealed class Calibrator
                     Report(Describe(lin, b, o, q, statSeconds + solve.Elapsed.TotalSeconds, rtnLoss));
                 }
             }
-            if (Hessians.NeedsCalibration) stream!.Advance(block, contexts, Cancellation);
-            Hessians.EndBlock(work);
-            Write(block);
-            Checkpoint?.Completed(b, stream, Hessians, all);
+            using (PhaseClock.Measure("advance"))
+            {
+                if (Hessians.NeedsCalibration) stream!.Advance(block, contexts, Cancellation);
+                Hessians.EndBlock(work);
+            }
+            using (PhaseClock.Measure("write"))
+            {
+                Write(block);
+                Checkpoint?.Completed(b, stream, Hessians, all);
+            }
             Events?.Invoke(new BlockEvent(b, Model.BlockCount, blockTime.Elapsed.TotalSeconds));
         }
         return all;
@@ -89,7 +102,10 @@ public sealed class Calibrator
     {
         using var w0 = lin.Weight.to(ScalarType.Float32);
         // Measured before the solver may consume H; its damping is applied once the solver chose it.
-        var rtn = h is not null && Solvers.RtnBaseline(o) is { } ro ? RtnObjective.Of(w0, h, ro) : (RtnObjective?)null;
+        RtnObjective? rtn;
+        using (PhaseClock.Measure("rtn baseline"))
+            rtn = h is not null && Solvers.RtnBaseline(o) is { } ro ? RtnObjective.Of(w0, h, ro) : null;
+        using var phase = PhaseClock.Measure("solve");
         var q = Solvers.Solve(w0, h, d, o, lin.Name, w => Events?.Invoke(new WarningEvent(w)), Cancellation, consumeH: lastUser);
         return (q, rtn?.At(q.DampUsed) ?? double.NaN);
     }

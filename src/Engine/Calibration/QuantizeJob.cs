@@ -21,6 +21,12 @@ public sealed record JobResult(string Output, double Seconds, PerplexityResult? 
     public IReadOnlyList<TaskResult> TasksAfter { get; init; } = [];
     /// <summary>Blocks a resumed run found already done.</summary>
     public int ResumedBlocks { get; init; }
+    /// <summary>Wall seconds by phase (exclusive; with "other" they add up to <see cref="Seconds"/>):
+    /// evaluation, calibration data (tokenizing and embedding it), load (a block's weights), capture (the
+    /// forward to a group's inputs and OAC's backward, statistics aside), xtx (H += XᵀX), rtn baseline,
+    /// factorization, solve (the column loop and grids), advance (the stream through the solved block), write;
+    /// "other" is the rest (libtorch start-up, opening the model, planning, publishing).</summary>
+    public IReadOnlyDictionary<string, double> Phases { get; init; } = new Dictionary<string, double>();
 }
 
 /// <summary>How a run is carried out (not what it computes: none of these change the output).</summary>
@@ -43,12 +49,23 @@ public sealed record RunOptions
 /// depth (see <see cref="MemoryPlan"/>); every block is a resume point.</summary>
 public static class QuantizeJob
 {
+    /// <summary>The clock's phases and "other" (what no phase covers: loading, planning, tokenizing,
+    /// publishing), so the figures add up to the run's wall time.</summary>
+    static IReadOnlyDictionary<string, double> Phases(PhaseClock clock, double total)
+    {
+        var phases = new Dictionary<string, double>(clock.Seconds, StringComparer.Ordinal);
+        phases["other"] = Math.Max(0, total - phases.Values.Sum());
+        return phases;
+    }
+
     public static string EngineVersion => typeof(QuantizeJob).Assembly.GetName().Version?.ToString(3) ?? "0.0.0";
 
     public static JobResult Run(QuantManifest m, string outputDir, Action<RunEvent>? onEvent = null, CancellationToken ct = default, RunOptions? options = null)
     {
         options ??= new RunOptions();
         var total = Stopwatch.StartNew();
+        var (clock, timing) = PhaseClock.Start();
+        using var timingScope = timing;
         void Emit(RunEvent e) => onEvent?.Invoke(e);
         var q = m.Quantize;
         var config = ModelConfig.Load(m.ModelPath);
@@ -83,12 +100,18 @@ public static class QuantizeJob
 
         // Evaluation before (a resumed run has the figures already).
         var evaluation = new RunEvaluation(m, config, tokenizer, memory.EvaluationBudget, Emit);
-        var before = state?.Before ?? evaluation.Perplexity(model, "before", ct);
-        var tasksBefore = state is not null && state.TasksBefore.Count == evaluation.TaskCount ? state.TasksBefore : evaluation.Tasks(model, "before", ct);
+        PerplexityResult? before;
+        IReadOnlyList<TaskResult> tasksBefore;
+        using (PhaseClock.Measure("evaluation"))
+        {
+            before = state?.Before ?? evaluation.Perplexity(model, "before", ct);
+            tasksBefore = state is not null && state.TasksBefore.Count == evaluation.TaskCount ? state.TasksBefore : evaluation.Tasks(model, "before", ct);
+        }
 
         IReadOnlyList<long[]> sequences = [];
         if (hessians.NeedsCalibration)
         {
+            using var phase = PhaseClock.Measure("calibration data");
             var cal = m.Calibration!;
             var set = CalibrationSet.Load(cal.Data, tokenizer, config.VocabSize, cal.Samples, cal.SequenceLength, cal.Seed);
             sequences = set.Sequences;
@@ -103,6 +126,7 @@ public static class QuantizeJob
         ActivationStream? stream = null;
         if (hessians.NeedsCalibration)
         {
+            using var phase = PhaseClock.Measure("calibration data");
             stream = first == 0 ? ActivationStream.Embed(model, sequences, storage) : ActivationStream.Load(run.StreamFile, "xq", sequences, storage);
             if (first > 0) hessians.Restore(run.Root, sequences, first);
         }
@@ -117,9 +141,12 @@ public static class QuantizeJob
             reports = calibrator.Run(stream, first, state?.Reports);
         }
         // Tensors outside the blocks (embeddings, final norm, head), as stored.
-        foreach (var name in model.OutsideTensorNames())
-            writer.AddStored(name, model.Weights);
-        writer.FinishTensors(m.ModelPath);
+        using (PhaseClock.Measure("write"))
+        {
+            foreach (var name in model.OutsideTensorNames())
+                writer.AddStored(name, model.Weights);
+            writer.FinishTensors(m.ModelPath);
+        }
 
         Action<JsonObject>? patch = rotated is null ? null : rotated.PatchConfig;
         var info = new PackageInfo
@@ -139,6 +166,7 @@ public static class QuantizeJob
         List<TaskResult> tasksAfter = [];
         if (evaluation.Any)
         {
+            using var phase = PhaseClock.Measure("evaluation");
             using var written = ModelLoader.Open(writer.EvaluationPath);
             after = evaluation.Perplexity(written, "after", ct);
             tasksAfter = evaluation.Tasks(written, "after", ct);
@@ -153,9 +181,10 @@ public static class QuantizeJob
         ct.ThrowIfCancellationRequested();
         run.Publish(destination, options.ContentAddressed);
         Emit(new InfoEvent("output", destination));
-        return new JobResult(destination, total.Elapsed.TotalSeconds, before, after, gatePassed, reports)
+        double seconds = total.Elapsed.TotalSeconds;
+        return new JobResult(destination, seconds, before, after, gatePassed, reports)
         {
-            TasksBefore = tasksBefore, TasksAfter = tasksAfter, ResumedBlocks = first,
+            TasksBefore = tasksBefore, TasksAfter = tasksAfter, ResumedBlocks = first, Phases = Phases(clock, seconds),
         };
     }
 

@@ -24,6 +24,7 @@ public sealed class LayerStatistics : IDisposable
     {
         using var scope = NewDisposeScope();
         if (_h is null) throw new InvalidOperationException("the statistics were already handed over");
+        using var phase = Calibration.PhaseClock.Measure("xtx");
         var q = xq.reshape(-1, xq.shape[^1]).to(ScalarType.Float32);
         _h.addmm_(q.t(), q, 1, 1);
         if (_d is not null)

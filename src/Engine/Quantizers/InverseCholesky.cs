@@ -14,6 +14,7 @@ public static class InverseCholesky
     /// <param name="h">H; changed during the call (the damping) and restored exactly before it returns.</param>
     public static Result Factor(Tensor h, double damp, string layer, Action<string>? warn = null)
     {
+        using var phase = Calibration.PhaseClock.Measure("factorization");
         using var scope = NewDisposeScope();
         double mean = h.diagonal().mean().to(ScalarType.Float64).item<double>();
         if (!double.IsFinite(mean))
@@ -26,7 +27,7 @@ public static class InverseCholesky
         using var diagonal = h.diagonal().clone();
         for (double d = damp; ; d = Math.Round(d + 0.01, 10), retries++)
         {
-            h.diagonal().add_(d * mean);
+            h.diagonal().add_(Models.Scalars.Of(d * mean));
             var (lower, info) = linalg.cholesky_ex(h, false);
             h.diagonal().copy_(diagonal);
             bool ok = info.item<int>() == 0;

@@ -182,6 +182,7 @@ public static class RunCommand
                     ["seconds"] = Math.Round(r.Seconds, 3),
                     ["layers"] = r.Layers.Count(l => l.Quantized),
                     ["cached"] = cached,
+                    ["phases"] = new JsonObject(r.Phases.Select(p => KeyValuePair.Create<string, JsonNode?>(p.Key, Math.Round(p.Value, 3)))),
                 };
                 if (manifest is not null)
                 {
@@ -204,6 +205,8 @@ public static class RunCommand
             stdout.WriteLine(cached ? $"up to date: {r.Output}" : $"wrote {r.Output} ({r.Layers.Count(l => l.Quantized)} linears quantized{bits}) in {r.Seconds:F1} s");
             if (ppl is { } q)
                 stdout.WriteLine($"perplexity {q.Before:F4} -> {q.After:F4}{(r.GatePassed ? "" : "  QUALITY GATE FAILED")}");
+            if (!cached && r.Phases.Count > 0)
+                stdout.WriteLine("time: " + string.Join(", ", r.Phases.Where(p => p.Value >= 0.05).OrderByDescending(p => p.Value).Select(p => $"{p.Key} {p.Value:F1} s")));
         }
     }
 

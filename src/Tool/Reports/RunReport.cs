@@ -38,6 +38,7 @@ public static class RunReport
             ["scheme"] = QuantizeJob.Scheme(m.Quantize),
             ["seconds"] = Math.Round(r.Seconds, 3),
             ["peak_rss_bytes"] = peak,
+            ["phases"] = new JsonObject(r.Phases.Select(p => KeyValuePair.Create<string, JsonNode?>(p.Key, Math.Round(p.Value, 3)))),
             ["bits"] = bits.Weights == 0 ? null : new JsonObject { ["paper"] = bits.Paper, ["stored"] = bits.Stored },
             ["perplexity"] = r.Before is null ? null : new JsonObject
             {
@@ -82,6 +83,9 @@ public static class RunReport
         sb.AppendLine(string.Create(c, $"- {q.Count} linears quantized in {r.Seconds:F1} s, peak RSS {peak / 1e6:F0} MB"));
         if (bits.Weights > 0)
             sb.AppendLine(string.Create(c, $"- bits per weight: {bits.Paper:F3} as the method counts, {bits.Stored:F3} stored"));
+        if (r.Phases.Count > 0)
+            sb.AppendLine("- where the time went: " + string.Join(", ", r.Phases.OrderByDescending(p => p.Value)
+                .Select(p => string.Create(c, $"{p.Key} {p.Value:F1} s ({p.Value / Math.Max(r.Seconds, 1e-9):P0})"))));
         sb.AppendLine();
         if (r.Before is not null || r.TasksAfter.Count > 0)
         {

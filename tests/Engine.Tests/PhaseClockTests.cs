@@ -1,0 +1,48 @@
+using System.Diagnostics;
+using DotQuant.Engine.Calibration;
+using DotQuant.Engine.Manifest;
+using DotQuant.Tests;
+
+namespace DotQuant.Engine.Tests;
+
+/// <summary>The run's time by phase: exclusive (a nested phase is not counted twice), complete (with
+/// "other" the phases add up to the run), and naming what GPTQ does.</summary>
+[Collection("pipeline")]
+public class PhaseClockTests
+{
+    [Fact]
+    public void NestedPhasesAreCountedOnceAndAddUpToTheOuterOne()
+    {
+        var (clock, scope) = PhaseClock.Start();
+        var outer = Stopwatch.StartNew();
+        using (scope)
+        {
+            using (PhaseClock.Measure("solve"))
+            {
+                Thread.Sleep(20);
+                using (PhaseClock.Measure("factorization")) Thread.Sleep(20);
+                using (PhaseClock.Measure("factorization")) Thread.Sleep(10);
+            }
+        }
+        double elapsed = outer.Elapsed.TotalSeconds;
+        var s = clock.Seconds;
+        Assert.Equal(["solve", "factorization"], s.Keys.OrderBy(k => k == "factorization"));
+        Assert.True(s["factorization"] >= 0.03 && s["solve"] >= 0.02);
+        Assert.InRange(s.Values.Sum(), elapsed - 0.01, elapsed);
+        using (PhaseClock.Measure("after the run")) { }
+        Assert.DoesNotContain("after the run", clock.Seconds.Keys);
+    }
+
+    [Fact]
+    public void A_gptq_run_reports_where_its_time_went()
+    {
+        using var dir = new TempDir();
+        File.WriteAllText(dir.File("quant.yaml"),
+            $"version: 1\nmodel: {SharedPaths.Stories260K}\ncalibration:\n  data: {SharedPaths.Data("wikitext2-tokenized", "valid.tokens")}\n  samples: 8\n  sequence_length: 64\n" +
+            $"quantize:\n  method: gptq\n  bits: 4\n  group_size: 16\noutput:\n  name: out\nevaluate:\n  perplexity: {{ data: {SharedPaths.Data("wikitext2", "wiki.test.gptq-joined.txt")}, sequence_length: 64, max_sequences: 4 }}\n");
+        var r = QuantizeJob.Run(ManifestParser.Load(dir.File("quant.yaml")), dir.File("out"));
+        foreach (var phase in new[] { "evaluation", "calibration data", "load", "capture", "xtx", "rtn baseline", "factorization", "solve", "advance", "write", "other" })
+            Assert.True(r.Phases.TryGetValue(phase, out double s) && s >= 0, $"phase {phase}: {string.Join(", ", r.Phases)}");
+        Assert.Equal(r.Seconds, r.Phases.Values.Sum(), 6);
+    }
+}
