@@ -64,6 +64,11 @@ if (args.Length > 0 && args[0] == "quality-gguf")
     Sections.Splice(Option("--out") ?? Path.Combine(benchDir, "quality.md"), GgufQuality.Marker, GgufQuality.Run(shared, benchDir, quick));
     return 0;
 }
+if (args.Length > 0 && args[0] == "shared-cpu")
+{
+    Sections.Splice(Option("--out") ?? Path.Combine(benchDir, "results.md"), SharedCpu.Marker, SharedCpu.Run(shared, Path.GetFullPath(Path.Combine(benchDir, ".."))));
+    return 0;
+}
 if (args.Length > 0 && args[0] == "blas-child")
     return BlasDispatch.Child();
 if (args.Length > 0 && args[0] == "blas")
