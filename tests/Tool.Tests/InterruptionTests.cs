@@ -44,7 +44,15 @@ public class InterruptionTests
     public async Task KilledAfterABlockAndResumedWritesTheSameBytes()
     {
         using var dir = new TempDir();
-        string manifest = Manifest(dir, SharedPaths.Stories260K, "  method: gptaq\n  bits: 3\n  group_size: 16\n  act_order: true\n", 32, 128, "  shard_size: 200KB\n");
+        // Deep enough that the kill after block 2 always lands mid-run: with 5 blocks (stories260K) the
+        // process could finish the rest before the kill reached it on a loaded machine.
+        string model = dir.File("deep");
+        SyntheticModel.Write(model, new SyntheticModel.Spec
+        {
+            HiddenSize = 64, IntermediateSize = 128, Layers = 48, Heads = 4, KvHeads = 2, VocabSize = 384, MaxPositions = 256,
+            TokenizerText = File.ReadAllText(SharedPaths.Data("tinystories", "stories-sample.txt")),
+        });
+        string manifest = Manifest(dir, model, "  method: gptaq\n  bits: 3\n  group_size: 16\n  act_order: true\n", 32, 128, "  shard_size: 200KB\n");
         Assert.Equal(0, CliRunner.Run("run", manifest, "--output", dir.File("whole"), "-v", "q").ExitCode);
 
         using (var p = Start("run", manifest, "--output", dir.File("killed"), "--resume", "--format", "json"))
