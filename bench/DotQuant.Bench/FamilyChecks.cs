@@ -83,16 +83,7 @@ static class FamilyChecks
         using var model = ModelLoader.Open(gguf);
         using var input = tensor(ids.Select(i => (long)i).ToArray(), [1, ids.Length]);
         using var logits = model.Forward(input);
-        var ours = logits[0].data<float>().ToArray();
-        int vocab = llama[0].Length;
-        double worst = 0;
-        for (int p = 0; p < ids.Length; p++)
-        {
-            var row = ours.AsSpan(p * vocab, vocab).ToArray();
-            double range = row.Max() - row.Min();
-            for (int v = 0; v < vocab; v++) worst = Math.Max(worst, Math.Abs(row[v] - llama[p][v]) / range);
-        }
-        return worst;
+        return LlamaCpp.RelativeLogitDifferences(logits[0].data<float>().ToArray(), llama).Max();
     }
 
     static (string File, double Seconds) Quantize(string dir, string folder, string wiki, string method)

@@ -23,9 +23,9 @@ public class FamilyCalibratorTests
         string[] methods =
         [
             "  method: rtn\n",
-            "  method: gptq\n  act_order: true\n",
-            "  method: gptaq\n  compensation_aware: true\n",
-            "  method: gptq\n  hessian: output_adaptive\n",
+            "  method: gptq\n  act_order: true\n  bits: 4\n  group_size: 16\n",
+            "  method: gptaq\n  compensation_aware: true\n  bits: 4\n  group_size: 16\n",
+            "  method: gptq\n  hessian: output_adaptive\n  bits: 4\n  group_size: 16\n",
             "  method: spqr\n",
             "  method: billm\n",
         ];
@@ -45,7 +45,7 @@ public class FamilyCalibratorTests
         string eval = SharedPaths.Data("tinystories", "valid-excerpt.txt");
         File.WriteAllText(dir.File("quant.yaml"),
             $"version: 1\nmodel: {folder}\ncalibration:\n  data: {SharedPaths.Data("tinystories", "stories-sample.txt")}\n  samples: 8\n  sequence_length: 64\n" +
-            $"quantize:\n{(quantize.Contains("rtn") || quantize.Contains("billm") || quantize.Contains("spqr") ? quantize : quantize + "  bits: 4\n  group_size: 16\n")}" +
+            $"quantize:\n{quantize}" +
             $"output:\n  name: out\nevaluate:\n  perplexity: {{ data: {eval}, sequence_length: 64, max_sequences: 4 }}\n");
         var result = QuantizeJob.Run(ManifestParser.Load(dir.File("quant.yaml")), dir.File("build"));
 

@@ -62,6 +62,23 @@ static class LlamaCpp
         return Math.Exp(nll / (windows * (length - 1)));
     }
 
+    /// <summary>Per position, the largest |ours − llama.cpp| over the vocabulary divided by the range of our
+    /// logits at that position (<paramref name="ours"/> is [positions × vocab] row-major).</summary>
+    public static double[] RelativeLogitDifferences(float[] ours, float[][] llama)
+    {
+        int vocab = llama[0].Length;
+        var result = new double[llama.Length];
+        for (int p = 0; p < llama.Length; p++)
+        {
+            var row = ours.AsSpan(p * vocab, vocab);
+            float max = float.MinValue, min = float.MaxValue;
+            foreach (float x in row) { max = Math.Max(max, x); min = Math.Min(min, x); }
+            double range = max - min;
+            for (int v = 0; v < vocab; v++) result[p] = Math.Max(result[p], Math.Abs(row[v] - llama[p][v]) / range);
+        }
+        return result;
+    }
+
     /// <summary>Logits [positions][vocab] for one sequence, every position requested.</summary>
     public static float[][] Logits(LLamaWeights weights, ModelParams parameters, int[] ids)
     {

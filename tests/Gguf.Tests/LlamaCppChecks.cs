@@ -174,22 +174,9 @@ public class LlamaCppChecks
         using var model = ModelLoader.Open(folder);
         using var input = tensor(ids.Select(i => (long)i).ToArray(), [1, ids.Length]);
         using var logits = model.Forward(input);
-        var engine = logits[0].data<float>().ToArray();
-        int vocab = llama[0].Length;
-        double worst = 0;
-        int worstAt = -1;
-        var perPosition = new double[ids.Length];
-        for (int p = 0; p < ids.Length; p++)
-        {
-            var row = engine.AsSpan(p * vocab, vocab);
-            double range = row.ToArray().Max() - row.ToArray().Min();
-            for (int v = 0; v < vocab; v++)
-            {
-                double d = Math.Abs(row[v] - llama[p][v]) / range;
-                perPosition[p] = Math.Max(perPosition[p], d);
-                if (d > worst) { worst = d; worstAt = p; }
-            }
-        }
+        var perPosition = LlamaCpp.RelativeLogitDifferences(logits[0].data<float>().ToArray(), llama);
+        double worst = perPosition.Max();
+        int worstAt = Array.IndexOf(perPosition, worst);
         Assert.True(worst < tolerance, $"largest logit difference {worst:E2} of the range at position {worstAt}; by position: {string.Join(" ", perPosition.Select(x => x.ToString("E1")))}");
     }
 }

@@ -59,7 +59,7 @@ public sealed class DifferentialTests(ITestOutputHelper output)
     public void Decoding_matches_the_library_and_byte_level_round_trips(string name)
     {
         using var pair = TokenizerPair.Open(name);
-        var fuzzer = new TextFuzzer(seed: 7 + name.Length, pair.AddedTokens.Where(_ => false).ToList());
+        var fuzzer = new TextFuzzer(seed: 7 + name.Length, addedTokens: []);
         bool byteLevel = name is "gpt2" or "llama3" or "qwen2.5" or "qwen3";
         for (int i = 0; i < 2000; i++)
         {

@@ -277,8 +277,9 @@ public sealed record ModelConfig
             {
                 // transformers' _compute_longrope_parameters: the original length is the top-level key when
                 // present (Phi-3), and the attention factor follows from max/original unless given.
-                int original = r.Int("original_max_position_embeddings") ?? sr.Int("original_max_position_embeddings") ?? maxPositions;
-                double factor = r.Int("original_max_position_embeddings") is not null ? (double)maxPositions / original : sr.Double("factor") ?? 1.0;
+                int? topLevel = r.Int("original_max_position_embeddings");
+                int original = topLevel ?? sr.Int("original_max_position_embeddings") ?? maxPositions;
+                double factor = topLevel is not null ? (double)maxPositions / original : sr.Double("factor") ?? 1.0;
                 double attention = sr.Double("attention_factor") ?? (factor <= 1 ? 1.0 : Math.Sqrt(1 + Math.Log(factor) / Math.Log(original)));
                 double[] Factors(string key)
                 {

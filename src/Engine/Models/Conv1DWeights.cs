@@ -11,8 +11,11 @@ public sealed class Conv1DWeights(IWeightSource inner, Func<string, bool> isConv
     public IReadOnlyList<string> Names => inner.Names;
     public bool Contains(string name) => inner.Contains(name);
 
-    public TensorShape? Describe(string name) =>
-        inner.Describe(name) is { } s && isConv1D(name) && s.Shape.Length == 2 ? s with { Shape = [s.Shape[1], s.Shape[0]] } : inner.Describe(name);
+    public TensorShape? Describe(string name)
+    {
+        var stored = inner.Describe(name);
+        return stored is { Shape.Length: 2 } && isConv1D(name) ? stored with { Shape = [stored.Shape[1], stored.Shape[0]] } : stored;
+    }
 
     public Tensor Load(string name, params long[] expectedShape)
     {
