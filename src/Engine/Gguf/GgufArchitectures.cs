@@ -175,21 +175,17 @@ public static class GgufArchitectures
     public static IEnumerable<KeyValuePair<string, GgufValue>> Hyperparameters(ModelConfig c)
     {
         string a = Architecture(c);
-        if (a == "gpt2")
-        {
-            yield return new($"{a}.context_length", GgufValue.Of((uint)c.MaxPositionEmbeddings));
-            yield return new($"{a}.embedding_length", GgufValue.Of((uint)c.HiddenSize));
-            yield return new($"{a}.feed_forward_length", GgufValue.Of((uint)c.IntermediateSize));
-            yield return new($"{a}.block_count", GgufValue.Of((uint)c.NumLayers));
-            yield return new($"{a}.attention.head_count", GgufValue.Of((uint)c.NumHeads));
-            yield return new($"{a}.attention.layer_norm_epsilon", GgufValue.Of((float)c.RmsNormEps));
-            yield break;
-        }
         yield return new($"{a}.context_length", GgufValue.Of((uint)c.MaxPositionEmbeddings));
         yield return new($"{a}.embedding_length", GgufValue.Of((uint)c.HiddenSize));
         yield return new($"{a}.block_count", GgufValue.Of((uint)c.NumLayers));
         yield return new($"{a}.feed_forward_length", GgufValue.Of((uint)c.IntermediateSize));
         yield return new($"{a}.attention.head_count", GgufValue.Of((uint)c.NumHeads));
+        if (a == "gpt2")
+        {
+            // GPT-2: LayerNorm, learned positions, no KV grouping or rotary keys.
+            yield return new($"{a}.attention.layer_norm_epsilon", GgufValue.Of((float)c.RmsNormEps));
+            yield break;
+        }
         yield return new($"{a}.attention.head_count_kv", GgufValue.Of((uint)c.NumKvHeads));
         yield return new($"{a}.rope.freq_base", GgufValue.Of((float)c.RopeTheta));
         yield return new($"{a}.attention.layer_norm_rms_epsilon", GgufValue.Of((float)c.RmsNormEps));
