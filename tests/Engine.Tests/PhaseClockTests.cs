@@ -39,10 +39,40 @@ public class PhaseClockTests
         using var dir = new TempDir();
         File.WriteAllText(dir.File("quant.yaml"),
             $"version: 1\nmodel: {SharedPaths.Stories260K}\ncalibration:\n  data: {SharedPaths.Data("wikitext2-tokenized", "valid.tokens")}\n  samples: 8\n  sequence_length: 64\n" +
-            $"quantize:\n  method: gptq\n  bits: 4\n  group_size: 16\noutput:\n  name: out\nevaluate:\n  perplexity: {{ data: {SharedPaths.Data("wikitext2", "wiki.test.gptq-joined.txt")}, sequence_length: 64, max_sequences: 4 }}\n");
+            $"quantize:\n  method: gptq\n  bits: 4\n  group_size: 16\noutput:\n  name: out\nevaluate:\n  perplexity: {{ data: {SharedPaths.Data("wikitext2", "wiki.test.gptq-joined.txt")}, sequence_length: 64, max_sequences: 4 }}\n  rtn_baseline: true\n");
         var r = QuantizeJob.Run(ManifestParser.Load(dir.File("quant.yaml")), dir.File("out"));
         foreach (var phase in new[] { "evaluation", "calibration data", "load", "capture", "xtx", "rtn baseline", "factorization", "solve", "advance", "write", "other" })
             Assert.True(r.Phases.TryGetValue(phase, out double s) && s >= 0, $"phase {phase}: {string.Join(", ", r.Phases)}");
         Assert.Equal(r.Seconds, r.Phases.Values.Sum(), 6);
+    }
+}
+
+/// <summary>Round-to-nearest's comparison loss is measured only when the manifest asks for it, and
+/// asking changes nothing but the rtn_loss figures.</summary>
+[Collection("pipeline")]
+public class RtnBaselineTests
+{
+    [Fact]
+    public void The_rtn_loss_is_measured_only_when_asked_for_and_the_weights_do_not_change()
+    {
+        using var dir = new TempDir();
+        string Manifest(bool ask)
+        {
+            string path = dir.File($"quant-{ask}.yaml");
+            File.WriteAllText(path,
+                $"version: 1\nmodel: {SharedPaths.Stories260K}\ncalibration:\n  data: {SharedPaths.Data("wikitext2-tokenized", "valid.tokens")}\n  samples: 8\n  sequence_length: 64\n" +
+                $"quantize:\n  method: gptq\n  bits: 4\n  group_size: 16\noutput:\n  name: out\n" + (ask ? "evaluate:\n  rtn_baseline: true\n" : ""));
+            return path;
+        }
+        var without = QuantizeJob.Run(ManifestParser.Load(Manifest(false)), dir.File("without"));
+        var with = QuantizeJob.Run(ManifestParser.Load(Manifest(true)), dir.File("with"));
+        Assert.All(without.Layers.Where(l => l.Quantized), l => Assert.True(double.IsNaN(l.RtnLoss), l.Name));
+        Assert.DoesNotContain("rtn baseline", without.Phases.Keys);
+        Assert.All(with.Layers.Where(l => l.Quantized), l => Assert.True(l.RtnLoss > 0 && double.IsFinite(l.RtnLoss), $"{l.Name}: RTN {l.RtnLoss}"));
+        Assert.Equal(without.Layers.Where(l => l.Quantized).Select(l => l.Loss), with.Layers.Where(l => l.Quantized).Select(l => l.Loss));
+        foreach (var file in Directory.GetFiles(without.Output).Select(Path.GetFileName).Where(f => f != "dotquant.json"))
+            Assert.Equal(File.ReadAllBytes(Path.Combine(without.Output, file!)), File.ReadAllBytes(Path.Combine(with.Output, file!)));
+        Assert.DoesNotContain("rtn_loss", File.ReadAllText(Path.Combine(without.Output, "dotquant.json")));
+        Assert.Contains("rtn_loss", File.ReadAllText(Path.Combine(with.Output, "dotquant.json")));
     }
 }

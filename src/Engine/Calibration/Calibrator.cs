@@ -31,6 +31,8 @@ public sealed class Calibrator
     public IBlockCheckpoint? Checkpoint { get; init; }
     public Action<RunEvent>? Events { get; init; }
     public CancellationToken Cancellation { get; init; }
+    /// <summary>Measure round-to-nearest's loss next to each solved linear's (evaluate.rtn_baseline).</summary>
+    public bool RtnBaseline { get; init; }
 
     /// <param name="stream">X_q at the input of <paramref name="firstBlock"/> (null for round-to-nearest).</param>
     /// <param name="reports">Reports of the blocks before <paramref name="firstBlock"/> (a resumed run).</param>
@@ -102,9 +104,10 @@ public sealed class Calibrator
     {
         using var w0 = lin.Weight.to(ScalarType.Float32);
         // Measured before the solver may consume H; its damping is applied once the solver chose it.
-        RtnObjective? rtn;
-        using (PhaseClock.Measure("rtn baseline"))
-            rtn = h is not null && Solvers.RtnBaseline(o) is { } ro ? RtnObjective.Of(w0, h, ro) : null;
+        RtnObjective? rtn = null;
+        if (RtnBaseline && h is not null && Solvers.RtnBaseline(o) is { } ro)
+            using (PhaseClock.Measure("rtn baseline"))
+                rtn = RtnObjective.Of(w0, h, ro);
         using var phase = PhaseClock.Measure("solve");
         var q = Solvers.Solve(w0, h, d, o, lin.Name, w => Events?.Invoke(new WarningEvent(w)), Cancellation, consumeH: lastUser);
         return (q, rtn?.At(q.DampUsed) ?? double.NaN);

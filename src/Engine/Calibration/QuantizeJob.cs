@@ -136,6 +136,7 @@ public static class QuantizeJob
             var calibrator = new Calibrator
             {
                 Model = model, Plan = plan, Hessians = hessians, Writer = writer, Scratch = run.Scratch, Events = onEvent, Cancellation = ct,
+                RtnBaseline = m.Evaluate?.RtnBaseline == true,
                 Checkpoint = run.Resumable ? new ResumePoint(run, writer, fingerprint, before, tasksBefore) : null,
             };
             reports = calibrator.Run(stream, first, state?.Reports);
@@ -245,6 +246,7 @@ public static class QuantizeJob
         if (m.Output.ShardBytes != OutputSpec.DefaultShardBytes) AddText($"shard|{m.Output.ShardBytes}");
         if (m.Evaluate?.Perplexity is { } p) AddText($"{p.SequenceLength}|{p.MaxSequences}");
         if (m.Evaluate?.Tasks is { } t) AddText($"tasks|{t.Limit}|{t.Files.Count}");
+        if (m.Evaluate?.RtnBaseline == true) AddText("rtn-baseline");
         foreach (var f in InputFiles(m)) AddFile(f);
         return "sha256:" + Convert.ToHexStringLower(hash.GetHashAndReset());
     }

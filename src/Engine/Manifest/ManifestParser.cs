@@ -346,7 +346,7 @@ public sealed class ManifestParser
 
     EvaluateSpec ReadEvaluate(YamlNode node)
     {
-        var m = Keys(node, "evaluate", "perplexity", "gate", "tasks");
+        var m = Keys(node, "evaluate", "perplexity", "gate", "tasks", "rtn_baseline");
         PerplexitySpec? ppl = null;
         if (m.TryGetValue("perplexity", out var p))
         {
@@ -388,7 +388,7 @@ public sealed class ManifestParser
             int? limit = tm.TryGetValue("limit", out var l2) ? Positive(l2, "evaluate.tasks.limit") : null;
             tasks = new TasksSpec(files, limit);
         }
-        return new EvaluateSpec(ppl, gate, tasks);
+        return new EvaluateSpec(ppl, gate, tasks, m.TryGetValue("rtn_baseline", out var rb) && Bool(rb, "evaluate.rtn_baseline"));
     }
 
     // ---------- typed access with positions ----------

@@ -103,7 +103,10 @@ public sealed record GateSpec(double MaxIncrease, bool Relative)
 /// <summary>Zero-shot tasks run before and after quantization (resolved task files).</summary>
 public sealed record TasksSpec(IReadOnlyList<string> Files, int? Limit);
 
-public sealed record EvaluateSpec(PerplexitySpec? Perplexity, GateSpec? Gate, TasksSpec? Tasks = null);
+/// <param name="RtnBaseline">Also measure round-to-nearest's loss tr(ΔW H ΔWᵀ) on each linear's own
+/// statistics, to show what the calibrator gained (rtn_loss in reports and dotquant.json). It costs
+/// about one more n²-by-rows product per linear (5% of a GPTQ run), hence off unless asked for.</param>
+public sealed record EvaluateSpec(PerplexitySpec? Perplexity, GateSpec? Gate, TasksSpec? Tasks = null, bool RtnBaseline = false);
 
 /// <summary>quant.yaml v1, validated, with paths resolved against the manifest's folder.</summary>
 public sealed record QuantManifest
