@@ -130,3 +130,71 @@ public class OutputAdaptiveTests
         Assert.True(q.Dequantize().isfinite().all().item<bool>());
     }
 }
+
+/// <summary>The chunked H̄ against the definition computed the slow way: one sequence at a time through
+/// the whole model with autograd, G_s read from W.grad (what the implementation did before chunks).</summary>
+[Collection("pipeline")]
+public class OutputAdaptiveChunkTests
+{
+    [Theory]
+    [InlineData(FisherLabels.Empirical)]
+    [InlineData(FisherLabels.Sampled)]
+    public void Chunked_H_bar_equals_per_sequence_autograd_to_fp32_rounding(FisherLabels labels)
+    {
+        using var model = ModelLoader.Open(SharedPaths.Stories260K);
+        var rng = new Calibration.SplitMix64(9);
+        // 5 sequences of 40 tokens: one chunk; of the 4 blocks after the first, targets in blocks 1 and 3.
+        var ids = Enumerable.Range(0, 5).Select(_ => Enumerable.Range(0, 40).Select(_ => rng.NextBelow(model.Config.VocabSize)).ToArray()).ToList();
+        using var contexts = new Calibration.ForwardContexts(model);
+        using var block0 = model.LoadBlock(0);
+        using var stream = Calibration.ActivationStream.Embed(model, ids);
+        stream.Advance(block0, contexts, default);
+        var targets = new[] { 1, 3 }.SelectMany(b => model.LinearLayout(b).SelectMany(g => g)).Select(l => l.Name).ToHashSet();
+        var options = new OacOptions { Labels = labels, Seed = 3 };
+        var chunked = OutputAdaptiveHessian.Compute(model, 1, null, stream, targets, options, contexts, null);
+
+        var reference = targets.ToDictionary(t => t, _ => zeros(1), StringComparer.Ordinal);
+        var blocks = Enumerable.Range(1, model.BlockCount - 1).Select(model.LoadBlock).ToList();
+        var leaves = blocks.SelectMany(b => b.Linears).Where(l => targets.Contains(l.Name))
+            .ToDictionary(l => l, l => l.ExchangeWeight(l.Weight.to(ScalarType.Float32, copy: true).requires_grad_(true)));
+        using var head = model.HeadWeight();
+        using (var input = stream.Input(0))
+            for (int s = 0; s < ids.Count; s++)
+            {
+                using var scope = NewDisposeScope();
+                var h = input.narrow(0, s, 1);
+                foreach (var b in blocks) h = b.Forward(h, contexts.For(40));
+                var predicted = model.Logits(model.FinalNorm(h), head).squeeze(0).narrow(0, 0, 39);
+                Tensor y;
+                if (labels == FisherLabels.Empirical) y = tensor(ids[s].Skip(1).ToArray());
+                else
+                {
+                    using var gen = new Generator((ulong)(options.Seed * 1_000_003 + s));
+                    using var noGrad = no_grad();
+                    y = predicted.softmax(-1).multinomial(1, true, gen).squeeze(1);
+                }
+                nn.functional.cross_entropy(predicted, y).backward();
+                foreach (var l in leaves.Keys)
+                {
+                    var g = l.Weight.grad!;
+                    var term = g.t().matmul(g).DetachFromDisposeScope();
+                    var old = reference[l.Name];
+                    reference[l.Name] = (old + term).DetachFromDisposeScope();
+                    old.Dispose();
+                    g.zero_();
+                }
+            }
+        foreach (var (l, original) in leaves) l.ExchangeWeight(original).Dispose();
+        foreach (var b in blocks) b.Dispose();
+
+        Assert.Equal(targets.Order(), chunked.Keys.Order());
+        var outFeatures = model.LinearLayout(1).SelectMany(g => g).ToDictionary(l => l.Name.Split('.')[^1], l => l.OutFeatures);
+        foreach (var name in targets)
+        {
+            using var expected = reference[name] / (ids.Count * (double)outFeatures[name.Split('.')[^1]]);
+            double rel = (chunked[name] - expected).abs().max().item<float>() / expected.abs().max().item<float>();
+            Assert.True(rel < 1e-4, $"{name}: relative difference {rel}");
+        }
+        foreach (var t in chunked.Values.Concat(reference.Values)) t.Dispose();
+    }
+}

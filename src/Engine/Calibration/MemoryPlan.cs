@@ -114,7 +114,9 @@ public sealed record MemoryPlan
             long perBlock = model.LinearLayout(0).SelectMany(g => g).Sum(l => l.InFeatures * l.InFeatures * 4);
             long hbar = oo.Schedule == OacSchedule.Once ? perBlock * model.BlockCount : perBlock;
             long saved = Math.Min(OutputAdaptiveHessian.InMemoryActivations, tokens * h * 4 * model.BlockCount) + 2 * tokens * h * 4;
-            long graph = length * (3 * f + 10 * h) * 4 * 3 + storedBlock * 2;
+            // One chunk's autograd graph (short sequences are batched up to OutputAdaptiveHessian.ChunkTokens).
+            long chunk = OutputAdaptiveHessian.SequencesPerChunk(length) * length;
+            long graph = chunk * (3 * f + 10 * h) * 4 * 3 + storedBlock * 2;
             oac = hbar + saved + graph;
         }
 
