@@ -20,6 +20,8 @@ namespace DotQuant.MSBuild
         [Required] public string ToolDll { get; set; } = "";
         [Required] public string CacheDir { get; set; } = "";
         public bool RequireCache { get; set; }
+        /// <summary>One quantization at a time on the machine (others wait, with a message); DotQuantExclusive.</summary>
+        public bool Exclusive { get; set; } = true;
         /// <summary>embed: true is refused above this size (DQ0190).</summary>
         public long MaxEmbedBytes { get; set; } = 1L << 30;
 
@@ -47,6 +49,7 @@ namespace DotQuant.MSBuild
             b.AppendFileNameIfNotNull(Manifest);
             b.AppendSwitchIfNotNull("--cache-dir ", CacheDir);
             if (RequireCache) b.AppendSwitch("--require-cache");
+            if (Exclusive) b.AppendSwitch("--exclusive");
             // An interrupted build (Ctrl+C, a killed agent) continues after its last completed block.
             b.AppendSwitch("--resume");
             b.AppendSwitch("--format json");
@@ -85,6 +88,9 @@ namespace DotQuant.MSBuild
                     break;
                 case "warning":
                     Log.LogWarning(null, "DQ0180", null, Manifest, 0, 0, 0, 0, message ?? "");
+                    break;
+                case "waiting":
+                    Log.LogMessage(MessageImportance.High, "DotQuant: {0}", message ?? "");
                     break;
                 case "cache":
                 case "progress":

@@ -20,8 +20,9 @@ public static class RunCommand
         var requireCache = new Option<bool>("--require-cache") { Description = "with --cache-dir: a missing entry is an error instead of a computation (CI)" };
         var resume = new Option<bool>("--resume") { Description = "continue an interrupted run of the same inputs after its last completed block (same bytes as an uninterrupted run)" };
         var maxMemory = new Option<string?>("--max-memory") { Description = "refuse (DQ0154) when the memory plan predicts more than this (e.g. 6G, 24GiB, 4000M; default: the memory available)" };
+        var exclusive = new Option<bool>("--exclusive") { Description = "one quantization at a time on this machine: wait while another --exclusive run works (what the MSBuild integration asks for)" };
         var format = OutputFormat.Create();
-        var cmd = new Command("run", "Quantize a model as a quant.yaml manifest describes") { manifest, output, cacheDir, requireCache, resume, maxMemory, format };
+        var cmd = new Command("run", "Quantize a model as a quant.yaml manifest describes") { manifest, output, cacheDir, requireCache, resume, maxMemory, exclusive, format };
         cmd.SetAction((parse, ct) =>
         {
             var m = ModelSource.Resolve(ManifestParser.Load(parse.GetValue(manifest)!), parse.GetValue(cacheDir), ct);
@@ -33,27 +34,23 @@ public static class RunCommand
             long? limit = parse.GetValue(maxMemory) is { } text ? ByteSize.Parse(text, "--max-memory") : null;
 
             FileDigests? digests = null;
+            string? entry = null;
             if (parse.GetValue(cacheDir) is { } cache)
             {
                 digests = new FileDigests(Path.GetFullPath(cache));
                 string fingerprint = QuantizeJob.Fingerprint(m, digests);
                 digests.Save();
                 outDir = Path.Combine(Path.GetFullPath(cache), CacheKey(fingerprint));
-                string entry = Path.Combine(outDir, m.Output.Name);
-                if (Directory.Exists(entry))
-                {
-                    progress.Report(new InfoEvent("cache", $"cache hit: {entry}"));
-                    // The entry keeps the measurements; the gate is the manifest's as it is now.
-                    var recorded = PackageInfo.RecordedPerplexity(entry);
-                    bool passed = m.Evaluate?.Gate is not { } gate || recorded is not { } p || gate.Judge(p.Before, p.After);
-                    progress.Finish(new JobResult(entry, 0, null, null, passed, []), cached: true, recorded: recorded, manifest: m);
-                    if (!passed) GateError(stderr, m, recorded!.Value.Before, recorded.Value.After);
-                    return Task.FromResult(passed ? ExitCodes.Ok : ExitCodes.GateFailed);
-                }
+                entry = Path.Combine(outDir, m.Output.Name);
+                if (CacheHit() is { } code) return Task.FromResult(code);
                 if (parse.GetValue(requireCache))
                     throw new DotQuant.Engine.Diagnostics.DotQuantException(DotQuant.Engine.Diagnostics.ErrorCodes.CacheMiss,
                         $"no cache entry for {m.Output.Name} ({fingerprint}) in {cache}, and the cache is required (DotQuantRequireCache); build once without it to fill the cache", m.Path);
             }
+
+            // A cache hit never waits; a run that waited may find its entry made by the run it waited for.
+            using var machineLock = parse.GetValue(exclusive) ? MachineLock.Acquire(m.Path, text => progress.Report(new InfoEvent("waiting", text)), ct) : null;
+            if (machineLock is not null && entry is not null && CacheHit() is { } afterWait) return Task.FromResult(afterWait);
 
             var options = new RunOptions { ContentAddressed = digests is not null, Resume = parse.GetValue(resume), MaxMemory = limit, Digests = digests };
             var result = QuantizeJob.Run(m, outDir, progress.Report, ct, options);
@@ -65,6 +62,18 @@ public static class RunCommand
             progress.Finish(result, manifest: m);
             if (!result.GatePassed) GateError(stderr, m, result.Before!.Perplexity, result.After!.Perplexity);
             return Task.FromResult(result.GatePassed ? ExitCodes.Ok : ExitCodes.GateFailed);
+
+            int? CacheHit()
+            {
+                if (!Directory.Exists(entry)) return null;
+                progress.Report(new InfoEvent("cache", $"cache hit: {entry}"));
+                // The entry keeps the measurements; the gate is the manifest's as it is now.
+                var recorded = PackageInfo.RecordedPerplexity(entry);
+                bool passed = m.Evaluate?.Gate is not { } gate || recorded is not { } p || gate.Judge(p.Before, p.After);
+                progress.Finish(new JobResult(entry, 0, null, null, passed, []), cached: true, recorded: recorded, manifest: m);
+                if (!passed) GateError(stderr, m, recorded!.Value.Before, recorded.Value.After);
+                return passed ? ExitCodes.Ok : ExitCodes.GateFailed;
+            }
         });
         return cmd;
     }
