@@ -136,6 +136,28 @@ public class OutputAdaptiveTests
 [Collection("pipeline")]
 public class OutputAdaptiveChunkTests
 {
+    [Fact]
+    public void Each_blocks_H_bar_is_handed_over_as_the_backward_sweep_leaves_it_with_the_same_bits()
+    {
+        using var model = ModelLoader.Open(SharedPaths.Stories260K);
+        var rng = new Calibration.SplitMix64(4);
+        var ids = Enumerable.Range(0, 3).Select(_ => Enumerable.Range(0, 24).Select(_ => rng.NextBelow(model.Config.VocabSize)).ToArray()).ToList();
+        using var stream = Calibration.ActivationStream.Embed(model, ids);
+        using var contexts = new Calibration.ForwardContexts(model);
+        var targets = Enumerable.Range(0, model.BlockCount).SelectMany(b => model.LinearLayout(b).SelectMany(g => g)).Select(l => l.Name).ToHashSet();
+        var whole = OutputAdaptiveHessian.Compute(model, 0, null, stream, targets, new OacOptions(), contexts, null);
+        var handed = new List<(int Block, Dictionary<string, Tensor> H)>();
+        var rest = OutputAdaptiveHessian.Compute(model, 0, null, stream, targets, new OacOptions(), contexts, null, default, (b, h) => handed.Add((b, h)));
+        Assert.Empty(rest);
+        Assert.Equal(Enumerable.Range(0, model.BlockCount).Reverse(), handed.Select(h => h.Block));
+        foreach (var (b, h) in handed)
+        {
+            Assert.Equal(model.LinearLayout(b).SelectMany(g => g).Select(l => l.Name).Order(), h.Keys.Order());
+            Assert.All(h, kv => Assert.True(kv.Value.eq(whole[kv.Key]).all().item<bool>(), kv.Key));
+        }
+        foreach (var t in whole.Values.Concat(handed.SelectMany(h => h.H.Values))) t.Dispose();
+    }
+
     [Theory]
     [InlineData(FisherLabels.Empirical)]
     [InlineData(FisherLabels.Sampled)]

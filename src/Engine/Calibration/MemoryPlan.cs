@@ -29,7 +29,7 @@ public sealed record MemoryPlan
     /// <summary>Gathering a group's statistics: one batch through the block (MLP intermediate, attention),
     /// the captured input and the H being accumulated. Not at the same time as <see cref="Solver"/>.</summary>
     public long Activations { get; init; }
-    /// <summary>OAC: the block's H̄ (all of them with schedule once), saved inputs and gradients.</summary>
+    /// <summary>OAC: one block's H̄ (schedule once keeps the others on disk), saved inputs and gradients.</summary>
     public long OutputAdaptive { get; init; }
     /// <summary>Evaluation: a pass of hidden states, the fp32 head and a slice of logits, one block.</summary>
     public long Evaluation { get; init; }
@@ -109,10 +109,10 @@ public sealed record MemoryPlan
         long activations = calibrated ? Math.Max(statistics, forward) : 0;
 
         long oac = 0;
-        if (q.Oac is { } oo && calibrated)
+        if (q.Oac is not null && calibrated)
         {
             long perBlock = model.LinearLayout(0).SelectMany(g => g).Sum(l => l.InFeatures * l.InFeatures * 4);
-            long hbar = oo.Schedule == OacSchedule.Once ? perBlock * model.BlockCount : perBlock;
+            long hbar = perBlock;
             long saved = Math.Min(OutputAdaptiveHessian.InMemoryActivations, tokens * h * 4 * model.BlockCount) + 2 * tokens * h * 4;
             // One chunk's autograd graph (short sequences are batched up to OutputAdaptiveHessian.ChunkTokens).
             long chunk = OutputAdaptiveHessian.SequencesPerChunk(length) * length;
@@ -161,8 +161,6 @@ public sealed record MemoryPlan
             }
             if (lo > 0) advice.Add($"calibration.samples: {lo}");
         }
-        if (m.Quantize.Oac is { Schedule: OacSchedule.Once } oac && Fits(m with { Quantize = m.Quantize with { Oac = oac with { Schedule = OacSchedule.Sequential } } }))
-            advice.Add("output_adaptive.schedule: sequential (schedule once keeps every H̄ in memory)");
         string fix = advice.Count > 0
             ? $"Settings that would fit: {string.Join("; or ", advice)}."
             : "No setting of the manifest makes it fit (one block and the largest linear's solve need this much): use a machine with more memory.";

@@ -93,14 +93,16 @@ public static class OutputAdaptiveHessian
     /// <param name="working">Block <paramref name="from"/> as the caller holds it (partially solved),
     /// or null to load it from the model.</param>
     /// <param name="targets">Names of the linears whose H̄ is wanted (in blocks ≥ <paramref name="from"/>).</param>
+    /// <param name="blockDone">Receives each block's finished H̄ (ownership included) as soon as the
+    /// backward sweep leaves the block, top block first; the result is then empty. Without it every
+    /// H̄ is returned at the end. Either way a block's H̄ exist only from its backward step on.</param>
     public static Dictionary<string, Tensor> Compute(DecoderModel model, int from, DecoderBlock? working, ActivationStream stream,
-        IReadOnlySet<string> targets, OacOptions o, ForwardContexts contexts, string? scratch, CancellationToken ct = default)
+        IReadOnlySet<string> targets, OacOptions o, ForwardContexts contexts, string? scratch, CancellationToken ct = default,
+        Action<int, Dictionary<string, Tensor>>? blockDone = null)
     {
         var layout = Enumerable.Range(from, model.BlockCount - from).ToDictionary(b => b, b => model.LinearLayout(b).SelectMany(g => g).ToList());
+        var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         var sums = new Dictionary<string, Tensor>(StringComparer.Ordinal);
-        foreach (var (_, linears) in layout)
-            foreach (var l in linears.Where(l => targets.Contains(l.Name)))
-                sums[l.Name] = zeros(l.InFeatures, l.InFeatures).DetachFromDisposeScope();
         // Chunks of consecutive sequences of one stream batch; First numbers the chunk's first sequence
         // over the whole stream (the sampled labels' seed).
         var chunks = new List<(int Batch, int Row, int Count, int First)>();
@@ -166,7 +168,8 @@ public static class OutputAdaptiveHessian
             {
                 using var lease = b == from && working is not null ? new BlockLease(working, false) : new BlockLease(model.LoadBlock(b), true);
                 var inputs = saved.Take(b);
-                var mine = lease.Block.Linears.Where(l => sums.ContainsKey(l.Name)).ToList();
+                var mine = lease.Block.Linears.Where(l => targets.Contains(l.Name)).ToList();
+                foreach (var l in mine) sums[l.Name] = zeros(l.InFeatures, l.InFeatures).DetachFromDisposeScope();
                 var observedIn = new Dictionary<NamedLinear, Tensor>();
                 var observedOut = new Dictionary<NamedLinear, Tensor>();
                 foreach (var l in mine)
@@ -202,11 +205,20 @@ public static class OutputAdaptiveHessian
                     foreach (var l in mine) l.OutputObserver = null;
                     foreach (var t in inputs) t.Dispose();
                 }
+                var finished = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+                foreach (var l in mine)
+                {
+                    sums.Remove(l.Name, out var sum);
+                    sum!.div_((double)Math.Max(1, sequenceCount) * l.OutFeatures);
+                    finished[l.Name] = sum;
+                }
+                if (blockDone is not null) blockDone(b, finished);
+                else foreach (var (k, v) in finished) result[k] = v;
             }
         }
         catch
         {
-            foreach (var t in sums.Values) t.Dispose();
+            foreach (var t in sums.Values.Concat(result.Values)) t.Dispose();
             throw;
         }
         finally
@@ -214,9 +226,7 @@ public static class OutputAdaptiveHessian
             foreach (var t in x) t?.Dispose();
             foreach (var t in g) t?.Dispose();
         }
-        var m = layout.Values.SelectMany(l => l).ToDictionary(l => l.Name, l => l.OutFeatures);
-        foreach (var (name, sum) in sums) sum.div_((double)Math.Max(1, sequenceCount) * m[name]);
-        return sums;
+        return result;
     }
 
     /// <summary>Σ_s CE_s over the chunk's sequences, each CE_s the mean over its next-token predictions

@@ -7,7 +7,10 @@ namespace DotQuant.Engine.Hessians;
 
 /// <summary>OAC's Hessians in the schedule the options name (spec §2.4): per block after the earlier
 /// blocks were solved (sequential), per true-sequential group (sequential_groups), or all at once
-/// through the float model (once — every H̄ resident until its linear is solved).</summary>
+/// through the float model (once — one forward and backward for the whole model, about 1.3–1.6× a
+/// layer-wise run where sequential costs L²/2 block passes; each block's H̄ goes to the scratch folder
+/// as the backward sweep finishes it and comes back when the block is calibrated, so memory stays one
+/// block's H̄ and the disk holds the rest).</summary>
 public sealed class OutputAdaptiveSource(OacOptions options) : IHessianSource
 {
     readonly Dictionary<string, Tensor> _pending = new(StringComparer.Ordinal);
@@ -20,6 +23,7 @@ public sealed class OutputAdaptiveSource(OacOptions options) : IHessianSource
     {
         int b = work.Block.Index;
         var sw = Stopwatch.StartNew();
+        bool computed = true;
         switch (options.Schedule)
         {
             case OacSchedule.Sequential:
@@ -28,14 +32,17 @@ public sealed class OutputAdaptiveSource(OacOptions options) : IHessianSource
             case OacSchedule.Once when !_onceDone:
                 // From the embeddings through the float model; a resumed run recomputes the same H̄.
                 using (var embedded = ActivationStream.Embed(work.Model, work.Stream.Ids.SelectMany(x => x).ToList(), work.Stream.Storage))
-                    Take(OutputAdaptiveHessian.Compute(work.Model, 0, null, embedded,
-                        PlannedIn(work, Enumerable.Range(b, work.Model.BlockCount - b)), options, work.Contexts, work.Scratch, work.Cancellation));
+                    OutputAdaptiveHessian.Compute(work.Model, 0, null, embedded,
+                        PlannedIn(work, Enumerable.Range(b, work.Model.BlockCount - b)), options, work.Contexts, work.Scratch, work.Cancellation,
+                        (block, h) => Spill(work.Scratch, block, h));
                 _onceDone = true;
                 break;
             default:
-                return;
+                computed = false;
+                break;
         }
-        work.Events?.Invoke(new ProgressEvent($"block {b}: output-adaptive Hessians in {sw.Elapsed.TotalSeconds:F1} s", b, sw.Elapsed.TotalSeconds));
+        if (options.Schedule == OacSchedule.Once) Take(Unspill(work.Scratch, b));
+        if (computed) work.Events?.Invoke(new ProgressEvent($"block {b}: output-adaptive Hessians in {sw.Elapsed.TotalSeconds:F1} s", b, sw.Elapsed.TotalSeconds));
     }
 
     static HashSet<string> PlannedIn(BlockWork work, IEnumerable<int> blocks) =>
@@ -44,6 +51,32 @@ public sealed class OutputAdaptiveSource(OacOptions options) : IHessianSource
     void Take(Dictionary<string, Tensor> computed)
     {
         foreach (var (k, v) in computed) _pending[k] = v;
+    }
+
+    static string SpillFile(string scratch, int block) => Path.Combine(scratch, $"oac-hbar-{block}.safetensors");
+
+    /// <summary>A block's H̄ to disk (fp32, exact), the tensors released.</summary>
+    static void Spill(string scratch, int block, Dictionary<string, Tensor> h)
+    {
+        try
+        {
+            if (h.Count > 0) IO.SafeTensorsWriter.Write(SpillFile(scratch, block), h);
+        }
+        finally
+        {
+            foreach (var t in h.Values) t.Dispose();
+        }
+    }
+
+    static Dictionary<string, Tensor> Unspill(string scratch, int block)
+    {
+        string file = SpillFile(scratch, block);
+        if (!File.Exists(file)) return [];
+        Dictionary<string, Tensor> h;
+        using (var f = IO.SafeTensorsFile.Open(file))
+            h = f.Tensors.Keys.ToDictionary(n => n, n => f.Load(n).DetachFromDisposeScope(), StringComparer.Ordinal);
+        File.Delete(file);
+        return h;
     }
 
     public GroupStatistics Group(BlockWork work, IReadOnlyList<NamedLinear> group, IReadOnlyList<NamedLinear> active)
