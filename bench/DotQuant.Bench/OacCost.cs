@@ -41,9 +41,11 @@ static class OacCost
         var sb = new StringBuilder();
         sb.AppendLine("## OAC Hessian cost");
         sb.AppendLine();
+        sb.AppendLine($"Produced by `dotnet run -c Release --project bench/DotQuant.Bench -- oac-cost{(quick ? " --quick" : "")}` on {DateTime.UtcNow:yyyy-MM-dd}.");
         sb.AppendLine($"Whole `run` (calibration {samples} × 256 tokens of `valid.tokens`, solve, write) in a fresh process; peak RSS is VmHWM,");
-        sb.AppendLine("× is relative to layer-wise GPTQ on the same model. OAC (sequential) runs one backward pass per calibration sequence");
-        sb.AppendLine("and block through all later blocks (≈ N·L²/2 block passes) and folds W.grad into H̄ per linear.");
+        sb.AppendLine("× is relative to layer-wise GPTQ on the same model. OAC (sequential), for each block, runs the calibration sequences in");
+        sb.AppendLine($"chunks of up to {DotQuant.Engine.Hessians.OutputAdaptiveHessian.ChunkTokens} tokens forward through all later blocks and back (≈ L²/2 block passes of the whole set, each way),");
+        sb.AppendLine("and forms each sequence's G_s = Δ_sᵀX_s from the captured inputs and output gradients by batched matmul.");
         sb.AppendLine();
         sb.AppendLine("| model | method | seconds | × time | peak RSS MB | × memory |");
         sb.AppendLine("|---|---|---|---|---|---|");

@@ -69,6 +69,11 @@ if (args.Length > 0 && args[0] == "shared-cpu")
     Sections.Splice(Option("--out") ?? Path.Combine(benchDir, "results.md"), SharedCpu.Marker, SharedCpu.Run(shared, Path.GetFullPath(Path.Combine(benchDir, ".."))));
     return 0;
 }
+if (args.Length > 0 && args[0] == AuthorsGptq.Marker)
+{
+    Sections.Splice(Option("--out") ?? Path.Combine(benchDir, "results.md"), AuthorsGptq.Marker, AuthorsGptq.Run(shared, Path.GetFullPath(Path.Combine(benchDir, "..")), args.Contains("--ours-only")));
+    return 0;
+}
 if (args.Length > 0 && args[0] == "blas-child")
     return BlasDispatch.Child();
 if (args.Length > 0 && args[0] == "blas")

@@ -1,7 +1,5 @@
-using System.Diagnostics;
 using System.Globalization;
 using System.Text;
-using System.Text.Json;
 
 namespace DotQuant.Bench;
 
@@ -32,13 +30,12 @@ static class SharedCpu
             sb.AppendLine("|---|---|---|---|---|---|");
             foreach (var (label, policy) in new[] { ("spinning (ACTIVE, before)", "ACTIVE"), ("passive (the tool's default)", null as string) })
             {
-                var alone = Runs(tool, yaml, dir, policy, 1)[0];
-                var two = Runs(tool, yaml, dir, policy, 2);
-                double Phase(JsonElement s, params string[] names) => names.Sum(n => s.GetProperty("phases").TryGetProperty(n, out var v) ? v.GetDouble() : 0);
-                string pair(Func<JsonElement, double> f) => string.Join(" / ", two.Select(f).Select(v => v.ToString("F1", CultureInfo.InvariantCulture)));
-                double worst = two.Max(s => s.GetProperty("seconds").GetDouble());
+                var alone = ToolRun.Start(tool, yaml, dir, policy, 1)[0];
+                var two = ToolRun.Start(tool, yaml, dir, policy, 2);
+                string pair(Func<ToolRun, double> f) => string.Join(" / ", two.Select(f).Select(v => v.ToString("F1", CultureInfo.InvariantCulture)));
+                double worst = two.Max(s => s.Seconds);
                 sb.AppendLine(string.Create(CultureInfo.InvariantCulture,
-                    $"| {label} | {alone.GetProperty("seconds").GetDouble():F1} | {pair(s => s.GetProperty("seconds").GetDouble())} | {worst / alone.GetProperty("seconds").GetDouble():F2} | {pair(s => Phase(s, "factorization", "solve"))} | {pair(s => Phase(s, "capture", "advance", "xtx"))} |"));
+                    $"| {label} | {alone.Seconds:F1} | {pair(s => s.Seconds)} | {worst / alone.Seconds:F2} | {pair(s => s.Phase("factorization", "solve"))} | {pair(s => s.Phase("capture", "advance", "xtx"))} |"));
             }
             return sb.ToString();
         }
@@ -46,30 +43,5 @@ static class SharedCpu
         {
             Directory.Delete(dir, true);
         }
-    }
-
-    /// <summary>Starts <paramref name="count"/> runs together and returns each one's JSON summary.</summary>
-    static JsonElement[] Runs(string tool, string yaml, string dir, string? policy, int count)
-    {
-        var processes = Enumerable.Range(0, count).Select(i =>
-        {
-            var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
-            foreach (var a in new[] { tool, "run", yaml, "--output", Path.Combine(dir, $"out-{Guid.NewGuid():N}"), "--format", "json" }) psi.ArgumentList.Add(a);
-            if (policy is not null) psi.Environment["OMP_WAIT_POLICY"] = policy;
-            else psi.Environment.Remove("OMP_WAIT_POLICY");
-            return Process.Start(psi)!;
-        }).ToList();
-        var outputs = processes.Select(p => (Out: p.StandardOutput.ReadToEndAsync(), Err: p.StandardError.ReadToEndAsync())).ToList();
-        var result = new JsonElement[count];
-        for (int i = 0; i < count; i++)
-        {
-            processes[i].WaitForExit();
-            string stdout = outputs[i].Out.Result;
-            if (processes[i].ExitCode != 0) throw new InvalidOperationException($"run failed: {outputs[i].Err.Result}");
-            string summary = stdout.Trim().Split('\n').Last(l => l.Contains("\"summary\""));
-            result[i] = JsonDocument.Parse(summary).RootElement.Clone();
-            processes[i].Dispose();
-        }
-        return result;
     }
 }
