@@ -69,6 +69,16 @@ public sealed class ActivationStream : IDisposable
         }
     }
 
+    /// <summary>Batch <paramref name="i"/> becomes <paramref name="output"/> (a block's output computed
+    /// elsewhere, e.g. by staged calibration), stored as the stream stores.</summary>
+    public void Replace(int i, Tensor output)
+    {
+        using var scope = NewDisposeScope();
+        var next = output.dtype == Storage ? output.alias() : output.to(Storage);    // the caller keeps its handle
+        _batches[i].Dispose();
+        _batches[i] = next.DetachFromDisposeScope();
+    }
+
     static Tensor Store(Tensor x, ScalarType storage) => x.dtype == storage ? x : x.to(storage);
 
     /// <summary>Writes the batches to <paramref name="path"/> (temp file + rename): a resume point.</summary>

@@ -81,7 +81,7 @@ public sealed class Calibrator
             }
             using (PhaseClock.Measure("advance"))
             {
-                if (Hessians.NeedsCalibration) stream!.Advance(block, contexts, Cancellation);
+                if (Hessians.NeedsCalibration && !Hessians.AdvanceStream(work)) stream!.Advance(block, contexts, Cancellation);
                 Hessians.EndBlock(work);
             }
             using (PhaseClock.Measure("write"))

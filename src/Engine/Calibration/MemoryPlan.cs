@@ -31,6 +31,10 @@ public sealed record MemoryPlan
     public long Activations { get; init; }
     /// <summary>OAC: one block's H̄ (schedule once keeps the others on disk), saved inputs and gradients.</summary>
     public long OutputAdaptive { get; init; }
+    /// <summary>Staged layer-wise calibration: every batch's residual and next group input kept between
+    /// groups (0 when they would not fit in 80% of the limit with the rest: the group inputs are then
+    /// recomputed from the block input, the same bits at about twice the forward work).</summary>
+    public long Stages { get; init; }
     /// <summary>Evaluation: a pass of hidden states, the fp32 head and a slice of logits, one block.</summary>
     public long Evaluation { get; init; }
     /// <summary>The hidden states an evaluation pass may hold (fits the limit).</summary>
@@ -38,7 +42,7 @@ public sealed record MemoryPlan
     public long? Limit { get; init; }
     public string LimitSource { get; init; } = "";
 
-    public long Calibration => Block + Streams + Math.Max(Solver, Activations) + OutputAdaptive;
+    public long Calibration => Block + Streams + Math.Max(Solver, Activations) + OutputAdaptive + Stages;
     public long Peak => Runtime + Math.Max(Calibration, Evaluation);
 
     const long DefaultBudget = global::DotQuant.Engine.Evaluation.LayerMajor.DefaultActivationBudget;
@@ -47,12 +51,13 @@ public sealed record MemoryPlan
         $"memory plan: peak {ByteSize.Format(Peak)} = runtime {ByteSize.Format(Runtime)} + max(calibration {ByteSize.Format(Calibration)} " +
         $"[block {ByteSize.Format(Block)}, streams {ByteSize.Format(Streams)}, max(solver {ByteSize.Format(Solver)}, statistics {ByteSize.Format(Activations)})" +
         (OutputAdaptive > 0 ? $", output-adaptive {ByteSize.Format(OutputAdaptive)}" : "") +
+        (Stages > 0 ? $", staged states {ByteSize.Format(Stages)}" : "") +
         $"], evaluation {ByteSize.Format(Evaluation)})" + (Limit is long l ? $"; limit {ByteSize.Format(l)} ({LimitSource})" : "");
 
     public JsonObject ToJson() => new()
     {
         ["peak_bytes"] = Peak, ["runtime_bytes"] = Runtime, ["block_bytes"] = Block, ["streams_bytes"] = Streams, ["solver_bytes"] = Solver,
-        ["activations_bytes"] = Activations, ["output_adaptive_bytes"] = OutputAdaptive, ["evaluation_bytes"] = Evaluation,
+        ["activations_bytes"] = Activations, ["output_adaptive_bytes"] = OutputAdaptive, ["staged_states_bytes"] = Stages, ["evaluation_bytes"] = Evaluation,
         ["evaluation_budget_bytes"] = EvaluationBudget, ["limit_bytes"] = Limit, ["limit_source"] = LimitSource,
     };
 
@@ -129,9 +134,19 @@ public sealed record MemoryPlan
             long room = lim - RuntimeBytes - evalFixed;
             budget = Math.Clamp(room, 64L << 20, DefaultBudget);
         }
+        // Staged layer-wise capture: a residual (hidden) and the widest group input per token, when that
+        // still leaves a fifth of the limit free.
+        long stages = 0;
+        if (calibrated && !gptaq && q.Oac is null && model.HasStages && limit is long room80)
+        {
+            long widest = model.LinearLayout(0).SelectMany(g => g).Max(l => l.InFeatures);
+            long bytes = tokens * (h + widest) * 4;
+            long rest = RuntimeBytes + Math.Max(block + streams + Math.Max(solver, activations) + oac, evalFixed + budget);
+            if (rest + bytes <= room80 / 5 * 4) stages = bytes;
+        }
         return new MemoryPlan
         {
-            Block = block, Streams = streams, Solver = solver, Activations = activations, OutputAdaptive = oac,
+            Block = block, Streams = streams, Solver = solver, Activations = activations, OutputAdaptive = oac, Stages = stages,
             Evaluation = evalFixed + budget, EvaluationBudget = budget, Limit = limit, LimitSource = limitSource,
         };
     }

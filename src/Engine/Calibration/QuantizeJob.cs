@@ -96,7 +96,7 @@ public static class QuantizeJob
         var memory = MemoryPlan.Predict(m, plan, model, limit, limitSource);
         Emit(new MemoryEvent(memory));
         memory.Check(m, plan, model);
-        using var hessians = HessianSources.For(q);
+        using var hessians = HessianSources.For(q, staged: memory.Stages > 0);
 
         // Evaluation before (a resumed run has the figures already).
         var evaluation = new RunEvaluation(m, config, tokenizer, memory.EvaluationBudget, Emit);

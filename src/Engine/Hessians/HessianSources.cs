@@ -6,9 +6,10 @@ namespace DotQuant.Engine.Hessians;
 /// Hessians, GPTAQ's asymmetric statistics (the float stream), or the layer-wise H.</summary>
 public static class HessianSources
 {
-    public static IHessianSource For(QuantizeSpec q) =>
+    /// <param name="staged">Keep the layer-wise capture's states between groups (the memory plan's call).</param>
+    public static IHessianSource For(QuantizeSpec q, bool staged = false) =>
         !q.Scheme.NeedsCalibration ? new NoHessian()
         : q.Oac is { } oac ? new OutputAdaptiveSource(oac)
         : q.NeedsFloatStream ? new AsymmetricHessian()
-        : new LayerHessian();
+        : new LayerHessian(staged);
 }

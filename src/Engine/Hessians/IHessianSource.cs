@@ -77,6 +77,10 @@ public interface IHessianSource : IDisposable
 
     void EndBlock(BlockWork work);
 
+    /// <summary>Moves the calibration stream through the solved block from state the source kept (staged
+    /// calibration) and returns true, or returns false and the driver runs the block's forward.</summary>
+    bool AdvanceStream(BlockWork work) => false;
+
     /// <summary>Saves what the source carries from block to block (GPTAQ's float stream) for a resume.</summary>
     void Save(string folder);
 

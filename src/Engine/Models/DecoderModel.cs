@@ -33,6 +33,30 @@ public sealed class ForwardContext : IDisposable
 /// <summary>Called with the input of each linear before it runs (calibration statistics).</summary>
 public delegate void LinearInputObserver(NamedLinear linear, Tensor input);
 
+/// <summary>What a block's forward carries from one true-sequential group to the next: the residual
+/// stream and the next group's input (both owned).</summary>
+public sealed record BlockState(Tensor Residual, Tensor Input) : IDisposable
+{
+    public void Dispose()
+    {
+        Residual.Dispose();
+        Input.Dispose();
+    }
+}
+
+/// <summary>A block's forward in stages, one per true-sequential group: layer-wise calibration keeps each
+/// batch's state between groups, so every linear runs once with its solved weight instead of the block
+/// being recomputed from its input for every group (about half the forward work).</summary>
+public interface IStagedBlock
+{
+    /// <summary>From the block input to group 0's input.</summary>
+    BlockState Begin(Tensor hidden, ForwardContext ctx);
+    /// <summary>From group <paramref name="group"/>'s input (through its linears) to the next group's input.</summary>
+    BlockState Next(int group, BlockState state, ForwardContext ctx);
+    /// <summary>From the last group's input to the block output.</summary>
+    Tensor Finish(BlockState state, ForwardContext ctx);
+}
+
 /// <summary>A linear of a block by name and shape, known from config.json without loading anything
 /// (what planning and the memory plan work from).</summary>
 public sealed record LinearSpec(string Name, long OutFeatures, long InFeatures);
@@ -47,6 +71,10 @@ public abstract class DecoderBlock : IDisposable
 
     /// <summary>Runs the block on fp32 hidden states [B, T, H].</summary>
     public abstract Tensor Forward(Tensor hidden, ForwardContext context, LinearInputObserver? observer = null);
+
+    /// <summary>The forward cut at its true-sequential groups, when the family offers it (null: only
+    /// <see cref="Forward"/>). <see cref="Forward"/> is exactly these stages composed.</summary>
+    public virtual IStagedBlock? Stages => null;
 
     public abstract void Dispose();
 }
@@ -93,6 +121,10 @@ public abstract class DecoderModel : IDisposable
 
     /// <summary>The block's linears by name and shape, in true-sequential groups.</summary>
     public abstract IReadOnlyList<IReadOnlyList<LinearSpec>> LinearLayout(int index);
+
+    /// <summary>Whether this family's blocks offer <see cref="DecoderBlock.Stages"/> (the memory plan
+    /// counts the states they keep).</summary>
+    public virtual bool HasStages => false;
 
     /// <summary>A fresh copy of block <paramref name="index"/>'s weights from the source (the caller
     /// owns it and may change its weights).</summary>

@@ -27,6 +27,8 @@ public sealed class LlamaModel : DecoderModel
         public override Tensor Forward(Tensor hidden, ForwardContext ctx, LinearInputObserver? observer = null) =>
             model.ForwardBlock(this, hidden, ctx, observer);
 
+        public override IStagedBlock Stages => new LlamaStages(model, this);
+
         public override void Dispose()
         {
             foreach (var l in Groups.SelectMany(g => g)) l.Dispose();
@@ -104,6 +106,8 @@ public sealed class LlamaModel : DecoderModel
 
     public override IReadOnlyList<IReadOnlyList<LinearSpec>> LinearLayout(int index) => Layout(_config, index);
 
+    public override bool HasStages => true;
+
     public override string BlockPrefix(int index) => $"model.layers.{index}.";
 
     public override DecoderBlock LoadBlock(int i)
@@ -141,13 +145,54 @@ public sealed class LlamaModel : DecoderModel
         return weight.to(ScalarType.Float32) * (x * variance.add(Scalars.Of(_config.RmsNormEps), Scalars.One).rsqrt());
     }
 
+    /// <summary>The block as its four stages: input norm, attention (to o's input), o and the residual and
+    /// post-attention norm (to gate/up's input), the gated activation (to down's input), down and the
+    /// residual. <see cref="LlamaStages"/> runs the same functions one group at a time.</summary>
     Tensor ForwardBlock(LlamaBlock b, Tensor hidden, ForwardContext ctx, LinearInputObserver? observer)
     {
         using var scope = NewDisposeScope();
-        long batch = hidden.shape[0], t = hidden.shape[1];
-        int heads = _config.NumHeads, kvHeads = _config.NumKvHeads, d = _config.HeadDim;
-
         var x = RmsNorm(hidden, b.InputNorm);
+        var attn = AttentionStage(b, x, ctx, observer);
+        var (h, mlpIn) = OutputStage(b, hidden, attn, observer);
+        var act = GateStage(b, mlpIn, observer);
+        return scope.MoveToOuter(DownStage(b, h, act, observer));
+    }
+
+    sealed class LlamaStages(LlamaModel model, LlamaBlock b) : IStagedBlock
+    {
+        public BlockState Begin(Tensor hidden, ForwardContext ctx)
+        {
+            using var scope = NewDisposeScope();
+            return new BlockState(hidden.alias().DetachFromDisposeScope(), model.RmsNorm(hidden, b.InputNorm).DetachFromDisposeScope());
+        }
+
+        public BlockState Next(int group, BlockState s, ForwardContext ctx)
+        {
+            using var scope = NewDisposeScope();
+            switch (group)
+            {
+                case 0: return new BlockState(s.Residual.alias().DetachFromDisposeScope(), model.AttentionStage(b, s.Input, ctx, null).DetachFromDisposeScope());
+                case 1:
+                    var (h, mlpIn) = model.OutputStage(b, s.Residual, s.Input, null);
+                    return new BlockState(h.DetachFromDisposeScope(), mlpIn.DetachFromDisposeScope());
+                case 2: return new BlockState(s.Residual.alias().DetachFromDisposeScope(), model.GateStage(b, s.Input, null).DetachFromDisposeScope());
+                default: throw new ArgumentOutOfRangeException(nameof(group), "down is the last group: Finish");
+            }
+        }
+
+        public Tensor Finish(BlockState s, ForwardContext ctx)
+        {
+            using var scope = NewDisposeScope();
+            return scope.MoveToOuter(model.DownStage(b, s.Residual, s.Input, null));
+        }
+    }
+
+    /// <summary>o's input: rotary attention over q, k, v of the normed hidden states.</summary>
+    Tensor AttentionStage(LlamaBlock b, Tensor x, ForwardContext ctx, LinearInputObserver? observer)
+    {
+        using var scope = NewDisposeScope();
+        long batch = x.shape[0], t = x.shape[1];
+        int heads = _config.NumHeads, kvHeads = _config.NumKvHeads, d = _config.HeadDim;
         var (q, k, v) = Attention(b.Groups[0], x, observer);
         q = q.view(batch, t, heads, d);
         k = k.view(batch, t, kvHeads, d);
@@ -168,18 +213,34 @@ public sealed class LlamaModel : DecoderModel
         var attn = ctx.Mask is null && ctx.PastLength == 0 && t > 1
             ? nn.functional.scaled_dot_product_attention(q, k, v, null, 0.0, true)
             : nn.functional.scaled_dot_product_attention(q, k, v, ctx.Mask, 0.0, false);
-        attn = attn.transpose(1, 2).reshape(batch, t, heads * d);
+        return scope.MoveToOuter(attn.transpose(1, 2).reshape(batch, t, heads * d));
+    }
+
+    /// <summary>The residual after attention and gate/up's input.</summary>
+    (Tensor H, Tensor MlpIn) OutputStage(LlamaBlock b, Tensor hidden, Tensor attn, LinearInputObserver? observer)
+    {
+        using var scope = NewDisposeScope();
         Observe(observer, [b.O], attn);
         var h = hidden.Plus(b.O.Forward(attn));
+        var x = RmsNorm(h, b.PostAttentionNorm);
+        return (scope.MoveToOuter(h), scope.MoveToOuter(x));
+    }
 
-        x = RmsNorm(h, b.PostAttentionNorm);
+    /// <summary>down's input: the gated activation (after the online rotation, what down's weights see).</summary>
+    Tensor GateStage(LlamaBlock b, Tensor x, LinearInputObserver? observer)
+    {
+        using var scope = NewDisposeScope();
         var (gate, up) = GateUp(b.Groups[2], x, observer);
         var act = nn.functional.silu(gate) * up;
-        // Statistics are taken after the online rotation: that is what down_proj's weights see.
         if (_downRotation is not null) act = _downRotation.Apply(act);
+        return scope.MoveToOuter(act);
+    }
+
+    Tensor DownStage(LlamaBlock b, Tensor h, Tensor act, LinearInputObserver? observer)
+    {
+        using var scope = NewDisposeScope();
         Observe(observer, [b.Down], act);
-        var output = h.Plus(b.Down.Forward(act));
-        return scope.MoveToOuter(output);
+        return scope.MoveToOuter(h.Plus(b.Down.Forward(act)));
     }
 
     /// <summary>q, k, v from separate projections or split from the fused one ([q | k | v] rows).</summary>
