@@ -9,7 +9,7 @@ public class ThreadPolicyTests
     [DllImport("libc", EntryPoint = "getenv")]
     static extern IntPtr GetEnv(string name);
 
-    static string? NativeValue() => Marshal.PtrToStringAnsi(GetEnv(ThreadPolicy.Variable));
+    static string? NativeValue(string name = ThreadPolicy.Variable) => Marshal.PtrToStringAnsi(GetEnv(name));
 
     [Fact]
     public void ApplySetsPassiveInTheNativeEnvironmentAndKeepsAUsersChoice()
@@ -24,5 +24,13 @@ public class ThreadPolicyTests
         ThreadPolicy.Apply();
         Assert.Equal("PASSIVE", NativeValue());
         Assert.Equal("PASSIVE", Environment.GetEnvironmentVariable(ThreadPolicy.Variable));
+    }
+
+    [Fact]
+    public void The_team_size_is_the_CPUs_dotnet_sees_unless_the_user_chose_one()
+    {
+        string? before = Environment.GetEnvironmentVariable(ThreadPolicy.TeamVariable);
+        ThreadPolicy.Apply();
+        Assert.Equal(before is { Length: > 0 } ? before : Environment.ProcessorCount.ToString(), NativeValue(ThreadPolicy.TeamVariable));
     }
 }
