@@ -33,7 +33,7 @@ static class OacCost
         {
             ("GPTQ W4 g16 (layer-wise H)", "method: gptq\n  bits: 4\n  group_size: 16"),
             ("OAC + GPTQ W4 g16 (sequential)", "method: gptq\n  bits: 4\n  group_size: 16\n  hessian: output_adaptive"),
-            ("OAC + GPTQ W4 g16 (once, all H̄ resident)", "method: gptq\n  bits: 4\n  group_size: 16\n  hessian: output_adaptive\n  output_adaptive: { schedule: once }"),
+            ("OAC + GPTQ W4 g16 (once, H̄ spilled per block)", "method: gptq\n  bits: 4\n  group_size: 16\n  hessian: output_adaptive\n  output_adaptive: { schedule: once }"),
             ("SpQR W2", "method: spqr\n  outliers: { relative_threshold: 3 }"),
             ("OAC + SpQR W2", "method: spqr\n  outliers: { relative_threshold: 3 }\n  hessian: output_adaptive"),
         };
