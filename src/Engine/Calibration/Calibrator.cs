@@ -68,13 +68,14 @@ public sealed class Calibrator
                 using (PhaseClock.Measure("capture"))
                     stats = Hessians.Group(work, group, active);
                 using var ownedStats = stats;
+                using var factors = new FactorCache();
                 double statSeconds = sw.Elapsed.TotalSeconds / active.Count;
                 foreach (var lin in active)
                 {
                     Cancellation.ThrowIfCancellationRequested();
                     var solve = Stopwatch.StartNew();
                     var o = Plan.OptionsFor(lin.Name)!;
-                    var (q, rtnLoss) = Solve(lin, stats.H(lin), stats.D(lin), o, stats.LastUser(lin, active));
+                    var (q, rtnLoss) = Solve(lin, stats.H(lin), stats.D(lin), o, stats.LastUser(lin, active), factors);
                     lin.UseSolved(q);          // later groups and the stream see the quantized weight
                     Report(Describe(lin, b, o, q, statSeconds + solve.Elapsed.TotalSeconds, rtnLoss));
                 }
@@ -100,7 +101,7 @@ public sealed class Calibrator
         }
     }
 
-    (SolvedLinear Q, double RtnLoss) Solve(NamedLinear lin, Tensor? h, Tensor? d, SolverOptions o, bool lastUser)
+    (SolvedLinear Q, double RtnLoss) Solve(NamedLinear lin, Tensor? h, Tensor? d, SolverOptions o, bool lastUser, FactorCache factors)
     {
         using var w0 = lin.Weight.to(ScalarType.Float32);
         // Measured before the solver may consume H; its damping is applied once the solver chose it.
@@ -109,7 +110,7 @@ public sealed class Calibrator
             using (PhaseClock.Measure("rtn baseline"))
                 rtn = RtnObjective.Of(w0, h, ro);
         using var phase = PhaseClock.Measure("solve");
-        var q = Solvers.Solve(w0, h, d, o, lin.Name, w => Events?.Invoke(new WarningEvent(w)), Cancellation, consumeH: lastUser);
+        var q = Solvers.Solve(w0, h, d, o, lin.Name, w => Events?.Invoke(new WarningEvent(w)), Cancellation, consumeH: lastUser, factors: factors);
         return (q, rtn?.At(q.DampUsed) ?? double.NaN);
     }
 

@@ -19,11 +19,13 @@ public static class ColumnSolver
     /// <param name="d">D = (2/N)·(X_f − X_q) X_qᵀ [n, n] or null when X_f = X_q.</param>
     /// <param name="consumeH">The caller has no further use for <paramref name="h"/>: the solver works on
     /// it in place and disposes it instead of copying it (one n² matrix less at the peak).</param>
+    /// <param name="factors">Shares U between the linears of a group that share <paramref name="h"/>.</param>
     public static SolvedLinear Solve(Tensor w0, Tensor h, Tensor? d, SolverOptions o, string layer = "layer", Action<string>? warn = null,
-        CancellationToken ct = default, bool consumeH = false)
+        CancellationToken ct = default, bool consumeH = false, FactorCache? factors = null)
     {
         using var scope = NewDisposeScope();
         var dt = o.DType;
+        var factorKey = factors is null ? default : FactorCache.KeyOf(h, o.Damp, o.ActOrder, dt);
         long m = w0.shape[0], n = w0.shape[1];
         int g = o.GroupSize == -1 ? (int)n : o.GroupSize;
         if (h.shape[0] != n || h.shape[1] != n)
@@ -74,7 +76,9 @@ public static class ColumnSolver
         }
         long[]? permHost = perm?.data<long>().ToArray();
 
-        var factor = InverseCholesky.Factor(H, o.Damp, layer, warn);
+        // Keyed by the caller's h (the group's shared H); H's fixes above depend on H alone, not on W.
+        var factor = factors is null ? InverseCholesky.Factor(H, o.Damp, layer, warn)
+            : factors.GetOrAdd(factorKey, () => InverseCholesky.Factor(H, o.Damp, layer, warn));
         var U = factor.U;
         var P = useP ? MultiplyTriu1(D!, U, o.Alpha) : null;
         var R = useR ? MultiplyTriu1(C!, U, o.Alpha2) : null;

@@ -7,11 +7,12 @@ namespace DotQuant.Engine.Quantizers;
 public static class Solvers
 {
     /// <param name="consumeH">The caller has no further use for <paramref name="h"/> (a solver may work on it in place).</param>
+    /// <param name="factors">The group's shared factorizations (null: factorize every time).</param>
     public static SolvedLinear Solve(Tensor w0, Tensor? h, Tensor? d, SolverOptions o, string layer, Action<string>? warn = null,
-        CancellationToken ct = default, bool consumeH = false) => o.Kind switch
+        CancellationToken ct = default, bool consumeH = false, FactorCache? factors = null) => o.Kind switch
     {
         SolverKind.Rtn => RtnSolver.Solve(w0, o),
-        SolverKind.Gptq => ColumnSolver.Solve(w0, Required(h, layer), d, o, layer, warn, ct, consumeH),
+        SolverKind.Gptq => ColumnSolver.Solve(w0, Required(h, layer), d, o, layer, warn, ct, consumeH, factors),
         SolverKind.SpQR => SpqrSolver.Solve(w0, Required(h, layer), o.Spqr ?? new SpqrOptions(), layer, warn, ct),
         SolverKind.BiLLM => BillmSolver.Solve(w0, Required(h, layer), o.Billm ?? new BillmOptions(), layer, warn, ct),
         _ => throw new ArgumentOutOfRangeException(nameof(o)),
