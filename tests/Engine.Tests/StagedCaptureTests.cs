@@ -16,6 +16,9 @@ public class StagedCaptureTests
     [InlineData("stories260K")]
     [InlineData("qwen3")]
     [InlineData("phi3")]
+    [InlineData("gpt2")]
+    [InlineData("gemma2")]
+    [InlineData("gemma3_text")]
     public void Staged_and_recomputed_capture_agree_bit_for_bit(string family)
     {
         using var dir = new TempDir();

@@ -23,6 +23,13 @@ public sealed class GemmaModel : DecoderModel
         public override Tensor Forward(Tensor hidden, ForwardContext ctx, LinearInputObserver? observer = null) =>
             model.ForwardBlock(this, hidden, ctx, observer);
 
+        public override IStagedBlock Stages => new SublayerStages(
+            x => model.Norm(x, InputNorm),
+            (x, ctx) => model.AttentionStage(this, x, ctx, null),
+            (h, attn) => model.OutputStage(this, h, attn, null),
+            x => model.GateStage(this, x, null),
+            (h, act) => model.DownStage(this, h, act, null));
+
         public override void Dispose()
         {
             foreach (var l in new[] { Q, K, V, O, Gate, Up, Down }) l.Dispose();
@@ -79,6 +86,8 @@ public sealed class GemmaModel : DecoderModel
 
     public override IReadOnlyList<IReadOnlyList<LinearSpec>> LinearLayout(int index) => Layout(_config, index);
 
+    public override bool HasStages => true;
+
     public override string BlockPrefix(int index) => $"model.layers.{index}.";
 
     public override DecoderBlock LoadBlock(int i)
@@ -120,14 +129,24 @@ public sealed class GemmaModel : DecoderModel
         return (x * variance.add(Scalars.Of(_config.RmsNormEps), Scalars.One).rsqrt()) * weight.to(ScalarType.Float32).add(Scalars.One, Scalars.One);
     }
 
+    /// <summary>The block as its stages composed (see <see cref="SublayerStages"/>).</summary>
     Tensor ForwardBlock(GemmaBlock b, Tensor hidden, ForwardContext ctx, LinearInputObserver? observer)
     {
         using var scope = NewDisposeScope();
-        long batch = hidden.shape[0], t = hidden.shape[1];
+        var x = Norm(hidden, b.InputNorm);
+        var attn = AttentionStage(b, x, ctx, observer);
+        var (h, mlpIn) = OutputStage(b, hidden, attn, observer);
+        var act = GateStage(b, mlpIn, observer);
+        return scope.MoveToOuter(DownStage(b, h, act, observer));
+    }
+
+    /// <summary>o's input: soft-capped rotary attention (local or global per layer) of the normed input.</summary>
+    Tensor AttentionStage(GemmaBlock b, Tensor x, ForwardContext ctx, LinearInputObserver? observer)
+    {
+        using var scope = NewDisposeScope();
+        long batch = x.shape[0], t = x.shape[1];
         int heads = _config.NumHeads, kvHeads = _config.NumKvHeads, d = _config.HeadDim;
         bool sliding = _gemma.SlidingLayers[b.Index];
-
-        var x = Norm(hidden, b.InputNorm);
         Observe(observer, [b.Q, b.K, b.V], x);
         var q = b.Q.Forward(x).view(batch, t, heads, d);
         var k = b.K.Forward(x).view(batch, t, kvHeads, d);
@@ -150,16 +169,30 @@ public sealed class GemmaModel : DecoderModel
             scores = scores.div(Scalars.Of(cap)).tanh().mul(Scalars.Of(cap));
         var mask = sliding ? ctx.LocalMask! : ctx.Mask!;
         scores = scores.masked_fill(mask.logical_not(), Scalars.Of(double.NegativeInfinity));
-        var attn = scores.softmax(-1).matmul(v).transpose(1, 2).reshape(batch, t, heads * d);
+        return scope.MoveToOuter(scores.softmax(-1).matmul(v).transpose(1, 2).reshape(batch, t, heads * d));
+    }
+
+    (Tensor Residual, Tensor MlpInput) OutputStage(GemmaBlock b, Tensor hidden, Tensor attn, LinearInputObserver? observer)
+    {
+        using var scope = NewDisposeScope();
         Observe(observer, [b.O], attn);
         var h = hidden.Plus(Norm(b.O.Forward(attn), b.PostAttentionNorm));
+        var x = Norm(h, b.PreFeedForwardNorm);
+        return (scope.MoveToOuter(h), scope.MoveToOuter(x));
+    }
 
-        x = Norm(h, b.PreFeedForwardNorm);
+    Tensor GateStage(GemmaBlock b, Tensor x, LinearInputObserver? observer)
+    {
+        using var scope = NewDisposeScope();
         Observe(observer, [b.Gate, b.Up], x);
-        var act = nn.functional.gelu(b.Gate.Forward(x), TorchSharp.Modules.GELU.Approximate.tanh) * b.Up.Forward(x);
+        return scope.MoveToOuter(nn.functional.gelu(b.Gate.Forward(x), TorchSharp.Modules.GELU.Approximate.tanh) * b.Up.Forward(x));
+    }
+
+    Tensor DownStage(GemmaBlock b, Tensor h, Tensor act, LinearInputObserver? observer)
+    {
+        using var scope = NewDisposeScope();
         Observe(observer, [b.Down], act);
-        var output = h.Plus(Norm(b.Down.Forward(act), b.PostFeedForwardNorm));
-        return scope.MoveToOuter(output);
+        return scope.MoveToOuter(h.Plus(Norm(b.Down.Forward(act), b.PostFeedForwardNorm)));
     }
 
     public override Tensor FinalNorm(Tensor hidden)

@@ -22,6 +22,13 @@ public sealed class Gpt2Model : DecoderModel
         public override Tensor Forward(Tensor hidden, ForwardContext ctx, LinearInputObserver? observer = null) =>
             model.ForwardBlock(this, hidden, ctx, observer);
 
+        public override IStagedBlock Stages => new SublayerStages(
+            x => model.LayerNorm(x, Ln1Weight, Ln1Bias),
+            (x, ctx) => model.AttentionStage(this, x, ctx, null),
+            (h, attn) => model.OutputStage(this, h, attn, null),
+            x => model.FcStage(this, x, null),
+            (h, act) => model.ProjStage(this, h, act, null));
+
         public override void Dispose()
         {
             foreach (var l in new[] { Attn, AttnProj, Fc, MlpProj }) l.Dispose();
@@ -87,6 +94,8 @@ public sealed class Gpt2Model : DecoderModel
 
     public override IReadOnlyList<IReadOnlyList<LinearSpec>> LinearLayout(int index) => Layout(_config, _prefix, index);
 
+    public override bool HasStages => true;
+
     public override string BlockPrefix(int index) => $"{_prefix}h.{index}.";
 
     public override DecoderBlock LoadBlock(int i)
@@ -122,13 +131,23 @@ public sealed class Gpt2Model : DecoderModel
     Tensor LayerNorm(Tensor x, Tensor weight, Tensor bias) =>
         nn.functional.layer_norm(x, [_config.HiddenSize], weight.to(ScalarType.Float32), bias.to(ScalarType.Float32), _config.RmsNormEps);
 
+    /// <summary>The block as its stages composed (see <see cref="SublayerStages"/>).</summary>
     Tensor ForwardBlock(Gpt2Block b, Tensor hidden, ForwardContext ctx, LinearInputObserver? observer)
     {
         using var scope = NewDisposeScope();
-        long batch = hidden.shape[0], t = hidden.shape[1], h = _config.HiddenSize;
-        int heads = _config.NumHeads, d = _config.HeadDim;
-
         var x = LayerNorm(hidden, b.Ln1Weight, b.Ln1Bias);
+        var attn = AttentionStage(b, x, ctx, observer);
+        var (hh, mlpIn) = OutputStage(b, hidden, attn, observer);
+        var act = FcStage(b, mlpIn, observer);
+        return scope.MoveToOuter(ProjStage(b, hh, act, observer));
+    }
+
+    /// <summary>c_proj's input: causal attention over the fused q, k, v of the normed hidden states.</summary>
+    Tensor AttentionStage(Gpt2Block b, Tensor x, ForwardContext ctx, LinearInputObserver? observer)
+    {
+        using var scope = NewDisposeScope();
+        long batch = x.shape[0], t = x.shape[1], h = _config.HiddenSize;
+        int heads = _config.NumHeads, d = _config.HeadDim;
         observer?.Invoke(b.Attn, x);
         var qkv = b.Attn.Forward(x);
         var q = qkv.narrow(-1, 0, h).view(batch, t, heads, d).transpose(1, 2);
@@ -139,13 +158,28 @@ public sealed class Gpt2Model : DecoderModel
         var attn = ctx.Mask is null && ctx.PastLength == 0 && t > 1
             ? nn.functional.scaled_dot_product_attention(q, k, v, null, 0.0, true)
             : nn.functional.scaled_dot_product_attention(q, k, v, ctx.Mask, 0.0, false);
-        attn = attn.transpose(1, 2).reshape(batch, t, h);
+        return scope.MoveToOuter(attn.transpose(1, 2).reshape(batch, t, h));
+    }
+
+    (Tensor Residual, Tensor MlpInput) OutputStage(Gpt2Block b, Tensor hidden, Tensor attn, LinearInputObserver? observer)
+    {
+        using var scope = NewDisposeScope();
         observer?.Invoke(b.AttnProj, attn);
         var hh = hidden.Plus(b.AttnProj.Forward(attn));
+        var x = LayerNorm(hh, b.Ln2Weight, b.Ln2Bias);
+        return (scope.MoveToOuter(hh), scope.MoveToOuter(x));
+    }
 
-        x = LayerNorm(hh, b.Ln2Weight, b.Ln2Bias);
+    Tensor FcStage(Gpt2Block b, Tensor x, LinearInputObserver? observer)
+    {
+        using var scope = NewDisposeScope();
         observer?.Invoke(b.Fc, x);
-        var act = nn.functional.gelu(b.Fc.Forward(x), TorchSharp.Modules.GELU.Approximate.tanh);
+        return scope.MoveToOuter(nn.functional.gelu(b.Fc.Forward(x), TorchSharp.Modules.GELU.Approximate.tanh));
+    }
+
+    Tensor ProjStage(Gpt2Block b, Tensor hh, Tensor act, LinearInputObserver? observer)
+    {
+        using var scope = NewDisposeScope();
         observer?.Invoke(b.MlpProj, act);
         return scope.MoveToOuter(hh.Plus(b.MlpProj.Forward(act)));
     }

@@ -27,7 +27,12 @@ public sealed class LlamaModel : DecoderModel
         public override Tensor Forward(Tensor hidden, ForwardContext ctx, LinearInputObserver? observer = null) =>
             model.ForwardBlock(this, hidden, ctx, observer);
 
-        public override IStagedBlock Stages => new LlamaStages(model, this);
+        public override IStagedBlock Stages => new SublayerStages(
+            x => model.RmsNorm(x, InputNorm),
+            (x, ctx) => model.AttentionStage(this, x, ctx, null),
+            (h, attn) => model.OutputStage(this, h, attn, null),
+            x => model.GateStage(this, x, null),
+            (h, act) => model.DownStage(this, h, act, null));
 
         public override void Dispose()
         {
@@ -147,7 +152,7 @@ public sealed class LlamaModel : DecoderModel
 
     /// <summary>The block as its four stages: input norm, attention (to o's input), o and the residual and
     /// post-attention norm (to gate/up's input), the gated activation (to down's input), down and the
-    /// residual. <see cref="LlamaStages"/> runs the same functions one group at a time.</summary>
+    /// residual. <see cref="SublayerStages"/> runs the same functions one group at a time.</summary>
     Tensor ForwardBlock(LlamaBlock b, Tensor hidden, ForwardContext ctx, LinearInputObserver? observer)
     {
         using var scope = NewDisposeScope();
@@ -156,35 +161,6 @@ public sealed class LlamaModel : DecoderModel
         var (h, mlpIn) = OutputStage(b, hidden, attn, observer);
         var act = GateStage(b, mlpIn, observer);
         return scope.MoveToOuter(DownStage(b, h, act, observer));
-    }
-
-    sealed class LlamaStages(LlamaModel model, LlamaBlock b) : IStagedBlock
-    {
-        public BlockState Begin(Tensor hidden, ForwardContext ctx)
-        {
-            using var scope = NewDisposeScope();
-            return new BlockState(hidden.alias().DetachFromDisposeScope(), model.RmsNorm(hidden, b.InputNorm).DetachFromDisposeScope());
-        }
-
-        public BlockState Next(int group, BlockState s, ForwardContext ctx)
-        {
-            using var scope = NewDisposeScope();
-            switch (group)
-            {
-                case 0: return new BlockState(s.Residual.alias().DetachFromDisposeScope(), model.AttentionStage(b, s.Input, ctx, null).DetachFromDisposeScope());
-                case 1:
-                    var (h, mlpIn) = model.OutputStage(b, s.Residual, s.Input, null);
-                    return new BlockState(h.DetachFromDisposeScope(), mlpIn.DetachFromDisposeScope());
-                case 2: return new BlockState(s.Residual.alias().DetachFromDisposeScope(), model.GateStage(b, s.Input, null).DetachFromDisposeScope());
-                default: throw new ArgumentOutOfRangeException(nameof(group), "down is the last group: Finish");
-            }
-        }
-
-        public Tensor Finish(BlockState s, ForwardContext ctx)
-        {
-            using var scope = NewDisposeScope();
-            return scope.MoveToOuter(model.DownStage(b, s.Residual, s.Input, null));
-        }
     }
 
     /// <summary>o's input: rotary attention over q, k, v of the normed hidden states.</summary>
