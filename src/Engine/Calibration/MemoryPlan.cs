@@ -137,7 +137,7 @@ public sealed record MemoryPlan
         // Staged layer-wise capture: a residual (hidden) and the widest group input per token, when that
         // still leaves a fifth of the limit free.
         long stages = 0;
-        if (calibrated && !gptaq && q.Oac is null && model.HasStages && limit is long room80)
+        if (calibrated && !gptaq && q.Oac is null && limit is long room80)
         {
             long widest = model.LinearLayout(0).SelectMany(g => g).Max(l => l.InFeatures);
             long bytes = tokens * (h + widest) * 4;

@@ -7,8 +7,7 @@ namespace DotQuant.Engine.Hessians;
 
 /// <summary>The layer-wise Hessian H = (2/N)·X_q X_qᵀ of a group's input (spec §2.1), captured from
 /// the quantized stream one batch at a time through the partially solved block.
-/// Staged (when the family cuts its forward at the groups and the memory plan has room for the
-/// states): each batch's state — residual and next group's input — is kept between groups and carried
+/// Staged (when the memory plan has room for the states): each batch's state — residual and next group's input — is kept between groups and carried
 /// one group further once that group is solved, and the block output comes from the last state, so
 /// every linear runs once per batch. Otherwise each group's input is recomputed from the block input
 /// (<see cref="InputCapture"/>). Both give the same bits: the forward is the stages composed.</summary>
@@ -22,7 +21,7 @@ public sealed class LayerHessian(bool staged = false) : IHessianSource
     public void BeginBlock(BlockWork work)
     {
         DropStates();
-        if (staged && work.Block.Stages is not null) _states = new BlockState?[work.Stream.Count];
+        if (staged) _states = new BlockState?[work.Stream.Count];
     }
 
     public GroupStatistics Group(BlockWork work, IReadOnlyList<NamedLinear> group, IReadOnlyList<NamedLinear> active)
@@ -51,16 +50,15 @@ public sealed class LayerHessian(bool staged = false) : IHessianSource
     /// stream, or carried through the groups solved since.</summary>
     BlockState StateAt(BlockWork work, int i, int group)
     {
-        var stages = work.Block.Stages!;
+        var stages = work.Block.Stages;
+        int from = _stateGroup;
         if (_states![i] is null)
         {
             using var x = work.Stream.Input(i);
             _states[i] = stages.Begin(x, work.Contexts.For(x.shape[1]));
-            if (group == 0) return _states[i]!;
-            for (int g = 0; g < group; g++) Carry(stages, work, i, g);
-            return _states[i]!;
+            from = 0;
         }
-        for (int g = _stateGroup; g < group; g++) Carry(stages, work, i, g);
+        for (int g = from; g < group; g++) Carry(stages, work, i, g);
         return _states[i]!;
     }
 
@@ -74,7 +72,7 @@ public sealed class LayerHessian(bool staged = false) : IHessianSource
     public bool AdvanceStream(BlockWork work)
     {
         if (_states is null || _states.Any(s => s is null)) return false;
-        var stages = work.Block.Stages!;
+        var stages = work.Block.Stages;
         int last = work.Block.LinearGroups.Count - 1;
         for (int i = 0; i < _states.Length; i++)
         {

@@ -7,8 +7,8 @@ namespace DotQuant.Engine.Hessians;
 
 /// <summary>OAC's Hessians in the schedule the options name (spec §2.4): per block after the earlier
 /// blocks were solved (sequential), per true-sequential group (sequential_groups), or all at once
-/// through the float model (once — one forward and backward for the whole model, about 1.3–1.6× a
-/// layer-wise run where sequential costs L²/2 block passes; each block's H̄ goes to the scratch folder
+/// through the float model (once — one forward and backward for the whole model, where sequential
+/// costs L²/2 block passes (bench/results.md, "OAC Hessian cost"); each block's H̄ goes to the scratch folder
 /// as the backward sweep finishes it and comes back when the block is calibrated, so memory stays one
 /// block's H̄ and the disk holds the rest).</summary>
 public sealed class OutputAdaptiveSource(OacOptions options) : IHessianSource

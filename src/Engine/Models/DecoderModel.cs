@@ -72,9 +72,9 @@ public abstract class DecoderBlock : IDisposable
     /// <summary>Runs the block on fp32 hidden states [B, T, H].</summary>
     public abstract Tensor Forward(Tensor hidden, ForwardContext context, LinearInputObserver? observer = null);
 
-    /// <summary>The forward cut at its true-sequential groups, when the family offers it (null: only
-    /// <see cref="Forward"/>). <see cref="Forward"/> is exactly these stages composed.</summary>
-    public virtual IStagedBlock? Stages => null;
+    /// <summary>The forward cut at its true-sequential groups; <see cref="Forward"/> is exactly these
+    /// stages composed.</summary>
+    public abstract IStagedBlock Stages { get; }
 
     public abstract void Dispose();
 }
@@ -121,10 +121,6 @@ public abstract class DecoderModel : IDisposable
 
     /// <summary>The block's linears by name and shape, in true-sequential groups.</summary>
     public abstract IReadOnlyList<IReadOnlyList<LinearSpec>> LinearLayout(int index);
-
-    /// <summary>Whether this family's blocks offer <see cref="DecoderBlock.Stages"/> (the memory plan
-    /// counts the states they keep).</summary>
-    public virtual bool HasStages => false;
 
     /// <summary>A fresh copy of block <paramref name="index"/>'s weights from the source (the caller
     /// owns it and may change its weights).</summary>

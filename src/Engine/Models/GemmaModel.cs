@@ -21,14 +21,9 @@ public sealed class GemmaModel : DecoderModel
         public override IReadOnlyList<IReadOnlyList<NamedLinear>> LinearGroups => [[Q, K, V], [O], [Gate, Up], [Down]];
 
         public override Tensor Forward(Tensor hidden, ForwardContext ctx, LinearInputObserver? observer = null) =>
-            model.ForwardBlock(this, hidden, ctx, observer);
+            model.StagesOf(this, observer).Forward(hidden, ctx);
 
-        public override IStagedBlock Stages => new SublayerStages(
-            x => model.Norm(x, InputNorm),
-            (x, ctx) => model.AttentionStage(this, x, ctx, null),
-            (h, attn) => model.OutputStage(this, h, attn, null),
-            x => model.GateStage(this, x, null),
-            (h, act) => model.DownStage(this, h, act, null));
+        public override IStagedBlock Stages => model.StagesOf(this, null);
 
         public override void Dispose()
         {
@@ -86,7 +81,6 @@ public sealed class GemmaModel : DecoderModel
 
     public override IReadOnlyList<IReadOnlyList<LinearSpec>> LinearLayout(int index) => Layout(_config, index);
 
-    public override bool HasStages => true;
 
     public override string BlockPrefix(int index) => $"model.layers.{index}.";
 
@@ -129,16 +123,13 @@ public sealed class GemmaModel : DecoderModel
         return (x * variance.add(Scalars.Of(_config.RmsNormEps), Scalars.One).rsqrt()) * weight.to(ScalarType.Float32).add(Scalars.One, Scalars.One);
     }
 
-    /// <summary>The block as its stages composed (see <see cref="SublayerStages"/>).</summary>
-    Tensor ForwardBlock(GemmaBlock b, Tensor hidden, ForwardContext ctx, LinearInputObserver? observer)
-    {
-        using var scope = NewDisposeScope();
-        var x = Norm(hidden, b.InputNorm);
-        var attn = AttentionStage(b, x, ctx, observer);
-        var (h, mlpIn) = OutputStage(b, hidden, attn, observer);
-        var act = GateStage(b, mlpIn, observer);
-        return scope.MoveToOuter(DownStage(b, h, act, observer));
-    }
+    /// <summary>The block's five stages (see <see cref="SublayerStages"/>), its forward when composed.</summary>
+    SublayerStages StagesOf(GemmaBlock b, LinearInputObserver? observer) => new(
+        x => Norm(x, b.InputNorm),
+        (x, ctx) => AttentionStage(b, x, ctx, observer),
+        (h, attn) => OutputStage(b, h, attn, observer),
+        x => GateStage(b, x, observer),
+        (h, a) => DownStage(b, h, a, observer));
 
     /// <summary>o's input: soft-capped rotary attention (local or global per layer) of the normed input.</summary>
     Tensor AttentionStage(GemmaBlock b, Tensor x, ForwardContext ctx, LinearInputObserver? observer)

@@ -20,14 +20,9 @@ public sealed class Gpt2Model : DecoderModel
         public override IReadOnlyList<IReadOnlyList<NamedLinear>> LinearGroups => [[Attn], [AttnProj], [Fc], [MlpProj]];
 
         public override Tensor Forward(Tensor hidden, ForwardContext ctx, LinearInputObserver? observer = null) =>
-            model.ForwardBlock(this, hidden, ctx, observer);
+            model.StagesOf(this, observer).Forward(hidden, ctx);
 
-        public override IStagedBlock Stages => new SublayerStages(
-            x => model.LayerNorm(x, Ln1Weight, Ln1Bias),
-            (x, ctx) => model.AttentionStage(this, x, ctx, null),
-            (h, attn) => model.OutputStage(this, h, attn, null),
-            x => model.FcStage(this, x, null),
-            (h, act) => model.ProjStage(this, h, act, null));
+        public override IStagedBlock Stages => model.StagesOf(this, null);
 
         public override void Dispose()
         {
@@ -94,7 +89,6 @@ public sealed class Gpt2Model : DecoderModel
 
     public override IReadOnlyList<IReadOnlyList<LinearSpec>> LinearLayout(int index) => Layout(_config, _prefix, index);
 
-    public override bool HasStages => true;
 
     public override string BlockPrefix(int index) => $"{_prefix}h.{index}.";
 
@@ -131,16 +125,13 @@ public sealed class Gpt2Model : DecoderModel
     Tensor LayerNorm(Tensor x, Tensor weight, Tensor bias) =>
         nn.functional.layer_norm(x, [_config.HiddenSize], weight.to(ScalarType.Float32), bias.to(ScalarType.Float32), _config.RmsNormEps);
 
-    /// <summary>The block as its stages composed (see <see cref="SublayerStages"/>).</summary>
-    Tensor ForwardBlock(Gpt2Block b, Tensor hidden, ForwardContext ctx, LinearInputObserver? observer)
-    {
-        using var scope = NewDisposeScope();
-        var x = LayerNorm(hidden, b.Ln1Weight, b.Ln1Bias);
-        var attn = AttentionStage(b, x, ctx, observer);
-        var (hh, mlpIn) = OutputStage(b, hidden, attn, observer);
-        var act = FcStage(b, mlpIn, observer);
-        return scope.MoveToOuter(ProjStage(b, hh, act, observer));
-    }
+    /// <summary>The block's five stages (see <see cref="SublayerStages"/>), its forward when composed.</summary>
+    SublayerStages StagesOf(Gpt2Block b, LinearInputObserver? observer) => new(
+        x => LayerNorm(x, b.Ln1Weight, b.Ln1Bias),
+        (x, ctx) => AttentionStage(b, x, ctx, observer),
+        (h, attn) => OutputStage(b, h, attn, observer),
+        x => FcStage(b, x, observer),
+        (h, a) => ProjStage(b, h, a, observer));
 
     /// <summary>c_proj's input: causal attention over the fused q, k, v of the normed hidden states.</summary>
     Tensor AttentionStage(Gpt2Block b, Tensor x, ForwardContext ctx, LinearInputObserver? observer)

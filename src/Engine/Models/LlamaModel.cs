@@ -25,14 +25,9 @@ public sealed class LlamaModel : DecoderModel
         public override IReadOnlyList<IReadOnlyList<NamedLinear>> LinearGroups => Groups;
 
         public override Tensor Forward(Tensor hidden, ForwardContext ctx, LinearInputObserver? observer = null) =>
-            model.ForwardBlock(this, hidden, ctx, observer);
+            model.StagesOf(this, observer).Forward(hidden, ctx);
 
-        public override IStagedBlock Stages => new SublayerStages(
-            x => model.RmsNorm(x, InputNorm),
-            (x, ctx) => model.AttentionStage(this, x, ctx, null),
-            (h, attn) => model.OutputStage(this, h, attn, null),
-            x => model.GateStage(this, x, null),
-            (h, act) => model.DownStage(this, h, act, null));
+        public override IStagedBlock Stages => model.StagesOf(this, null);
 
         public override void Dispose()
         {
@@ -111,7 +106,6 @@ public sealed class LlamaModel : DecoderModel
 
     public override IReadOnlyList<IReadOnlyList<LinearSpec>> LinearLayout(int index) => Layout(_config, index);
 
-    public override bool HasStages => true;
 
     public override string BlockPrefix(int index) => $"model.layers.{index}.";
 
@@ -150,18 +144,13 @@ public sealed class LlamaModel : DecoderModel
         return weight.to(ScalarType.Float32) * (x * variance.add(Scalars.Of(_config.RmsNormEps), Scalars.One).rsqrt());
     }
 
-    /// <summary>The block as its four stages: input norm, attention (to o's input), o and the residual and
-    /// post-attention norm (to gate/up's input), the gated activation (to down's input), down and the
-    /// residual. <see cref="SublayerStages"/> runs the same functions one group at a time.</summary>
-    Tensor ForwardBlock(LlamaBlock b, Tensor hidden, ForwardContext ctx, LinearInputObserver? observer)
-    {
-        using var scope = NewDisposeScope();
-        var x = RmsNorm(hidden, b.InputNorm);
-        var attn = AttentionStage(b, x, ctx, observer);
-        var (h, mlpIn) = OutputStage(b, hidden, attn, observer);
-        var act = GateStage(b, mlpIn, observer);
-        return scope.MoveToOuter(DownStage(b, h, act, observer));
-    }
+    /// <summary>The block's five stages (see <see cref="SublayerStages"/>), its forward when composed.</summary>
+    SublayerStages StagesOf(LlamaBlock b, LinearInputObserver? observer) => new(
+        x => RmsNorm(x, b.InputNorm),
+        (x, ctx) => AttentionStage(b, x, ctx, observer),
+        (h, attn) => OutputStage(b, h, attn, observer),
+        x => GateStage(b, x, observer),
+        (h, a) => DownStage(b, h, a, observer));
 
     /// <summary>o's input: rotary attention over q, k, v of the normed hidden states.</summary>
     Tensor AttentionStage(LlamaBlock b, Tensor x, ForwardContext ctx, LinearInputObserver? observer)

@@ -6,8 +6,8 @@ namespace DotQuant.Engine.Models;
 /// residual stream, whose true-sequential groups are [q/k/v], [o], [gate/up or fc], [down or proj]:
 /// begin (the input norm), attention (to o's input), output (o, the residual, the MLP's norm: to the MLP
 /// input), activation (to down's input), finish (down and the residual). A family supplies the five
-/// functions and composes the same five in its Forward, so staged and whole forwards are the same
-/// operations.</summary>
+/// functions (with its observer, or none for staged calibration); <see cref="Forward"/> composes them, and
+/// is the family's block forward, so staged and whole forwards are the same operations.</summary>
 public sealed class SublayerStages(
     Func<Tensor, Tensor> begin,
     Func<Tensor, ForwardContext, Tensor> attention,
@@ -15,6 +15,15 @@ public sealed class SublayerStages(
     Func<Tensor, Tensor> activation,
     Func<Tensor, Tensor, Tensor> finish) : IStagedBlock
 {
+    /// <summary>The whole block: the five functions in order.</summary>
+    public Tensor Forward(Tensor hidden, ForwardContext ctx)
+    {
+        using var scope = NewDisposeScope();
+        var attn = attention(begin(hidden), ctx);
+        var (residual, mlpInput) = output(hidden, attn);
+        return scope.MoveToOuter(finish(residual, activation(mlpInput)));
+    }
+
     public BlockState Begin(Tensor hidden, ForwardContext ctx)
     {
         using var scope = NewDisposeScope();
