@@ -40,6 +40,7 @@ public sealed class RunPlan
         var linears = new List<LinearPlan>();
         var warnings = new List<string>();
         var gguf = output.Gguf is { } recipe ? GgufPackageLayout.For(model.Config, model.Weights, recipe) : null;
+        if (format == OutputFormat.Onnx) Onnx.DecoderOnnxGraph.Check(model.Config, model.Weights.Directory);
         for (int b = 0; b < model.BlockCount; b++)
             foreach (var lin in model.LinearLayout(b).SelectMany(g => g))
             {

@@ -259,7 +259,7 @@ public sealed class ManifestParser
             return new OutputSpec(defaultName, OutputFormat.DotQuant, false, null, null, null);
         }
         var m = Keys(node, "output", "name", "format", "embed", "package", "shard_size", "gguf");
-        var format = m.TryGetValue("format", out var f) ? Enum(f, "output.format", ("dotquant", OutputFormat.DotQuant), ("gptq", OutputFormat.Gptq), ("gguf", OutputFormat.Gguf)) : OutputFormat.DotQuant;
+        var format = m.TryGetValue("format", out var f) ? Enum(f, "output.format", ("dotquant", OutputFormat.DotQuant), ("gptq", OutputFormat.Gptq), ("gguf", OutputFormat.Gguf), ("onnx", OutputFormat.Onnx)) : OutputFormat.DotQuant;
         // A GGUF's type is in its file name (name-type.gguf), not in the folder's default name.
         if (format == OutputFormat.Gguf) defaultName = $"{Path.GetFileName(model.TrimEnd('/', '\\'))}-{Name(q.Method)}";
         string name = m.TryGetValue("name", out var n) ? Str(n, "output.name") : defaultName;
@@ -279,6 +279,7 @@ public sealed class ManifestParser
             if (q.Layers.Any(r => r.Bits is not null && r.Bits != q.Bits) || q.Layers.Any(r => r.GroupSize is not null && r.GroupSize != q.GroupSize))
                 throw Error(ErrorCodes.ManifestCombination, "format 'gptq' needs uniform bits and group size (per-layer overrides other than skip are not representable)", f!);
         }
+        if (format == OutputFormat.Onnx) CheckOnnx(q, f!);
         bool embed = m.TryGetValue("embed", out var e) && Bool(e, "output.embed");
         string? id = null, version = null, authors = null;
         if (m.TryGetValue("package", out var pkg))
@@ -331,6 +332,28 @@ public sealed class ManifestParser
             if (rule.Bits is not null || rule.GroupSize is not null)
                 throw Error(ErrorCodes.ManifestCombination, "a layers rule with format 'gguf' takes 'type' (a GGUF tensor type) or 'skip', not bits or group_size", ruleNode);
         return recipe;
+    }
+
+    /// <summary>What ONNX Runtime's MatMulNBits can hold: codes of 4 or 8 bits on a grid, in blocks of a
+    /// power of two from 16 along the input (a group of g columns is g/block blocks with the same scale,
+    /// so g must be a multiple of 16, or per-channel); consecutive groups (act order only with static
+    /// groups: with g_idx ORT 1.31 ignores packed zero points); no SpQR/BiLLM, no online rotation.</summary>
+    void CheckOnnx(QuantizeSpec q, YamlNode format)
+    {
+        if (q.Method is QuantMethod.SpQR or QuantMethod.BiLLM)
+            throw Error(ErrorCodes.ManifestCombination, $"format 'onnx' cannot store {Name(q.Method)} ({(q.Method == QuantMethod.SpQR ? "sparse outliers and bilevel statistics" : "binary groups and salient columns")}); use rtn, gptq or gptaq, or format 'dotquant'", format);
+        if (q.Rotation is not null)
+            throw Error(ErrorCodes.ManifestCombination, "format 'onnx' cannot carry a rotated model yet (the graph has no online Hadamard before down_proj); remove rotate", format);
+        YamlNode At(string key) => _quantizeKeys.GetValueOrDefault(key) ?? format;
+        if (q.Bits is not (4 or 8))
+            throw Error(ErrorCodes.ManifestCombination, $"format 'onnx' stores 4 or 8 bits (MatMulNBits), not {q.Bits}", At("bits"));
+        if (q.GroupSize != -1 && q.GroupSize % 16 != 0)
+            throw Error(ErrorCodes.ManifestCombination, $"format 'onnx' needs a group size that is a multiple of 16 (MatMulNBits blocks are 16 to 128 columns) or -1, not {q.GroupSize}", At("group_size"));
+        foreach (var (rule, ruleNode) in _ruleNodes)
+            if ((rule.Bits is int b && b is not (4 or 8)) || (rule.GroupSize is int g && g != -1 && g % 16 != 0))
+                throw Error(ErrorCodes.ManifestCombination, "format 'onnx': a layers rule needs bits 4 or 8 and a group size that is a multiple of 16 (or -1)", ruleNode);
+        if (q.ActOrder && !q.StaticGroups)
+            throw Error(ErrorCodes.ManifestCombination, "act_order with format 'onnx' needs static_groups: true (MatMulNBits blocks are contiguous columns; ONNX Runtime 1.31 mis-reads packed zero points together with g_idx)", At("act_order"));
     }
 
     void CheckNotGguf(QuantizeSpec q, YamlNode at, YamlNode? ggufNode)

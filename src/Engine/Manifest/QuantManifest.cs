@@ -5,7 +5,7 @@ using DotQuant.Engine.Rotation;
 
 namespace DotQuant.Engine.Manifest;
 
-public enum OutputFormat { DotQuant, Gptq, Gguf }
+public enum OutputFormat { DotQuant, Gptq, Gguf, Onnx }
 
 /// <summary>Where a setting came from in quant.yaml, for diagnostics raised after parsing.</summary>
 public readonly record struct SourceSpan(string File, int Line, int Column);

@@ -10,7 +10,7 @@ namespace DotQuant.Engine.Models;
 /// block whatever the depth); <see cref="Load(string)"/> also makes every block resident (generation).</summary>
 public static class ModelLoader
 {
-    /// <summary>A streaming model over a float folder, a DotQuant package or a GPTQ checkpoint
+    /// <summary>A streaming model over a float folder, a DotQuant package, a GPTQ checkpoint, a GGUF file or an ONNX GenAI folder
     /// (quantized linears are dequantized when their block is loaded).</summary>
     public static DecoderModel Open(string modelDir)
     {
@@ -23,7 +23,8 @@ public static class ModelLoader
         if (!Directory.Exists(modelDir))
             throw new DotQuantException(ErrorCodes.FileNotFound, $"model folder not found: {modelDir}", modelDir);
         var config = ModelConfig.Load(modelDir);
-        IWeightSource source = (IWeightSource?)QuantizedPackage.TryOpen(modelDir, config) ?? Checkpoint.Open(modelDir);
+        IWeightSource source = Onnx.OnnxWeightSource.IsOnnxFolder(modelDir) ? Onnx.OnnxWeightSource.Open(modelDir)
+            : (IWeightSource?)QuantizedPackage.TryOpen(modelDir, config) ?? Checkpoint.Open(modelDir);
         try
         {
             return Open(config, source, ownsSource: true);

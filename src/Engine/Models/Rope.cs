@@ -56,10 +56,20 @@ public sealed class Rope : IDisposable
     }
 
     /// <summary>cos and sin tables [T, D] for positions start..start+T-1.</summary>
-    public (Tensor Cos, Tensor Sin) Tables(long start, long length)
+    public (Tensor Cos, Tensor Sin) Tables(long start, long length) => Tables(start, length, start + length > _original);
+
+    /// <summary>LongRoPE switches every position to the long factors once a forward's last position passes
+    /// the original context; a graph that decides at run time needs both tables whole.</summary>
+    public bool HasLongFactors => _longInvFreq is not null;
+
+    /// <summary>The original context beyond which LongRoPE uses its long factors.</summary>
+    public int OriginalContext => _original;
+
+    /// <summary>Tables with LongRoPE's long (or short) factors whatever the positions.</summary>
+    public (Tensor Cos, Tensor Sin) Tables(long start, long length, bool longFactors)
     {
         using var pos = arange(Scalars.Of(start), Scalars.Of(start + length), Scalars.Of(1L), dtype: ScalarType.Float32);
-        var invFreq = _longInvFreq is not null && start + length > _original ? _longInvFreq : _invFreq;
+        var invFreq = _longInvFreq is not null && longFactors ? _longInvFreq : _invFreq;
         using var freqs = outer(pos, invFreq);
         using var emb = cat([freqs, freqs], -1);
         if (_attentionFactor == 1) return (emb.cos(), emb.sin());

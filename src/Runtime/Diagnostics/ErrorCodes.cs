@@ -34,6 +34,7 @@ public static class ErrorCodes
     public const string GgufTensor = "DQ0114";
     public const string GgufUnsupported = "DQ0115";
     public const string GgufWrite = "DQ0116";
+    public const string OnnxModel = "DQ0117";
 
     // Model configuration and weights
     public const string ConfigMissing = "DQ0120";

@@ -1,0 +1,120 @@
+using System.Text.Json.Nodes;
+using DotQuant.Engine.Calibration;
+using DotQuant.Engine.IO;
+using DotQuant.Engine.Models;
+using DotQuant.Engine.Onnx;
+using DotQuant.Engine.Quantizers;
+using Google.Protobuf;
+using Onnx;
+using static TorchSharp.torch;
+
+namespace DotQuant.Engine.Formats;
+
+/// <summary>An ONNX Runtime GenAI model folder: model.onnx (the graph, a few hundred KB), model.onnx.data
+/// (every weight, appended as the pipeline hands it over), genai_config.json, the tokenizer files, and
+/// beside them config.json and dotquant.json. A solved linear becomes the MatMulNBits codes, scales and
+/// zero points of its grid (the bytes the calibrator optimized); every other tensor is stored fp32, a
+/// float linear transposed to [in, out] for MatMul. The graph is built once everything is written, from
+/// the config and what each linear became.</summary>
+public sealed class OnnxPackageWriter : PackageWriter
+{
+    public const string ModelFile = "model.onnx";
+    public const string DataFile = "model.onnx.data";
+    public const string GenAiConfigFile = "genai_config.json";
+
+    readonly DecoderModel _model;
+    readonly HashSet<string> _linears;
+    readonly Dictionary<string, NBitsShape> _nbits = new(StringComparer.Ordinal);
+    readonly OnnxDataFile _data;
+
+    public OnnxPackageWriter(RunPlan plan, DecoderModel model, string folder, string scratch, JsonNode? state) : base(folder)
+    {
+        _model = model;
+        _linears = plan.Linears.Select(l => l.Linear.Name).ToHashSet(StringComparer.Ordinal);
+        _data = new OnnxDataFile(Path.Combine(scratch, DataFile + ".partial"), state?["data"]);
+        if (state?["nbits"] is JsonObject nb)
+            foreach (var (name, v) in nb) _nbits[name] = new NBitsShape((int)v!["bits"]!, (int)v["block_size"]!);
+    }
+
+    public override void AddStored(string name, IWeightSource source)
+    {
+        using var stored = source.LoadStored(name);
+        using var f = stored.to(ScalarType.Float32);
+        string? linear = name.EndsWith(".weight", StringComparison.Ordinal) && _linears.Contains(name[..^".weight".Length]) ? name[..^".weight".Length] : null;
+        if (linear is null) Add(name, f);
+        else
+        {
+            using var t = f.t().contiguous();
+            Add(OnnxLinear.Transposed(linear), t);
+        }
+    }
+
+    void Add(string name, Tensor fp32)
+    {
+        var bytes = new byte[fp32.NumberOfElements * 4];
+        fp32.contiguous().data<float>().CopyTo(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(bytes.AsSpan()));
+        _data.Add(name, TensorProto.Types.DataType.Float, fp32.shape, bytes);
+    }
+
+    public override void AddLinear(string prefix, SolvedLinear q)
+    {
+        if (q is not QuantizedLinear grid)
+            throw new InvalidOperationException($"{prefix}: a {q.Kind} linear has no MatMulNBits form");
+        var w = NBitsWeight.From(grid);
+        _data.Add(OnnxLinear.QWeight(prefix), TensorProto.Types.DataType.Uint8, [w.N, w.Blocks, w.BlobBytes], w.Codes);
+        _data.Add(OnnxLinear.Scales(prefix), TensorProto.Types.DataType.Float, [w.N * w.Blocks], System.Runtime.InteropServices.MemoryMarshal.AsBytes(w.Scales.AsSpan()));
+        _data.Add(OnnxLinear.QZeros(prefix), TensorProto.Types.DataType.Uint8, [w.N * w.ZeroBytesPerRow], w.Zeros);
+        _nbits[prefix] = new NBitsShape(w.Bits, w.BlockSize);
+    }
+
+    public override JsonNode Commit() => new JsonObject
+    {
+        ["data"] = _data.Checkpoint(),
+        ["nbits"] = new JsonObject(_nbits.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)new JsonObject { ["bits"] = kv.Value.Bits, ["block_size"] = kv.Value.BlockSize }))),
+    };
+
+    public override void FinishTensors(string sourceModelDir)
+    {
+        var c = _model.Config;
+        using (var rope = new Rope(c))
+        {
+            var (cos, sin) = rope.Tables(0, c.MaxPositionEmbeddings, longFactors: false);
+            using (cos) Add(DecoderOnnxGraph.CosTable, cos);
+            using (sin) Add(DecoderOnnxGraph.SinTable, sin);
+            if (rope.HasLongFactors)
+            {
+                var (lc, ls) = rope.Tables(0, c.MaxPositionEmbeddings, longFactors: true);
+                using (lc) Add(DecoderOnnxGraph.LongCosTable, lc);
+                using (ls) Add(DecoderOnnxGraph.LongSinTable, ls);
+            }
+        }
+        _data.Checkpoint();
+        var names = _data.Initializers.Select(i => i.Name).ToHashSet(StringComparer.Ordinal);
+        var graph = DecoderOnnxGraph.Build(c, name =>
+        {
+            var spec = _model.LinearLayout(int.Parse(name.Split('.')[2], System.Globalization.CultureInfo.InvariantCulture)).SelectMany(g => g).First(s => s.Name == name);
+            return new OnnxLinear(name, spec.InFeatures, spec.OutFeatures, _nbits.GetValueOrDefault(name), names.Contains(name + ".bias") ? name + ".bias" : null);
+        });
+        graph.Name = c.ModelType;
+        graph.Initializer.AddRange(_data.Initializers.Select(i => i.ToProto(DataFile)));
+        var model = new ModelProto { IrVersion = 8, ProducerName = "DotQuant", Graph = graph };
+        model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = 17 });
+        model.OpsetImport.Add(new OperatorSetIdProto { Domain = OnnxGraphBuilder.MicrosoftDomain, Version = 1 });
+        _data.Dispose();
+        File.Move(_data.Path, Path.Combine(Folder, DataFile), overwrite: true);
+        using (var f = File.Create(Path.Combine(Folder, ModelFile)))
+            model.WriteTo(f);
+        CopyTokenizerFiles(sourceModelDir);
+        WriteJson(GenAiConfigFile, GenAiConfig.For(c));
+    }
+
+    public override void WriteMetadata(string sourceModelDir, PackageInfo info, Action<JsonObject>? configPatch)
+    {
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(sourceModelDir, "config.json")))!.AsObject();
+        configPatch?.Invoke(config);
+        WriteJson("config.json", config);
+        WriteJson(QuantizedPackage.ManifestFile, info.ToJson());
+    }
+
+    public override void Dispose() => _data.Dispose();
+}
