@@ -24,6 +24,11 @@ public class OnnxRunTests
 
     [Theory]
     [InlineData("stories260K", "  method: gptq\n  bits: 4\n  group_size: 32\n")]
+    [InlineData("stories260K", "  method: gptq\n  bits: 4\n  group_size: 32\n  act_order: true\n  static_groups: true\n")]
+    [InlineData("llama-tiny", "  method: gptq\n  bits: 4\n  group_size: 128\n")]
+    [InlineData("llama-tiny", "  method: rtn\n  bits: 8\n  group_size: 64\n")]
+    [InlineData("llama-tiny", "  method: gptaq\n  compensation_aware: true\n  bits: 4\n  group_size: -1\n")]
+    [InlineData("llama-tiny", "  method: gptq\n  bits: 4\n  group_size: 48\n  hessian: output_adaptive\n")]
     public void OnnxRuntimeRunsWhatTheRunWrote(string model, string quantize)
     {
         using var dir = new TempDir();
@@ -40,6 +45,12 @@ public class OnnxRunTests
         double theirs = OnnxRuntimeChecks.Perplexity(folder, ids, 128, 8, c.NumLayers, c.NumKvHeads, c.HeadDim);
         Assert.True(Math.Abs(result.After!.Perplexity / theirs - 1) < 1e-3, $"eval {result.After.Perplexity:F4} vs ONNX Runtime {theirs:F4}");
         Assert.True(result.After.Perplexity > result.Before!.Perplexity * 0.98, "quantization should not be free");
+
+        // GenAI's tokenizer (ONNX Runtime Extensions over the copied tokenizer.json) gives our ids. Like
+        // Hugging Face's tokenizers it adds BOS only through tokenizer.json's post-processor, which
+        // tok512's tokenizer.json does not have.
+        string sample = File.ReadAllText(EvalText)[..20000];
+        Assert.Equal(HfTokenizer.Load(Model(model)).Encode(sample), OnnxRuntimeChecks.Encode(folder, sample));
 
         int[] prompt = [1, .. ids.Take(8)];
         int[] genai = OnnxRuntimeChecks.Greedy(folder, prompt, 64);
@@ -81,4 +92,33 @@ public class OnnxRunTests
         using var written = ModelLoader.Open(result.Output);
         Assert.Equal(TextGenerator.Greedy(written, prompt, 64), genai);
     }
+
+    /// <summary>A run stopped after a block and resumed writes the same bytes as a run that was not, and a
+    /// second run of the same manifest the same bytes again (determinism).</summary>
+    [Fact]
+    public void StoppedAfterABlockAndResumedGivesTheSameFiles()
+    {
+        using var dir = new TempDir();
+        File.WriteAllText(dir.File("quant.yaml"), Manifest(Model("llama-tiny"), "  method: gptq\n  bits: 4\n  group_size: 128\n"));
+        var m = ManifestParser.Load(dir.File("quant.yaml"));
+        var whole = QuantizeJob.Run(m, dir.File("whole"));
+        var again = QuantizeJob.Run(m, dir.File("again"));
+        using (var cts = new CancellationTokenSource())
+        {
+            Assert.ThrowsAny<OperationCanceledException>(() => QuantizeJob.Run(m, dir.File("stopped"), e =>
+            {
+                if (e is BlockEvent { Block: 2 }) cts.Cancel();
+            }, cts.Token, new RunOptions { Resume = true }));
+        }
+        var resumed = QuantizeJob.Run(m, dir.File("stopped"), null, default, new RunOptions { Resume = true });
+        Assert.Equal(3, resumed.ResumedBlocks);
+        foreach (var f in new[] { "model.onnx", "model.onnx.data", "genai_config.json" })
+        {
+            Assert.Equal(Hash(Path.Combine(whole.Output, f)), Hash(Path.Combine(resumed.Output, f)));
+            Assert.Equal(Hash(Path.Combine(whole.Output, f)), Hash(Path.Combine(again.Output, f)));
+        }
+        Assert.Equal(whole.After!.Perplexity, resumed.After!.Perplexity);
+    }
+
+    static string Hash(string path) => Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(path)));
 }
