@@ -31,6 +31,14 @@ public static class ModelLocator
             : throw new DotQuantException(ErrorCodes.FileNotFound, $"model '{name}' in {folder} has {files.Length} .gguf files; expected one (quant.yaml output.format: gguf)", folder);
     }
 
+    /// <summary>The folder of a model shipped with format onnx (what ONNX Runtime GenAI's Model loads).</summary>
+    public static string FindOnnx(string name, Assembly? resourceAssembly = null)
+    {
+        string folder = Find(name, resourceAssembly ?? Assembly.GetEntryAssembly());
+        return File.Exists(Path.Combine(folder, "genai_config.json")) && File.Exists(Path.Combine(folder, "model.onnx")) ? folder
+            : throw new DotQuantException(ErrorCodes.FileNotFound, $"model '{name}' in {folder} is not an ONNX Runtime GenAI folder (no genai_config.json or model.onnx; quant.yaml output.format: onnx)", folder);
+    }
+
     static string? TryExtract(Assembly asm, string name)
     {
         string prefix = $"models/{name}/";
