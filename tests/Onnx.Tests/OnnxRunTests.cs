@@ -42,6 +42,8 @@ public class OnnxRunTests
         using (var written = ModelLoader.Open(folder))
             Assert.Equal(result.After!.Perplexity, Perplexity.Windows(written, ids, 128, 8).Perplexity, 12);
         var c = ModelLoader.LoadConfig(folder);
+        Assert.Equal(c.HeadDim % 16 == 0, OpTypes(folder).Contains("GroupQueryAttention"));
+        Assert.Equal(7 * c.NumLayers, OpTypes(folder).Count(op => op == "MatMulNBits"));
         double theirs = OnnxRuntimeChecks.Perplexity(folder, ids, 128, 8, c.NumLayers, c.NumKvHeads, c.HeadDim);
         Assert.True(Math.Abs(result.After!.Perplexity / theirs - 1) < 1e-3, $"eval {result.After.Perplexity:F4} vs ONNX Runtime {theirs:F4}");
         Assert.True(result.After.Perplexity > result.Before!.Perplexity * 0.98, "quantization should not be free");
@@ -83,6 +85,9 @@ public class OnnxRunTests
         var result = QuantizeJob.Run(ManifestParser.Load(dir.File("quant.yaml")), dir.File("runs"));
         var ids = HfTokenizer.Load(folder).Encode(File.ReadAllText(EvalText));
         var c = ModelLoader.LoadConfig(result.Output);
+        // Heads of 16 with whole-head rotary take ORT's fused attention; Phi-3's partial rotary and
+        // LongRoPE switch keep the standard-op form.
+        Assert.Equal(family != "phi3", OpTypes(result.Output).Contains("GroupQueryAttention"));
         double theirs = OnnxRuntimeChecks.Perplexity(result.Output, ids, 128, 8, c.NumLayers, c.NumKvHeads, c.HeadDim);
         Assert.True(Math.Abs(result.After!.Perplexity / theirs - 1) < 1e-3, $"{family}: eval {result.After.Perplexity:F4} vs ONNX Runtime {theirs:F4}");
         Assert.NotEqual(result.Before!.Perplexity, result.After.Perplexity);
@@ -118,6 +123,12 @@ public class OnnxRunTests
             Assert.Equal(Hash(Path.Combine(whole.Output, f)), Hash(Path.Combine(again.Output, f)));
         }
         Assert.Equal(whole.After!.Perplexity, resumed.After!.Perplexity);
+    }
+
+    static List<string> OpTypes(string folder)
+    {
+        using var f = File.OpenRead(Path.Combine(folder, "model.onnx"));
+        return global::Onnx.ModelProto.Parser.ParseFrom(f).Graph.Node.Select(n => n.OpType).ToList();
     }
 
     static string Hash(string path) => Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(path)));

@@ -79,13 +79,13 @@ public sealed class OnnxPackageWriter : PackageWriter
         using (var rope = new Rope(c))
         {
             var (cos, sin) = rope.Tables(0, c.MaxPositionEmbeddings, longFactors: false);
-            using (cos) Add(DecoderOnnxGraph.CosTable, cos);
-            using (sin) Add(DecoderOnnxGraph.SinTable, sin);
+            using (cos) Add(OnnxAttention.CosTable, cos);
+            using (sin) Add(OnnxAttention.SinTable, sin);
             if (rope.HasLongFactors)
             {
                 var (lc, ls) = rope.Tables(0, c.MaxPositionEmbeddings, longFactors: true);
-                using (lc) Add(DecoderOnnxGraph.LongCosTable, lc);
-                using (ls) Add(DecoderOnnxGraph.LongSinTable, ls);
+                using (lc) Add(OnnxAttention.LongCosTable, lc);
+                using (ls) Add(OnnxAttention.LongSinTable, ls);
             }
         }
         _data.Checkpoint();

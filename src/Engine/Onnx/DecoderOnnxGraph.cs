@@ -28,14 +28,6 @@ internal sealed record NBitsShape(int Bits, int BlockSize);
 /// position_ids, causal (and sliding-window) masking from the positions and attention_mask.</summary>
 internal static class DecoderOnnxGraph
 {
-    public const string CosTable = "rotary.cos";
-    public const string SinTable = "rotary.sin";
-    /// <summary>LongRoPE's tables with the long factors (used once the total length passes the original context).</summary>
-    public const string LongCosTable = "rotary.cos_long";
-    public const string LongSinTable = "rotary.sin_long";
-
-    public static bool IsLongRope(ModelConfig c) => c.RopeScaling is { Type: "longrope" };
-
     /// <summary>DQ0122 unless the graph can express the model exactly.</summary>
     public static void Check(ModelConfig c, string source)
     {
@@ -60,8 +52,7 @@ internal static class DecoderOnnxGraph
         }
         g.Output("logits", F, "batch_size", "sequence_length", c.VocabSize);
 
-        var (allowed, total) = Mask(g, c);
-        var ctx = new Context(g, c, linear, allowed, Rotary(g, c, total));
+        var ctx = new Context(g, c, linear, OnnxAttention.For(g, c));
         var h = g.Node("Gather", "embed", ["model.embed_tokens.weight", "input_ids"])[0];
         for (int i = 0; i < c.NumLayers; i++)
         {
@@ -80,7 +71,7 @@ internal static class DecoderOnnxGraph
         return g.Graph;
     }
 
-    sealed record Context(OnnxGraphBuilder G, ModelConfig C, Func<string, OnnxLinear> Linear, string Allowed, (string Cos, string Sin) Rotary);
+    sealed record Context(OnnxGraphBuilder G, ModelConfig C, Func<string, OnnxLinear> Linear, OnnxAttention Attention);
 
     static string Block(Context ctx, int i, string x)
     {
@@ -97,23 +88,7 @@ internal static class DecoderOnnxGraph
         }
         else
             (q, k, v) = (Linear(ctx, xn, p + "self_attn.q_proj"), Linear(ctx, xn, p + "self_attn.k_proj"), Linear(ctx, xn, p + "self_attn.v_proj"));
-        q = Heads(ctx, q, c.NumHeads, c.QkNorm ? p + "self_attn.q_norm.weight" : null, $"l{i}.q");
-        k = Heads(ctx, k, c.NumKvHeads, c.QkNorm ? p + "self_attn.k_norm.weight" : null, $"l{i}.k");
-        v = Heads(ctx, v, c.NumKvHeads, null, $"l{i}.v", transposeOnly: true);
-        q = Rotate(ctx, q, $"l{i}.q_rope");
-        k = Rotate(ctx, k, $"l{i}.k_rope");
-        g.NodeTo("Concat", $"present.{i}.key", [$"past_key_values.{i}.key", k], "", Int("axis", 2));
-        g.NodeTo("Concat", $"present.{i}.value", [$"past_key_values.{i}.value", v], "", Int("axis", 2));
-        var ke = RepeatKv(ctx, $"present.{i}.key", $"l{i}.k_repeat");
-        var ve = RepeatKv(ctx, $"present.{i}.value", $"l{i}.v_repeat");
-
-        var kt = g.Node("Transpose", $"l{i}.k_t", [ke], 1, "", Ints("perm", 0, 1, 3, 2))[0];
-        var scores = g.Op("Mul", $"l{i}.scaled", g.Op("MatMul", $"l{i}.qk", q, kt), g.FloatScalar("attn_scale", (float)(1.0 / Math.Sqrt(c.HeadDim))));
-        var masked = g.Op("Where", $"l{i}.masked", ctx.Allowed, scores, g.FloatScalar("mask_min", float.MinValue));
-        var probs = g.Node("Softmax", $"l{i}.softmax", [masked], 1, "", Int("axis", -1))[0];
-        var attn = g.Op("MatMul", $"l{i}.attn", probs, ve);
-        attn = g.Node("Transpose", $"l{i}.attn_t", [attn], 1, "", Ints("perm", 0, 2, 1, 3))[0];
-        attn = g.Op("Reshape", $"l{i}.attn_merge", attn, g.Int64s("merge_heads", 0, 0, (long)c.NumHeads * c.HeadDim));
+        var attn = ctx.Attention.Attend(g, i, q, k, v, c.QkNorm ? p + "self_attn.q_norm.weight" : null, c.QkNorm ? p + "self_attn.k_norm.weight" : null);
         var h = g.Op("Add", $"l{i}.attn_residual", x, Linear(ctx, attn, p + "self_attn.o_proj"));
 
         var hn = RmsNorm(ctx, h, p + "post_attention_layernorm.weight", $"l{i}.post_norm");
@@ -142,85 +117,13 @@ internal static class DecoderOnnxGraph
     }
 
     /// <summary>x·rsqrt(mean(x²) + ε)·w over the last axis, in the engine's order of operations.</summary>
-    static string RmsNorm(Context ctx, string x, string weight, string name)
+    static string RmsNorm(Context ctx, string x, string weight, string name) => RmsNorm(ctx.G, ctx.C, x, weight, name);
+
+    public static string RmsNorm(OnnxGraphBuilder g, ModelConfig c, string x, string weight, string name)
     {
-        var g = ctx.G;
         var sq = g.Op("Mul", name + ".sq", x, x);
         var mean = g.Node("ReduceMean", name + ".mean", [sq], 1, "", Ints("axes", -1), Int("keepdims", 1))[0];
-        var rstd = g.Op("Reciprocal", name + ".rstd", g.Op("Sqrt", name + ".std", g.Op("Add", name + ".eps", mean, g.FloatScalar("rms_eps", (float)ctx.C.RmsNormEps))));
+        var rstd = g.Op("Reciprocal", name + ".rstd", g.Op("Sqrt", name + ".std", g.Op("Add", name + ".eps", mean, g.FloatScalar("rms_eps", (float)c.RmsNormEps))));
         return g.Op("Mul", name + ".scale", g.Op("Mul", name + ".norm", x, rstd), weight);
-    }
-
-    /// <summary>[B, S, heads·d] → [B, heads, S, d], with Qwen3's per-head RMSNorm before the transpose.</summary>
-    static string Heads(Context ctx, string x, int heads, string? norm, string name, bool transposeOnly = false)
-    {
-        var g = ctx.G;
-        var split = g.Op("Reshape", name + ".heads", x, g.Int64s("split_heads_" + heads, 0, 0, heads, ctx.C.HeadDim));
-        if (norm is not null && !transposeOnly) split = RmsNorm(ctx, split, norm, name + ".norm");
-        return g.Node("Transpose", name + ".t", [split], 1, "", Ints("perm", 0, 2, 1, 3))[0];
-    }
-
-    /// <summary>x·cos + rotate_half(x)·sin with cos/sin [B, 1, S, R] gathered at position_ids, on the leading
-    /// R dimensions of each head (partial rotary: the rest pass unchanged).</summary>
-    static string Rotate(Context ctx, string x, string name)
-    {
-        var (g, c) = (ctx.G, ctx.C);
-        string rot = x, pass = "";
-        if (c.Rotary < c.HeadDim)
-        {
-            var parts = g.Node("Split", name + ".partial", [x, g.Int64s("rotary_split", c.Rotary, c.HeadDim - c.Rotary)], 2, "", Int("axis", -1));
-            (rot, pass) = (parts[0], parts[1]);
-        }
-        var halves = g.Node("Split", name + ".halves", [rot], 2, "", Int("axis", -1));   // opset 17: equal halves
-        var rotated = g.Node("Concat", name + ".rotated", [g.Op("Neg", name + ".neg", halves[1]), halves[0]], 1, "", Int("axis", -1))[0];
-        var y = g.Op("Add", name + ".sum", g.Op("Mul", name + ".cos", rot, ctx.Rotary.Cos), g.Op("Mul", name + ".sin", rotated, ctx.Rotary.Sin));
-        return c.Rotary < c.HeadDim ? g.Node("Concat", name + ".whole", [y, pass], 1, "", Int("axis", -1))[0] : y;
-    }
-
-    /// <summary>[B, kv, T, d] → [B, heads, T, d], kv head j serving heads j·r .. j·r + r − 1 (repeat_interleave).</summary>
-    static string RepeatKv(Context ctx, string x, string name)
-    {
-        var (g, c) = (ctx.G, ctx.C);
-        if (c.KvGroups == 1) return x;
-        var u = g.Node("Unsqueeze", name + ".unsqueeze", [x, g.Int64s("axis2", 2)])[0];
-        var e = g.Op("Expand", name + ".expand", u, g.Int64s("kv_expand", 1, 1, c.KvGroups, 1, 1));
-        return g.Op("Reshape", name + ".merge", e, g.Int64s("kv_merge", 0, c.NumHeads, -1, c.HeadDim));
-    }
-
-    /// <summary>cos and sin rows for position_ids, [B, 1, S, R] (the tables are initializers [positions, R]).
-    /// LongRoPE: the long tables' rows once the total length passes the original context, as the engine
-    /// switches (a cached key keeps the rotation it was computed with, in both).</summary>
-    static (string, string) Rotary(OnnxGraphBuilder g, ModelConfig c, string total)
-    {
-        string cos = g.Node("Gather", "rotary.cos_at", [CosTable, "position_ids"])[0];
-        string sin = g.Node("Gather", "rotary.sin_at", [SinTable, "position_ids"])[0];
-        if (IsLongRope(c))
-        {
-            var beyond = g.Op("Greater", "rotary.beyond_original", total, g.Int64Scalar("original_context", c.RopeScaling!.OriginalMaxPositions));
-            cos = g.Op("Where", "rotary.cos_pick", beyond, g.Node("Gather", "rotary.cos_long_at", [LongCosTable, "position_ids"])[0], cos);
-            sin = g.Op("Where", "rotary.sin_pick", beyond, g.Node("Gather", "rotary.sin_long_at", [LongSinTable, "position_ids"])[0], sin);
-        }
-        var axis1 = g.Int64s("axis1", 1);
-        return (g.Node("Unsqueeze", "rotary.cos_heads", [cos, axis1])[0], g.Node("Unsqueeze", "rotary.sin_heads", [sin, axis1])[0]);
-    }
-
-    /// <summary>Which keys each query may attend to, [B, 1, S, T] bool: key position ≤ query position (the
-    /// queries are the last S of T positions), within the sliding window if the model has one, and not
-    /// padding (attention_mask).</summary>
-    static (string Allowed, string Total) Mask(OnnxGraphBuilder g, ModelConfig c)
-    {
-        var zero = g.Int64Scalar("zero_scalar", 0);
-        var one = g.Int64Scalar("one_scalar", 1);
-        var s = g.Node("Gather", "seq_len", [g.Op("Shape", "ids_shape_mask", "input_ids"), one], 1, "", Int("axis", 0))[0];
-        var t = g.Node("Gather", "total_len", [g.Op("Shape", "mask_shape", "attention_mask"), one], 1, "", Int("axis", 0))[0];
-        var past = g.Op("Sub", "past_len", t, s);
-        var queries = g.Node("Unsqueeze", "query_pos", [g.Op("Range", "query_range", past, t, one), g.Int64s("axis1m", 1)])[0];   // [S, 1]
-        var keys = g.Node("Unsqueeze", "key_pos", [g.Op("Range", "key_range", zero, t, one), g.Int64s("axis0", 0)])[0];          // [1, T]
-        var allowed = g.Op("LessOrEqual", "causal", keys, queries);
-        if (c.SlidingWindow is int w)
-            allowed = g.Op("And", "windowed", allowed, g.Op("Greater", "in_window", keys, g.Op("Sub", "window_start", queries, g.Int64Scalar("window", w))));
-        var padding = g.Node("Cast", "not_padding", ["attention_mask"], 1, "", Int("to", (long)TensorProto.Types.DataType.Bool))[0];
-        var padding4 = g.Node("Unsqueeze", "not_padding_4d", [padding, g.Int64s("axes12", 1, 2)])[0];
-        return (g.Op("And", "allowed", allowed, padding4), t);
     }
 }

@@ -29,6 +29,17 @@ internal sealed class OnnxGraphBuilder
 
     public string Op(string op, string name, params string[] inputs) => Node(op, name, inputs)[0];
 
+    /// <summary>A node whose outputs have fixed names (graph outputs such as present.{i}.key among them).</summary>
+    public string[] NodeOutputs(string op, string name, IEnumerable<string> inputs, string[] outputs, string domain = "", params AttributeProto[] attributes)
+    {
+        var node = new NodeProto { OpType = op, Name = Unique(name), Domain = domain };
+        node.Input.AddRange(inputs);
+        node.Output.AddRange(outputs);
+        node.Attribute.AddRange(attributes);
+        Graph.Node.Add(node);
+        return outputs;
+    }
+
     /// <summary>A node whose single output is given a fixed name (a graph output such as logits).</summary>
     public void NodeTo(string op, string output, IEnumerable<string> inputs, string domain = "", params AttributeProto[] attributes)
     {
