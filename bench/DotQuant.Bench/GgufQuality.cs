@@ -66,16 +66,7 @@ static class GgufQuality
                     string file = $"gguf-{model}-{name.Split(' ')[0].ToLowerInvariant().Replace('+', '-')}-{type}";
                     string path = Path.Combine(manifests, file + ".yaml");
                     File.WriteAllText(path, Manifest(model, quantize, type, file));
-                    JobResult result;
-                    try { result = QuantizeJob.Run(ManifestParser.Load(path), work); }
-                    catch (System.Runtime.InteropServices.ExternalException e) when (e.Message.Contains("Scalar", StringComparison.Ordinal) || e.StackTrace?.Contains("Scalar") == true)
-                    {
-                        // TorchSharp's finalizer race (Models/Scalars): the run is deterministic, so a
-                        // second attempt computes the same file. Counted in the report.
-                        retries++;
-                        Console.WriteLine($"{file}: libtorch Scalar race ({e.Message.Split('\n')[0]}), running again");
-                        result = QuantizeJob.Run(ManifestParser.Load(path), work);
-                    }
+                    var result = ScalarRace.Run(path, work, () => retries++);
                     // The calibrators' own objective, tr(ΔW H ΔWᵀ) summed over the linears, against
                     // round-to-nearest on the same grid with the same H (recorded by the run).
                     var solved = result.Layers.Where(l => l.Quantized && double.IsFinite(l.RtnLoss) && l.RtnLoss > 0).ToList();

@@ -57,11 +57,17 @@ if (args.Length > 0 && args[0] == "quality")
     Sections.Splice(file, LowBit.SeedsMarker, LowBit.RunSeeds(shared, benchDir, quick));
     Sections.Splice(file, ZeroShotBench.Marker, ZeroShotBench.Run(shared, benchDir, quick));
     Sections.Splice(file, GgufQuality.Marker, GgufQuality.Run(shared, benchDir, quick));
+    Sections.Splice(file, OnnxQuality.Marker, OnnxQuality.Run(shared, benchDir, quick));
     return 0;
 }
 if (args.Length > 0 && args[0] == "quality-gguf")
 {
     Sections.Splice(Option("--out") ?? Path.Combine(benchDir, "quality.md"), GgufQuality.Marker, GgufQuality.Run(shared, benchDir, quick));
+    return 0;
+}
+if (args.Length > 0 && args[0] == "quality-onnx")
+{
+    Sections.Splice(Option("--out") ?? Path.Combine(benchDir, "quality.md"), OnnxQuality.Marker, OnnxQuality.Run(shared, benchDir, quick));
     return 0;
 }
 if (args.Length > 0 && args[0] == "shared-cpu")

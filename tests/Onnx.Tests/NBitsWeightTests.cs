@@ -31,6 +31,7 @@ public class NBitsWeightTests
     [InlineData(24, 200, 4, 32)]      // K not a multiple of the block: the last block is padded
     [InlineData(24, 96, 4, 48)]       // groups of 48 = three blocks of 16
     [InlineData(24, 200, 4, -1)]      // per-channel: blocks of 128 with the row's one scale
+    [InlineData(24, 64, 4, 128)]      // a group wider than the row: one block of 64, no padding
     [InlineData(17, 256, 8, 64)]
     [InlineData(17, 77, 8, 16)]
     public void DecodesToOurWeightAndOnnxRuntimeMultipliesWithIt(long m, long n, int bits, int group)
@@ -51,6 +52,17 @@ public class NBitsWeightTests
         for (int i = 0; i < e.Length; i++)
             Assert.True(Math.Abs(y[i] - e[i]) <= 1e-5 * scale, $"element {i}: ORT {y[i]} vs {e[i]}");
     }
+
+    [Theory]
+    [InlineData(32, 4096, 32)]
+    [InlineData(128, 4096, 128)]
+    [InlineData(256, 4096, 128)]     // two blocks of 128 per group
+    [InlineData(48, 4096, 16)]
+    [InlineData(-1, 4096, 128)]
+    [InlineData(-1, 64, 64)]
+    [InlineData(128, 64, 64)]        // one group per row: the row's own power of two
+    [InlineData(-1, 8, 16)]
+    public void BlockSizes(int group, long k, int block) => Assert.Equal(block, NBitsWeight.BlockFor(group, k));
 
     [Fact]
     public void RefusesGroupsThatAreNotConsecutiveAndZerosOutsideTheBits()

@@ -51,8 +51,8 @@ public class OnnxFolderTests
     public void AFamilyTheGraphDoesNotCoverIsDq0122BeforeAnyWork()
     {
         using var dir = new TempDir();
-        string folder = dir.File("gemma2");
-        SyntheticModel.Write(folder, SyntheticFamilies.Spec("gemma2", hidden: 64, tokenizerText: File.ReadAllText(SharedPaths.Data("tinystories", "stories-sample.txt"))));
+        string folder = dir.File("gpt2");
+        SyntheticModel.Write(folder, SyntheticFamilies.Spec("gpt2", hidden: 64, tokenizerText: File.ReadAllText(SharedPaths.Data("tinystories", "stories-sample.txt"))));
         File.WriteAllText(dir.File("quant.yaml"), Manifest(folder));
         var e = Assert.Throws<DotQuantException>(() => QuantizeJob.Run(ManifestParser.Load(dir.File("quant.yaml")), dir.File("runs")));
         Assert.Equal(ErrorCodes.UnsupportedModelType, e.Code);

@@ -63,12 +63,16 @@ public class OnnxRunTests
     /// <summary>Each family the graph covers, on a synthetic checkpoint built to exercise its differences:
     /// Qwen2's q/k/v biases, Mistral's sliding window (16 here, inside the 128-token windows), Qwen3's
     /// per-head q/k norms, Phi-3's fused projections, partial rotary and LongRoPE (original context 64,
-    /// so evaluation uses the long factors and generation switches to them after 64 positions).</summary>
+    /// so evaluation uses the long factors and generation switches to them after 64 positions), Gemma 2's
+    /// soft caps and alternating sliding layers (window 8), Gemma 3's q/k norms, local rotary base and
+    /// linear rope scaling on its global layers.</summary>
     [Theory]
     [InlineData("qwen2")]
     [InlineData("mistral")]
     [InlineData("qwen3")]
     [InlineData("phi3")]
+    [InlineData("gemma2")]
+    [InlineData("gemma3_text")]
     public void EachFamilyRunsInOnnxRuntimeAsInOurEval(string family)
     {
         using var dir = new TempDir();
@@ -87,7 +91,7 @@ public class OnnxRunTests
         var c = ModelLoader.LoadConfig(result.Output);
         // Heads of 16 with whole-head rotary take ORT's fused attention; Phi-3's partial rotary and
         // LongRoPE switch keep the standard-op form.
-        Assert.Equal(family != "phi3", OpTypes(result.Output).Contains("GroupQueryAttention"));
+        Assert.Equal(family is not ("phi3" or "gemma2" or "gemma3_text"), OpTypes(result.Output).Contains("GroupQueryAttention"));
         double theirs = OnnxRuntimeChecks.Perplexity(result.Output, ids, 128, 8, c.NumLayers, c.NumKvHeads, c.HeadDim);
         Assert.True(Math.Abs(result.After!.Perplexity / theirs - 1) < 1e-3, $"{family}: eval {result.After.Perplexity:F4} vs ONNX Runtime {theirs:F4}");
         Assert.NotEqual(result.Before!.Perplexity, result.After.Perplexity);

@@ -76,18 +76,8 @@ public sealed class OnnxPackageWriter : PackageWriter
     public override void FinishTensors(string sourceModelDir)
     {
         var c = _model.Config;
-        using (var rope = new Rope(c))
-        {
-            var (cos, sin) = rope.Tables(0, c.MaxPositionEmbeddings, longFactors: false);
-            using (cos) Add(OnnxAttention.CosTable, cos);
-            using (sin) Add(OnnxAttention.SinTable, sin);
-            if (rope.HasLongFactors)
-            {
-                var (lc, ls) = rope.Tables(0, c.MaxPositionEmbeddings, longFactors: true);
-                using (lc) Add(OnnxAttention.LongCosTable, lc);
-                using (ls) Add(OnnxAttention.LongSinTable, ls);
-            }
-        }
+        foreach (var (name, table) in OnnxFamily.Tables(c))
+            using (table) Add(name, table);
         _data.Checkpoint();
         var names = _data.Initializers.Select(i => i.Name).ToHashSet(StringComparer.Ordinal);
         var graph = DecoderOnnxGraph.Build(c, name =>

@@ -41,7 +41,7 @@ internal sealed class GroupQueryAttention : OnnxAttention
     string NormPerHead(OnnxGraphBuilder g, string x, int heads, string weight, string name)
     {
         var split = g.Op("Reshape", name + ".heads", x, g.Int64s("split_heads_" + heads, 0, 0, heads, _c.HeadDim));
-        var normed = DecoderOnnxGraph.RmsNorm(g, _c, split, weight, name);
+        var normed = OnnxFamily.RmsNorm(g, _c, split, weight, name);
         return g.Op("Reshape", name + ".merge", normed, g.Int64s("merge_heads_" + heads, 0, 0, (long)heads * _c.HeadDim));
     }
 }

@@ -8,18 +8,26 @@ namespace DotQuant.Engine.Onnx;
 /// fp32 [N·k_blocks], zero points uint8 packed the same way along the blocks of a row; the last block of a
 /// row is zero-padded. Dequantized, a weight is (code − zero)·scale, our grid's value exactly. A group of
 /// g columns is g/block consecutive MatMulNBits blocks carrying the same scale and zero (so any group
-/// size that is a multiple of 16 is stored exactly; per-channel grids repeat over blocks of 128).</summary>
+/// size that is a multiple of 16 is stored exactly; a per-channel grid repeats over blocks of up to 128).</summary>
 internal sealed record NBitsWeight(int Bits, int BlockSize, long N, long K, byte[] Codes, float[] Scales, byte[] Zeros)
 {
     public long Blocks => (K + BlockSize - 1) / BlockSize;
     public int BlobBytes => BlockSize * Bits / 8;
     public long ZeroBytesPerRow => (Blocks * Bits + 7) / 8;
 
-    /// <summary>The MatMulNBits block for a group size: the largest power of two ≤ 128 that divides it
-    /// (groups of 32/64/128 are one block each); per-channel grids (-1) use 128.</summary>
-    public static int BlockFor(int groupSize)
+    /// <summary>The MatMulNBits block for groups of <paramref name="groupSize"/> columns in rows of
+    /// <paramref name="k"/>: the largest power of two ≤ 128 that divides the group size (groups of
+    /// 32/64/128 are one block each). A row that is one group (per-channel, or a group wider than the
+    /// row) takes the smallest power of two from 16 that covers it, at most 128, so a short row is not
+    /// padded to 128.</summary>
+    public static int BlockFor(int groupSize, long k)
     {
-        if (groupSize <= 0) return 128;
+        if (groupSize <= 0 || groupSize >= k)
+        {
+            int b = 16;
+            while (b < k && b < 128) b *= 2;
+            return b;
+        }
         for (int b = 128; b >= 16; b /= 2)
             if (groupSize % b == 0) return b;
         throw new ArgumentException($"group size {groupSize} is not a multiple of 16 (MatMulNBits blocks are powers of two from 16)");
@@ -30,7 +38,7 @@ internal sealed record NBitsWeight(int Bits, int BlockSize, long N, long K, byte
     public static NBitsWeight From(QuantizedLinear q)
     {
         if (q.Bits is not (4 or 8)) throw new ArgumentException($"MatMulNBits stores 4 or 8 bits, not {q.Bits}");
-        int bits = q.Bits, block = BlockFor(q.GroupSize);
+        int bits = q.Bits, block = BlockFor(q.GroupSize, q.InFeatures);
         long n = q.OutFeatures, k = q.InFeatures;
         int group = q.GroupSize <= 0 ? (int)k : q.GroupSize;
         var gIdx = q.GIdx.to(ScalarType.Int32).data<int>().ToArray();

@@ -20,7 +20,7 @@ internal abstract class OnnxAttention
     /// <summary>GroupQueryAttention for head sizes its CPU kernel takes (a multiple of 16) with whole-head
     /// rotary from one table; standard ops otherwise (partial rotary, LongRoPE's switch, small heads).</summary>
     public static OnnxAttention For(OnnxGraphBuilder g, ModelConfig c) =>
-        c.HeadDim % 16 == 0 && c.Rotary == c.HeadDim && !IsLongRope(c) ? new GroupQueryAttention(g, c) : new StandardAttention(g, c);
+        c.HeadDim % 16 == 0 && c.Rotary == c.HeadDim && !IsLongRope(c) ? new GroupQueryAttention(g, c) : new StandardAttention(g, c, AttentionSettings.Llama(c));
 
     /// <param name="qNorm">Qwen3's per-head RMSNorm weights of q and k (applied before the rotation), or null.</param>
     public abstract string Attend(OnnxGraphBuilder g, int layer, string q, string k, string v, string? qNorm, string? kNorm);

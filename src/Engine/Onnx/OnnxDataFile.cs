@@ -26,13 +26,15 @@ internal sealed record OnnxInitializer(string Name, TensorProto.Types.DataType T
         j["dims"]!.AsArray().Select(d => (long)d!).ToArray(), (long)j["offset"]!, (long)j["length"]!);
 }
 
-/// <summary>The external data file (<c>model.onnx.data</c>) written as the pipeline hands tensors over,
-/// each at a 4 KiB-aligned offset (ONNX Runtime maps aligned initializers instead of copying them). A
+/// <summary>The external data file (<c>model.onnx.data</c>) written as the pipeline hands tensors over:
+/// tensors of 64 KiB or more at 4 KiB-aligned offsets (so ONNX Runtime can map them instead of copying),
+/// smaller ones (norms, biases, scales of small layers) at 64-byte offsets, which keeps a small model's
+/// file from being mostly padding. A
 /// checkpoint flushes it and records its length; resuming truncates to that length, dropping a block
 /// that was half written when the run stopped.</summary>
 internal sealed class OnnxDataFile : IDisposable
 {
-    const int Alignment = 4096;
+    const int PageAlignment = 4096, SmallAlignment = 64, PageAlignedFrom = 64 << 10;
 
     readonly FileStream _stream;
     readonly List<OnnxInitializer> _initializers;
@@ -62,7 +64,8 @@ internal sealed class OnnxDataFile : IDisposable
 
     public OnnxInitializer Add(string name, TensorProto.Types.DataType type, long[] dims, ReadOnlySpan<byte> bytes)
     {
-        long offset = (_stream.Position + Alignment - 1) / Alignment * Alignment;
+        int alignment = bytes.Length >= PageAlignedFrom ? PageAlignment : SmallAlignment;
+        long offset = (_stream.Position + alignment - 1) / alignment * alignment;
         if (offset > _stream.Position) _stream.Write(new byte[offset - _stream.Position]);
         _stream.Write(bytes);
         var init = new OnnxInitializer(name, type, dims, offset, bytes.Length);
