@@ -65,7 +65,8 @@ public class OnnxRunTests
     /// per-head q/k norms, Phi-3's fused projections, partial rotary and LongRoPE (original context 64,
     /// so evaluation uses the long factors and generation switches to them after 64 positions), Gemma 2's
     /// soft caps and alternating sliding layers (window 8), Gemma 3's q/k norms, local rotary base and
-    /// linear rope scaling on its global layers.</summary>
+    /// linear rope scaling on its global layers, GPT-2's learned positions, LayerNorm, fused c_attn with
+    /// biases and Conv1D weights.</summary>
     [Theory]
     [InlineData("qwen2")]
     [InlineData("mistral")]
@@ -73,6 +74,7 @@ public class OnnxRunTests
     [InlineData("phi3")]
     [InlineData("gemma2")]
     [InlineData("gemma3_text")]
+    [InlineData("gpt2")]
     public void EachFamilyRunsInOnnxRuntimeAsInOurEval(string family)
     {
         using var dir = new TempDir();
@@ -91,7 +93,7 @@ public class OnnxRunTests
         var c = ModelLoader.LoadConfig(result.Output);
         // Heads of 16 with whole-head rotary take ORT's fused attention; Phi-3's partial rotary and
         // LongRoPE switch keep the standard-op form.
-        Assert.Equal(family is not ("phi3" or "gemma2" or "gemma3_text"), OpTypes(result.Output).Contains("GroupQueryAttention"));
+        Assert.Equal(family is not ("phi3" or "gemma2" or "gemma3_text" or "gpt2"), OpTypes(result.Output).Contains("GroupQueryAttention"));
         double theirs = OnnxRuntimeChecks.Perplexity(result.Output, ids, 128, 8, c.NumLayers, c.NumKvHeads, c.HeadDim);
         Assert.True(Math.Abs(result.After!.Perplexity / theirs - 1) < 1e-3, $"{family}: eval {result.After.Perplexity:F4} vs ONNX Runtime {theirs:F4}");
         Assert.NotEqual(result.Before!.Perplexity, result.After.Perplexity);

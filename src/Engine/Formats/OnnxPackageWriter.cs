@@ -80,11 +80,12 @@ public sealed class OnnxPackageWriter : PackageWriter
             using (table) Add(name, table);
         _data.Checkpoint();
         var names = _data.Initializers.Select(i => i.Name).ToHashSet(StringComparer.Ordinal);
+        var specs = Enumerable.Range(0, _model.BlockCount).SelectMany(b => _model.LinearLayout(b).SelectMany(g => g)).ToDictionary(s => s.Name, StringComparer.Ordinal);
         var graph = DecoderOnnxGraph.Build(c, name =>
         {
-            var spec = _model.LinearLayout(int.Parse(name.Split('.')[2], System.Globalization.CultureInfo.InvariantCulture)).SelectMany(g => g).First(s => s.Name == name);
+            var spec = specs[name];
             return new OnnxLinear(name, spec.InFeatures, spec.OutFeatures, _nbits.GetValueOrDefault(name), names.Contains(name + ".bias") ? name + ".bias" : null);
-        });
+        }, names.Contains);
         graph.Name = c.ModelType;
         graph.Initializer.AddRange(_data.Initializers.Select(i => i.ToProto(DataFile)));
         var model = new ModelProto { IrVersion = 8, ProducerName = "DotQuant", Graph = graph };

@@ -21,7 +21,7 @@ internal static class DecoderOnnxGraph
                 $"format 'onnx' cannot express model_type '{c.ModelType}' yet (the ONNX graph covers {string.Join(", ", OnnxFamily.ModelTypes)}); use format 'gguf' or 'dotquant'", source);
     }
 
-    public static GraphProto Build(ModelConfig c, Func<string, OnnxLinear> linear)
+    public static GraphProto Build(ModelConfig c, Func<string, OnnxLinear> linear, Func<string, bool> stored)
     {
         var g = new OnnxGraphBuilder();
         const TensorProto.Types.DataType F = TensorProto.Types.DataType.Float, I64 = TensorProto.Types.DataType.Int64;
@@ -35,7 +35,7 @@ internal static class DecoderOnnxGraph
         }
         g.Output("logits", F, "batch_size", "sequence_length", c.VocabSize);
 
-        var family = OnnxFamily.For(g, c, linear);
+        var family = OnnxFamily.For(g, c, linear, stored);
         var h = family.Embed();
         for (int i = 0; i < c.NumLayers; i++)
         {

@@ -66,14 +66,4 @@ internal sealed class GemmaOnnxFamily : OnnxFamily
     /// <summary>x̂·(1 + w) (1 + w folds to a constant in ORT).</summary>
     static string Norm(OnnxGraphBuilder g, ModelConfig c, string x, string weight, string name) =>
         RmsNorm(g, c, x, g.Op("Add", name + ".one_plus_w", weight, g.FloatScalar("one_f", 1f)), name);
-
-    /// <summary>0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), torch's gelu(approximate='tanh').</summary>
-    string GeluTanh(string x, string name)
-    {
-        var g = G;
-        var cube = g.Op("Mul", name + ".x3", g.Op("Mul", name + ".x2", x, x), x);
-        var inner = g.Op("Mul", name + ".k", g.Op("Add", name + ".sum", x, g.Op("Mul", name + ".c", cube, g.FloatScalar("gelu_c", 0.044715f))), g.FloatScalar("gelu_k", (float)Math.Sqrt(2 / Math.PI)));
-        var t = g.Op("Add", name + ".one_plus", g.Op("Tanh", name + ".tanh", inner), g.FloatScalar("one_f", 1f));
-        return g.Op("Mul", name + ".half_x_t", g.Op("Mul", name + ".half_x", x, g.FloatScalar("half_f", 0.5f)), t);
-    }
 }

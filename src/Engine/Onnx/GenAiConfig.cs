@@ -18,7 +18,9 @@ internal static class GenAiConfig
         {
             ["model"] = new JsonObject
             {
-                ["type"] = c.ModelType,
+                // GenAI's "gpt2" type is its legacy graph with combined past_%d [2, batch, heads, past, d]
+                // caches; our GPT-2 graph has the separate key/value caches of its generic "decoder" type.
+                ["type"] = c.ModelType == "gpt2" ? "decoder" : c.ModelType,
                 ["bos_token_id"] = c.BosTokenId ?? eos,
                 ["eos_token_id"] = eosNode,
                 ["pad_token_id"] = eos,

@@ -10,13 +10,15 @@ namespace DotQuant.Engine.Onnx;
 /// each the engine's forward of that family op for op.</summary>
 internal abstract class OnnxFamily(OnnxGraphBuilder g, ModelConfig c, Func<string, OnnxLinear> linear)
 {
-    public static readonly string[] ModelTypes = ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3_text"];
+    public static readonly string[] ModelTypes = ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3_text", "gpt2"];
 
     public static bool Covers(ModelConfig c) => ModelTypes.Contains(c.ModelType);
 
-    public static OnnxFamily For(OnnxGraphBuilder g, ModelConfig c, Func<string, OnnxLinear> linear) => c.ModelType switch
+    /// <param name="stored">Whether an initializer of that name was written (GPT-2's names may lack the transformer. prefix).</param>
+    public static OnnxFamily For(OnnxGraphBuilder g, ModelConfig c, Func<string, OnnxLinear> linear, Func<string, bool> stored) => c.ModelType switch
     {
         "gemma2" or "gemma3_text" => new GemmaOnnxFamily(g, c, linear),
+        "gpt2" => new Gpt2OnnxFamily(g, c, linear, stored("transformer.wte.weight") ? "transformer." : ""),
         _ => new LlamaOnnxFamily(g, c, linear),
     };
 
@@ -24,6 +26,7 @@ internal abstract class OnnxFamily(OnnxGraphBuilder g, ModelConfig c, Func<strin
     public static IEnumerable<(string Name, Tensor Table)> Tables(ModelConfig c) => c.ModelType switch
     {
         "gemma2" or "gemma3_text" => GemmaOnnxFamily.Tables(c),
+        "gpt2" => [],
         _ => LlamaOnnxFamily.Tables(c),
     };
 
@@ -50,6 +53,16 @@ internal abstract class OnnxFamily(OnnxGraphBuilder g, ModelConfig c, Func<strin
         long qs = (long)C.NumHeads * C.HeadDim, kvs = (long)C.NumKvHeads * C.HeadDim;
         var parts = G.Node("Split", $"l{i}.qkv_split", [Linear(x, prefix + "self_attn.qkv_proj"), G.Int64s("qkv_sizes", qs, kvs, kvs)], 3, "", Int("axis", -1));
         return (parts[0], parts[1], parts[2]);
+    }
+
+    /// <summary>0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), torch's gelu(approximate='tanh').</summary>
+    protected string GeluTanh(string x, string name)
+    {
+        var g = G;
+        var cube = g.Op("Mul", name + ".x3", g.Op("Mul", name + ".x2", x, x), x);
+        var inner = g.Op("Mul", name + ".k", g.Op("Add", name + ".sum", x, g.Op("Mul", name + ".c", cube, g.FloatScalar("gelu_c", 0.044715f))), g.FloatScalar("gelu_k", (float)Math.Sqrt(2 / Math.PI)));
+        var t = g.Op("Add", name + ".one_plus", g.Op("Tanh", name + ".tanh", inner), g.FloatScalar("one_f", 1f));
+        return g.Op("Mul", name + ".half_x_t", g.Op("Mul", name + ".half_x", x, g.FloatScalar("half_f", 0.5f)), t);
     }
 
     /// <summary>x·rsqrt(mean(x²) + ε)·w over the last axis, in the engine's order of operations.</summary>

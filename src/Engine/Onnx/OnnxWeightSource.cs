@@ -10,7 +10,8 @@ namespace DotQuant.Engine.Onnx;
 
 /// <summary>An ONNX Runtime GenAI folder we wrote, seen as a Hugging Face checkpoint: each MatMulNBits
 /// weight decoded as the operator decodes it ((code − zero)·scale per block, fp32), each transposed float
-/// linear turned back to [out, in], every other weight under its own name. The graph's MatMulNBits nodes
+/// linear turned back to [out, in], every other stored weight under its own name (the graph's small
+/// constants live inside model.onnx, the rotary tables are the graph's own). The graph's MatMulNBits nodes
 /// give K, N, bits and block size, so what is evaluated is read from the file alone.</summary>
 public sealed class OnnxWeightSource : IWeightSource, IDisposable
 {
@@ -56,11 +57,12 @@ public sealed class OnnxWeightSource : IWeightSource, IDisposable
             nbits[name] = (node, linear);
             shapes[name] = new TensorShape(ScalarType.Float32, [Attribute(node, "N", path), Attribute(node, "K", path)]);
         }
-        foreach (var t in model.Graph.Initializer)
+        var nbitsInputs = model.Graph.Node.Where(n => n.OpType == "MatMulNBits").SelectMany(n => n.Input.Skip(1)).ToHashSet(StringComparer.Ordinal);
+        foreach (var t in model.Graph.Initializer.Where(t => !nbitsInputs.Contains(t.Name)))
         {
             if (t.Name.EndsWith(".weight_t", StringComparison.Ordinal))
                 shapes[t.Name[..^".weight_t".Length] + ".weight"] = new TensorShape(ScalarType.Float32, [t.Dims[1], t.Dims[0]]);
-            else if (t.DataType == (int)TensorProto.Types.DataType.Float && (t.Name.StartsWith("model.", StringComparison.Ordinal) || t.Name.StartsWith("lm_head.", StringComparison.Ordinal)))
+            else if (t.DataType == (int)TensorProto.Types.DataType.Float && t.DataLocation == TensorProto.Types.DataLocation.External && !t.Name.StartsWith("rotary.", StringComparison.Ordinal))
                 shapes[t.Name] = new TensorShape(ScalarType.Float32, t.Dims.ToArray());
         }
         names.AddRange(shapes.Keys.Order(StringComparer.Ordinal));

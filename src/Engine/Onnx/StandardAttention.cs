@@ -8,8 +8,12 @@ namespace DotQuant.Engine.Onnx;
 /// slide (and over how many positions), whether sliding layers rotate with their own tables (Gemma 3's
 /// local base), and the per-head q/k norm.</summary>
 internal sealed record AttentionSettings(float Scale, double? Softcap, int? Window, Func<int, bool> Sliding, bool LocalRope,
-    Func<OnnxGraphBuilder, string, string, string, string> QkNorm)
+    Func<OnnxGraphBuilder, string, string, string, string> QkNorm, bool Rotary = true)
 {
+    /// <summary>GPT-2: 1/√d, learned positions instead of rotary, causal only.</summary>
+    public static AttentionSettings Unrotated(ModelConfig c) => new((float)(1.0 / Math.Sqrt(c.HeadDim)), null, null, _ => false, false,
+        (g, x, w, name) => throw new InvalidOperationException("no q/k norm"), Rotary: false);
+
     /// <summary>Llama-family attention: 1/√d, no cap, every layer windowed if the config has a window.</summary>
     public static AttentionSettings Llama(ModelConfig c) => new((float)(1.0 / Math.Sqrt(c.HeadDim)), null, c.SlidingWindow, _ => c.SlidingWindow is not null, false,
         (g, x, w, name) => OnnxFamily.RmsNorm(g, c, x, w, name));
@@ -28,7 +32,7 @@ internal sealed class StandardAttention : OnnxAttention
     readonly ModelConfig _c;
     readonly AttentionSettings _s;
     readonly string _causal, _total;
-    readonly (string Cos, string Sin) _global;
+    readonly (string Cos, string Sin)? _global;
     string? _windowed;
     (string Cos, string Sin)? _local;
 
@@ -37,17 +41,22 @@ internal sealed class StandardAttention : OnnxAttention
         _c = c;
         _s = settings;
         (_causal, _total) = Causal(g);
-        _global = Rotary(g, c, _total);
+        _global = settings.Rotary ? Rotary(g, c, _total) : null;
     }
 
     public override string Attend(OnnxGraphBuilder g, int i, string q, string k, string v, string? qNorm, string? kNorm)
     {
         var c = _c;
         bool sliding = _s.Sliding(i);
-        var (cos, sin) = sliding && _s.LocalRope ? _local ??= LocalRotary(g) : _global;
         var allowed = sliding && _s.Window is int w ? _windowed ??= Windowed(g, w) : _causal;
-        q = Rotate(g, Heads(g, q, c.NumHeads, qNorm, $"l{i}.q"), cos, sin, $"l{i}.q_rope");
-        k = Rotate(g, Heads(g, k, c.NumKvHeads, kNorm, $"l{i}.k"), cos, sin, $"l{i}.k_rope");
+        q = Heads(g, q, c.NumHeads, qNorm, $"l{i}.q");
+        k = Heads(g, k, c.NumKvHeads, kNorm, $"l{i}.k");
+        if (_global is { } global)
+        {
+            var (cos, sin) = sliding && _s.LocalRope ? _local ??= LocalRotary(g) : global;
+            q = Rotate(g, q, cos, sin, $"l{i}.q_rope");
+            k = Rotate(g, k, cos, sin, $"l{i}.k_rope");
+        }
         v = Heads(g, v, c.NumKvHeads, null, $"l{i}.v");
         g.NodeTo("Concat", PresentKey(i), [PastKey(i), k], "", Int("axis", 2));
         g.NodeTo("Concat", PresentValue(i), [PastValue(i), v], "", Int("axis", 2));
