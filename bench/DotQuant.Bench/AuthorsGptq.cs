@@ -14,12 +14,19 @@ namespace DotQuant.Bench;
 /// true-sequential, the same threads. Then the same DotQuant run 2 and 3 at once on the same cores.</summary>
 static class AuthorsGptq
 {
-    public const string Marker = "vs-authors";
-    static readonly BigModel.Shape Shape = new("TinyLlama-shaped", 2048, 5632, 32, 4);
-    const int Layers = 2, Samples = 32, SequenceLength = 512;
+    /// <summary>What is compared: the checkpoint's shape and depth, and whether 2 and 3 runs at once are timed too.</summary>
+    public sealed record Setup(string Marker, BigModel.Shape Shape, int Layers, bool Concurrent, string Title);
 
-    public static string Run(string shared, string repo, bool oursOnly)
+    public static readonly Setup TinyLlama = new("vs-authors", new("TinyLlama-shaped", 2048, 5632, 32, 4), 2, true, "Against the GPTQ authors' loop");
+    /// <summary>Issue 13's second shape: one block of Llama-2-7B (hidden 4096, intermediate 11008, 32 heads).</summary>
+    public static readonly Setup Block7B = new("vs-authors-7b", BigModel.Llama7B with { Name = "Llama-2-7B-shaped" }, 1, false, "Against the GPTQ authors' loop: one Llama-2-7B-shaped block");
+    public static readonly Setup[] Setups = [TinyLlama, Block7B];
+
+    const int Samples = 32, SequenceLength = 512;
+
+    public static string Run(string shared, string repo, bool oursOnly, Setup setup)
     {
+        var (marker, shape, layers) = (setup.Marker, setup.Shape, setup.Layers);
         string tool = Path.Combine(repo, "src", "Tool", "bin", "Release", "net10.0", "dotnet-quantize.dll");
         if (!File.Exists(tool)) throw new InvalidOperationException($"build the tool first: dotnet build -c Release src/Tool ({tool})");
         string reference = Path.Combine(shared, "reference", "gptq-authors", "ref_gptq.py");
@@ -29,27 +36,27 @@ static class AuthorsGptq
         // the comparison is against OpenBLAS, as issue 13 measured it.
         if (!oursOnly && !Blas().Contains("openblas", StringComparison.OrdinalIgnoreCase))
             throw new InvalidOperationException($"Debian's torch would use {Blas()}, not OpenBLAS: apt-get install libopenblas0-pthread");
-        string work = Path.Combine(Path.GetTempPath(), "dotquant-bench-authors");
-        string model = BigModel.Write(Path.Combine(work, "model"), Shape, Layers, shared);
-        string ids = WriteIds(shared, model, Path.Combine(work, "calib.ids"));
+        string work = Path.Combine(Path.GetTempPath(), setup == TinyLlama ? "dotquant-bench-authors" : $"dotquant-bench-{marker}");
+        string model = BigModel.Write(Path.Combine(work, "model"), shape, layers, shared);
+        string ids = WriteIds(shared, model, shape.Vocab, Path.Combine(work, "calib.ids"));
         string yaml = Path.Combine(work, "quant.yaml");
         File.WriteAllText(yaml, $"version: 1\nmodel: {model}\ncalibration:\n  data: {ids}\n  samples: {Samples}\n  sequence_length: {SequenceLength}\n" +
             "quantize:\n  method: gptq\n  bits: 4\n  group_size: 128\n  symmetric: false\n  act_order: false\n  damp: 0.01\noutput:\n  name: t\n");
 
-        var flops = Work.Of(Shape, Layers, (long)Samples * SequenceLength);
+        var flops = Work.Of(shape, layers, (long)Samples * SequenceLength);
         double peak = Matmul.PeakGflops(2048, 5);
         var alone = ToolRun.Start(tool, yaml, work, null, 1)[0];
         JsonElement? refRun = oursOnly ? null : Reference(reference, model, ids, Path.Combine(work, "ref.json"));
-        var two = oursOnly ? Array.Empty<ToolRun>() : ToolRun.Start(tool, yaml, work, null, 2);
-        var three = oursOnly ? Array.Empty<ToolRun>() : ToolRun.Start(tool, yaml, work, null, 3);
+        var two = oursOnly || !setup.Concurrent ? Array.Empty<ToolRun>() : ToolRun.Start(tool, yaml, work, null, 2);
+        var three = oursOnly || !setup.Concurrent ? Array.Empty<ToolRun>() : ToolRun.Start(tool, yaml, work, null, 3);
         foreach (var output in Directory.GetDirectories(work, "out-*")) Directory.Delete(output, true);
 
         var sb = new StringBuilder();
-        sb.AppendLine("## Against the GPTQ authors' loop");
+        sb.AppendLine($"## {setup.Title}");
         sb.AppendLine();
-        sb.AppendLine($"Produced by `dotnet build -c Release src/Tool && dotnet run -c Release --project bench/DotQuant.Bench -- {Marker}` on {DateTime.UtcNow:yyyy-MM-dd} " +
-            $"({Environment.ProcessorCount} cores, {Machine.CpuModel()}; needs `apt-get install python3-torch libopenblas0-pthread`). Model: synthetic {Shape.Name} Llama, {Layers} layers, hidden {Shape.Hidden}, " +
-            $"intermediate {Shape.Intermediate}, GQA {Shape.Heads}/{Shape.KvHeads}, vocab {Shape.Vocab}, bf16; both sides read the same {Samples} × {SequenceLength} ids (`calib.ids`, windows of " +
+        sb.AppendLine($"Produced by `dotnet build -c Release src/Tool && dotnet run -c Release --project bench/DotQuant.Bench -- {marker}` on {DateTime.UtcNow:yyyy-MM-dd} " +
+            $"({Environment.ProcessorCount} cores, {Machine.CpuModel()}; needs `apt-get install python3-torch libopenblas0-pthread`). Model: synthetic {shape.Name} Llama, {layers} layer(s), hidden {shape.Hidden}, " +
+            $"intermediate {shape.Intermediate}, heads {shape.Heads}/{shape.KvHeads}, vocab {shape.Vocab}, bf16; both sides read the same {Samples} × {SequenceLength} ids (`calib.ids`, windows of " +
             "WikiText-2 valid through the Mistral tokenizer); GPTQ W4 g128 asymmetric, act order off, damp 0.01, true-sequential, 2 threads. DotQuant: `dotnet-quantize run quant.yaml --format json` " +
             "(its own phase clock); the authors: `/usr/bin/python3 ref_gptq.py MODEL calib.ids 2 ref.json` (their unmodified GPTQ and Quantizer classes, their `llama_sequential` loop, Debian's torch " +
             $"{TorchVersion()} + {Path.GetFileName(Path.GetDirectoryName(Blas()))}). fp32 matmul peak of this process's libtorch, 2048² · 2048²: **{peak:F1} GFLOP/s**.");
@@ -97,6 +104,7 @@ static class AuthorsGptq
             sb.AppendLine(row);
         }
         sb.AppendLine();
+        if (!setup.Concurrent) return sb.ToString();
         sb.AppendLine("The same DotQuant run started 2 and 3 times together on the same cores (each its own process; fair sharing gives 2× and 3×; issue 13 asks ≤ 2.2× for two):");
         sb.AppendLine();
         sb.AppendLine("| runs at once | seconds of each | slowest ÷ alone | ÷ fair share |");
@@ -141,11 +149,11 @@ static class AuthorsGptq
         }
     }
 
-    static string WriteIds(string shared, string model, string path)
+    static string WriteIds(string shared, string model, int vocab, string path)
     {
         if (File.Exists(path)) return path;
         var tokenizer = HfTokenizer.Load(model);
-        var set = CalibrationSet.Load(Path.Combine(shared, "data", "wikitext2-tokenized", "valid.tokens"), tokenizer, Shape.Vocab, Samples, SequenceLength, 0);
+        var set = CalibrationSet.Load(Path.Combine(shared, "data", "wikitext2-tokenized", "valid.tokens"), tokenizer, vocab, Samples, SequenceLength, 0);
         File.WriteAllLines(path + ".tmp", set.Sequences.Select(s => string.Join(' ', s)));
         File.Move(path + ".tmp", path, overwrite: true);
         return path;

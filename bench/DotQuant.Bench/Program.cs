@@ -75,9 +75,9 @@ if (args.Length > 0 && args[0] == "shared-cpu")
     Sections.Splice(Option("--out") ?? Path.Combine(benchDir, "results.md"), SharedCpu.Marker, SharedCpu.Run(shared, Path.GetFullPath(Path.Combine(benchDir, ".."))));
     return 0;
 }
-if (args.Length > 0 && args[0] == AuthorsGptq.Marker)
+if (args.Length > 0 && AuthorsGptq.Setups.FirstOrDefault(x => x.Marker == args[0]) is { } authors)
 {
-    Sections.Splice(Option("--out") ?? Path.Combine(benchDir, "results.md"), AuthorsGptq.Marker, AuthorsGptq.Run(shared, Path.GetFullPath(Path.Combine(benchDir, "..")), args.Contains("--ours-only")));
+    Sections.Splice(Option("--out") ?? Path.Combine(benchDir, "results.md"), authors.Marker, AuthorsGptq.Run(shared, Path.GetFullPath(Path.Combine(benchDir, "..")), args.Contains("--ours-only"), authors));
     return 0;
 }
 if (args.Length > 0 && args[0] == "blas-child")
