@@ -39,4 +39,16 @@ public class OnnxManifestTests
         Assert.Contains("onnx", e.Message);
         Assert.Equal(line, e.Line);
     }
+
+    [Fact]
+    public void HeadIsInt8UnlessTheManifestSaysOtherwise()
+    {
+        Assert.Equal(OnnxHead.Int8, ManifestParser.Parse(Yaml("  method: gptq\n"), "/work/app/quant.yaml").Output.OnnxHead);
+        Assert.Equal(OnnxHead.Float, ManifestParser.Parse(Yaml("  method: gptq\n") + "  onnx: { head: float }\n", "/work/app/quant.yaml").Output.OnnxHead);
+        Assert.Equal(OnnxHead.Int4, ManifestParser.Parse(Yaml("  method: gptq\n") + "  onnx: { head: int4 }\n", "/work/app/quant.yaml").Output.OnnxHead);
+        var bad = Assert.Throws<DotQuantException>(() => ManifestParser.Parse(Yaml("  method: gptq\n") + "  onnx: { head: int2 }\n", "/work/app/quant.yaml"));
+        Assert.Equal((ErrorCodes.ManifestValue, 12), (bad.Code, bad.Line));
+        var elsewhere = Assert.Throws<DotQuantException>(() => ManifestParser.Parse(Yaml("  method: gptq\n").Replace("format: onnx", "format: dotquant") + "  onnx: { head: int4 }\n", "/work/app/quant.yaml"));
+        Assert.Equal(ErrorCodes.ManifestCombination, elsewhere.Code);
+    }
 }

@@ -244,6 +244,7 @@ public static class QuantizeJob
         AddText($"{m.Output.Name}|{m.Output.Format}");
         if (m.Calibration is { } c) AddText($"{c.Samples}|{c.SequenceLength}|{c.Seed}" + (c.Bf16Stream ? "|bf16" : ""));
         if (m.Output.ShardBytes != OutputSpec.DefaultShardBytes) AddText($"shard|{m.Output.ShardBytes}");
+        if (m.Output.Format == OutputFormat.Onnx) AddText($"onnx|{m.Output.OnnxHead}|{m.Output.OnnxAccuracyLevel}");
         if (m.Evaluate?.Perplexity is { } p) AddText($"{p.SequenceLength}|{p.MaxSequences}");
         if (m.Evaluate?.Tasks is { } t) AddText($"tasks|{t.Limit}|{t.Files.Count}");
         if (m.Evaluate?.RtnBaseline == true) AddText("rtn-baseline");

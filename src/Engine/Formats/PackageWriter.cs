@@ -32,7 +32,7 @@ public abstract class PackageWriter : IDisposable
         OutputFormat.DotQuant => new DotQuantPackageWriter(folder, Path.Combine(scratch, "shards"), m.Output.ShardBytes, state),
         OutputFormat.Gptq => new GptqPackageWriter(m.Quantize, folder, Path.Combine(scratch, "shards"), m.Output.ShardBytes, state),
         OutputFormat.Gguf => new GgufPackageWriter(m, plan, model, folder, scratch, state),
-        OutputFormat.Onnx => new OnnxPackageWriter(plan, model, folder, scratch, state),
+        OutputFormat.Onnx => new OnnxPackageWriter(plan, model, m.Output.OnnxHead, m.Output.OnnxAccuracyLevel, folder, scratch, state),
         _ => throw new ArgumentOutOfRangeException(nameof(m)),
     };
 

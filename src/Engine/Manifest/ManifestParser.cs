@@ -258,7 +258,7 @@ public sealed class ManifestParser
             CheckNotGguf(q, root, null);
             return new OutputSpec(defaultName, OutputFormat.DotQuant, false, null, null, null);
         }
-        var m = Keys(node, "output", "name", "format", "embed", "package", "shard_size", "gguf");
+        var m = Keys(node, "output", "name", "format", "embed", "package", "shard_size", "gguf", "onnx");
         var format = m.TryGetValue("format", out var f) ? Enum(f, "output.format", ("dotquant", OutputFormat.DotQuant), ("gptq", OutputFormat.Gptq), ("gguf", OutputFormat.Gguf), ("onnx", OutputFormat.Onnx)) : OutputFormat.DotQuant;
         // A GGUF's type is in its file name (name-type.gguf), not in the folder's default name.
         if (format == OutputFormat.Gguf) defaultName = $"{Path.GetFileName(model.TrimEnd('/', '\\'))}-{Name(q.Method)}";
@@ -279,7 +279,22 @@ public sealed class ManifestParser
             if (q.Layers.Any(r => r.Bits is not null && r.Bits != q.Bits) || q.Layers.Any(r => r.GroupSize is not null && r.GroupSize != q.GroupSize))
                 throw Error(ErrorCodes.ManifestCombination, "format 'gptq' needs uniform bits and group size (per-layer overrides other than skip are not representable)", f!);
         }
-        if (format == OutputFormat.Onnx) CheckOnnx(q, f!);
+        var head = OnnxHead.Int8;
+        int accuracy = 4;
+        if (format == OutputFormat.Onnx)
+        {
+            CheckOnnx(q, f!);
+            if (m.TryGetValue("onnx", out var on))
+            {
+                var om = Keys(on, "output.onnx", "head", "accuracy_level");
+                if (om.TryGetValue("head", out var hn))
+                    head = Enum(hn, "output.onnx.head", ("int8", OnnxHead.Int8), ("int4", OnnxHead.Int4), ("float", OnnxHead.Float));
+                if (om.TryGetValue("accuracy_level", out var al))
+                    accuracy = Enum(al, "output.onnx.accuracy_level", ("0", 0), ("4", 4));
+            }
+        }
+        else if (m.TryGetValue("onnx", out var onnxNode))
+            throw Error(ErrorCodes.ManifestCombination, "output.onnx needs format: onnx", onnxNode);
         bool embed = m.TryGetValue("embed", out var e) && Bool(e, "output.embed");
         string? id = null, version = null, authors = null;
         if (m.TryGetValue("package", out var pkg))
@@ -296,7 +311,7 @@ public sealed class ManifestParser
             if (!IO.ByteSize.TryParse(text, out shard))
                 throw Error(ErrorCodes.ManifestValue, $"output.shard_size '{text}' is not a size (e.g. 5GB, 2GiB, 500MB; a tensor larger than the shard size gets a shard of its own)", ss);
         }
-        return new OutputSpec(name, format, embed, id, version, authors) { ShardBytes = shard, Gguf = recipe };
+        return new OutputSpec(name, format, embed, id, version, authors) { ShardBytes = shard, Gguf = recipe, OnnxHead = head, OnnxAccuracyLevel = accuracy };
     }
 
     /// <summary>output.gguf and what a GGUF file can hold: the type fixes bits, block and grid; the

@@ -7,6 +7,10 @@ namespace DotQuant.Engine.Manifest;
 
 public enum OutputFormat { DotQuant, Gptq, Gguf, Onnx }
 
+/// <summary>output.onnx.head: how an ONNX output stores the head (no calibrator solves it): round-to-nearest
+/// in MatMulNBits blocks of 32 at 8 or 4 bits, or fp32 (a Gemm over the stored rows).</summary>
+public enum OnnxHead { Int8, Int4, Float }
+
 /// <summary>Where a setting came from in quant.yaml, for diagnostics raised after parsing.</summary>
 public readonly record struct SourceSpan(string File, int Line, int Column);
 
@@ -78,6 +82,11 @@ public sealed record OutputSpec(string Name, OutputFormat Format, bool Embed, st
     public Gguf.GgufRecipe? Gguf { get; init; }
     /// <summary>The model file's name inside the output folder (format gguf), e.g. name-q4_k_m.gguf.</summary>
     public string? GgufFileName => Gguf is { } r ? $"{Name}-{r.Name}.gguf" : null;
+    /// <summary>output.onnx.head (format onnx).</summary>
+    public OnnxHead OnnxHead { get; init; } = OnnxHead.Int8;
+    /// <summary>output.onnx.accuracy_level (format onnx): MatMulNBits' accuracy_level, 4 = activations rounded
+    /// to int8 in the product (ORT's fast CPU path, as llama.cpp does), 0 = fp32 activations (what `eval` computes).</summary>
+    public int OnnxAccuracyLevel { get; init; } = 4;
 
     /// <summary>transformers' default max_shard_size (5GB).</summary>
     public const long DefaultShardBytes = 5_000_000_000;

@@ -161,6 +161,9 @@ public abstract class DecoderModel : IDisposable
     /// <summary>The output projection [V, H] in fp32 (tied to embeddings or separate). Caller disposes.</summary>
     public abstract Tensor HeadWeight();
 
+    /// <summary>The stored tensor <see cref="HeadWeight"/> reads: lm_head.weight, or the embedding when tied.</summary>
+    public abstract string HeadName { get; }
+
     /// <summary>Logits from final-normalised hidden states and <see cref="HeadWeight"/> (a family may cap
     /// them, as Gemma 2 does).</summary>
     public virtual Tensor Logits(Tensor normedHidden, Tensor head) => nn.functional.linear(normedHidden, head);

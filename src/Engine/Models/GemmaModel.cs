@@ -192,9 +192,17 @@ public sealed class GemmaModel : DecoderModel
         return scope.MoveToOuter(Norm(hidden, _finalNorm));
     }
 
+    /// <summary>The embedding, as every Gemma checkpoint ties it; lm_head.weight only when the config says
+    /// tie_word_embeddings: false (as transformers does), e.g. an ONNX folder whose head was quantized.</summary>
+    public override string HeadName => _config.TieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+
     public override Tensor HeadWeight()
     {
-        // Gemma's head is always the embedding matrix.
+        if (!_config.TieWordEmbeddings)
+        {
+            using var head = Weights.Load("lm_head.weight", _config.VocabSize, _config.HiddenSize);
+            return head.to(ScalarType.Float32);
+        }
         if (_embed is not null) return _embed.dtype == ScalarType.Float32 ? _embed.alias() : _embed.to(ScalarType.Float32);
         using var w = Weights.Load("model.embed_tokens.weight", _config.VocabSize, _config.HiddenSize);
         return w.dtype == ScalarType.Float32 ? w.alias() : w.to(ScalarType.Float32);

@@ -181,6 +181,8 @@ public sealed class Gpt2Model : DecoderModel
         return scope.MoveToOuter(LayerNorm(hidden, _lnfWeight, _lnfBias));
     }
 
+    public override string HeadName => _config.TieWordEmbeddings ? _prefix + "wte.weight" : "lm_head.weight";
+
     public override Tensor HeadWeight()
     {
         if (!_config.TieWordEmbeddings)

@@ -234,6 +234,8 @@ public sealed class LlamaModel : DecoderModel
         return scope.MoveToOuter(RmsNorm(hidden, _finalNorm));
     }
 
+    public override string HeadName => _config.TieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+
     public override Tensor HeadWeight()
     {
         var resident = _lmHead ?? _embed;

@@ -8,8 +8,8 @@ namespace DotQuant.Engine.Onnx;
 /// <summary>The decoder graph ONNX Runtime GenAI runs: inputs input_ids, attention_mask, position_ids and
 /// past_key_values.{i}.key/value [batch, kv heads, past, head size]; outputs logits [batch, seq, vocab]
 /// and present.{i}.key/value. The family (<see cref="OnnxFamily"/>) supplies the embedding, the blocks
-/// and the final norm; the head is a Gemm with transB over the stored [vocab, hidden] rows (tied
-/// embeddings need no copy). Everything is fp32, like the engine's evaluation, with
+/// and the final norm; the head is MatMulNBits (output.onnx.head int8/int4), or a Gemm with transB over
+/// the stored fp32 [vocab, hidden] rows (tied embeddings need no copy). Everything is fp32, like the engine's evaluation, with
 /// com.microsoft.MatMulNBits for every quantized linear.</summary>
 internal static class DecoderOnnxGraph
 {
@@ -43,8 +43,15 @@ internal static class DecoderOnnxGraph
             g.Output(OnnxAttention.PresentValue(i), F, "batch_size", c.NumKvHeads, "total_sequence_length", c.HeadDim);
             h = family.Block(i, h);
         }
-        var flat = g.Op("Reshape", "head_flatten", family.FinalNorm(h), g.Int64s("head_flat_shape", -1, c.HiddenSize));
-        var logits2d = family.CapLogits(g.Node("Gemm", "lm_head", [flat, family.HeadWeight], 1, "", Int("transB", 1))[0]);
+        var normed = family.FinalNorm(h);
+        var head = linear(Formats.OnnxPackageWriter.HeadLinear);
+        if (head.NBits is not null)
+        {
+            g.NodeTo("Identity", "logits", [family.CapLogits(head.Apply(g, normed))]);
+            return g.Graph;
+        }
+        var flat = g.Op("Reshape", "head_flatten", normed, g.Int64s("head_flat_shape", -1, c.HiddenSize));
+        var logits2d = family.CapLogits(g.Node("Gemm", "lm_head_fp32", [flat, family.HeadWeight], 1, "", Int("transB", 1))[0]);
         var batchSeq = g.Node("Slice", "batch_seq", [g.Op("Shape", "ids_shape", "input_ids"), g.Int64s("zero", 0), g.Int64s("two", 2)])[0];
         var shape = g.Node("Concat", "logits_shape", [batchSeq, g.Int64s("vocab", c.VocabSize)], 1, "", Int("axis", 0))[0];
         g.NodeTo("Reshape", "logits", [logits2d, shape]);
