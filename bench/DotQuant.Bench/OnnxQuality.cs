@@ -42,10 +42,11 @@ static class OnnxQuality
         report.AppendLine("## ONNX Runtime GenAI int4: calibrators and block sizes, ORT GenAI vs llama.cpp (issue 14)");
         report.AppendLine();
         report.AppendLine($"Produced by `dotnet run -c Release --project bench/DotQuant.Bench -- quality-onnx{(quick ? " --quick" : "")}` on {DateTime.UtcNow:yyyy-MM-dd}.");
-        report.AppendLine("Ours = `dotnet quantize run` with `output.format: onnx` (manifests `bench/quality/onnx-*.yaml`), W4 asymmetric, groups = MatMulNBits");
+        report.AppendLine("Ours = `dotnet quantize run` with `output.format: onnx` and its defaults (head int8, accuracy_level 4: ORT rounds activations to int8");
+        report.AppendLine("inside MatMulNBits) (manifests `bench/quality/onnx-*.yaml`), W4 asymmetric, groups = MatMulNBits");
         report.AppendLine("blocks of 32 or 128, calibration `wikitext2-tokenized/valid.tokens` 128 × 256, seed 0. PPL: WikiText-2 test, GPTQ protocol,");
-        report.AppendLine($"{windows} windows of 512 tokens, by an ONNX Runtime 1.31.1 session over model.onnx and by `eval` of the same folder. Bytes: model.onnx +");
-        report.AppendLine($"model.onnx.data (embeddings, head and norms fp32). Generation: BOS then {Generated} greedy tokens, timed from the first forward to");
+        report.AppendLine($"{windows} windows of 512 tokens, by an ONNX Runtime 1.31.1 session over model.onnx and by `eval` of the same folder (fp32 activations). Bytes: model.onnx +");
+        report.AppendLine($"model.onnx.data (embeddings and norms fp32). Generation: BOS then {Generated} greedy tokens, timed from the first forward to");
         report.AppendLine("the last token (model loading excluded), best of 3, each runtime with its default threads on this");
         report.AppendLine("2-core machine; ORT GenAI 0.18.0 on the folder, llama.cpp (LLamaSharp 0.30.0) on the GGUF Q4_0 file of the same calibrator (its blocks");
         report.AppendLine("are 32 columns, so the block-32 rows compare like with like).");
@@ -127,8 +128,8 @@ static class OnnxQuality
         report.AppendLine("### Generation speed on a TinyLlama-shaped checkpoint");
         report.AppendLine();
         report.AppendLine("2 blocks of hidden 2048, intermediate 5632, 32/4 heads, vocab 32000, random bf16 weights (no perplexity); RTN W4, blocks of 32");
-        report.AppendLine("both ways. Our ONNX keeps the embedding and the untied head fp32 (the head alone is 65.5M multiply-adds per token, as much");
-        report.AppendLine("as 1.5 blocks); llama.cpp's Q4_0 mix stores token_embd Q4_0 and output Q6_K.");
+        report.AppendLine("both ways, each tool's defaults otherwise: our ONNX has the head int8 (the embedding fp32, read one row per token), llama.cpp's");
+        report.AppendLine("Q4_0 mix stores token_embd Q4_0 and output Q6_K. The head alone is 65.5M weights, as many as 1.5 blocks.");
         report.AppendLine();
         report.AppendLine("| runtime | file | bytes | tokens/s |");
         report.AppendLine("|---|---|---|---|");
