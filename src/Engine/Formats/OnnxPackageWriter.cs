@@ -98,7 +98,6 @@ public sealed class OnnxPackageWriter : PackageWriter
         var c = _model.Config;
         foreach (var (name, table) in OnnxFamily.Tables(c))
             using (table) Add(name, table);
-        _data.Checkpoint();
         var names = _data.Initializers.Select(i => i.Name).ToHashSet(StringComparer.Ordinal);
         var specs = Enumerable.Range(0, _model.BlockCount).SelectMany(b => _model.LinearLayout(b).SelectMany(g => g)).ToDictionary(s => s.Name, StringComparer.Ordinal);
         var graph = DecoderOnnxGraph.Build(c, name =>
@@ -122,8 +121,7 @@ public sealed class OnnxPackageWriter : PackageWriter
 
     public override void WriteMetadata(string sourceModelDir, PackageInfo info, Action<JsonObject>? configPatch)
     {
-        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(sourceModelDir, "config.json")))!.AsObject();
-        configPatch?.Invoke(config);
+        var config = SourceConfig(sourceModelDir, configPatch);
         // A quantized head is its own tensor now (lm_head.weight when read back), no longer the embedding.
         if (_head != OnnxHead.Float) config["tie_word_embeddings"] = false;
         WriteJson("config.json", config);

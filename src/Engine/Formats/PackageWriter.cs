@@ -63,6 +63,14 @@ public abstract class PackageWriter : IDisposable
                 File.Copy(Path.Combine(sourceModelDir, f), Path.Combine(Folder, f), overwrite: true);
     }
 
+    /// <summary>The source's config.json with the run's patch (a rotated model's untied head, for one).</summary>
+    protected static JsonObject SourceConfig(string sourceModelDir, Action<JsonObject>? configPatch)
+    {
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(sourceModelDir, "config.json")))!.AsObject();
+        configPatch?.Invoke(config);
+        return config;
+    }
+
     protected void WriteJson(string name, JsonNode node) => File.WriteAllText(Path.Combine(Folder, name), node.ToJsonString(Indented));
 
     public abstract void Dispose();
@@ -106,12 +114,6 @@ public abstract class SafeTensorsPackageWriter : PackageWriter
         CopyTokenizerFiles(sourceModelDir);
     }
 
-    protected JsonObject SourceConfig(string sourceModelDir, Action<JsonObject>? configPatch)
-    {
-        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(sourceModelDir, "config.json")))!.AsObject();
-        configPatch?.Invoke(config);
-        return config;
-    }
 
     public override void Dispose() => Tensors.Dispose();
 }

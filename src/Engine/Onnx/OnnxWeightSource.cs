@@ -17,14 +17,14 @@ public sealed class OnnxWeightSource : IWeightSource, IDisposable
 {
     readonly string _modelPath;
     readonly Dictionary<string, TensorProto> _initializers;
-    readonly Dictionary<string, (NodeProto Node, string Linear)> _nbits;
+    readonly Dictionary<string, NodeProto> _nbits;      // by the weight it stands for, "<node name>.weight"
     readonly Dictionary<string, TensorShape> _shapes;
     readonly MemoryMappedFile? _data;
 
     public string Directory { get; }
     public IReadOnlyList<string> Names { get; }
 
-    OnnxWeightSource(string folder, string modelPath, Dictionary<string, TensorProto> initializers, Dictionary<string, (NodeProto, string)> nbits,
+    OnnxWeightSource(string folder, string modelPath, Dictionary<string, TensorProto> initializers, Dictionary<string, NodeProto> nbits,
         Dictionary<string, TensorShape> shapes, List<string> names, MemoryMappedFile? data)
     {
         Directory = folder; _modelPath = modelPath; _initializers = initializers; _nbits = nbits; _shapes = shapes; Names = names; _data = data;
@@ -48,16 +48,16 @@ public sealed class OnnxWeightSource : IWeightSource, IDisposable
             throw new DotQuantException(ErrorCodes.OnnxModel, $"{path} is not an ONNX model: {e.Message}", path);
         }
         var initializers = model.Graph.Initializer.ToDictionary(t => t.Name, StringComparer.Ordinal);
-        var nbits = new Dictionary<string, (NodeProto, string)>(StringComparer.Ordinal);
+        var nbits = new Dictionary<string, NodeProto>(StringComparer.Ordinal);
         var shapes = new Dictionary<string, TensorShape>(StringComparer.Ordinal);
-        var names = new List<string>();
+        var nbitsInputs = new HashSet<string>(StringComparer.Ordinal);
         foreach (var node in model.Graph.Node.Where(n => n.OpType == "MatMulNBits"))
         {
-            string linear = node.Name, name = linear + ".weight";
-            nbits[name] = (node, linear);
+            string name = node.Name + ".weight";
+            nbits[name] = node;
             shapes[name] = new TensorShape(ScalarType.Float32, [Attribute(node, "N", path), Attribute(node, "K", path)]);
+            nbitsInputs.UnionWith(node.Input.Skip(1));
         }
-        var nbitsInputs = model.Graph.Node.Where(n => n.OpType == "MatMulNBits").SelectMany(n => n.Input.Skip(1)).ToHashSet(StringComparer.Ordinal);
         foreach (var t in model.Graph.Initializer.Where(t => !nbitsInputs.Contains(t.Name)))
         {
             if (t.Name.EndsWith(".weight_t", StringComparison.Ordinal))
@@ -65,7 +65,7 @@ public sealed class OnnxWeightSource : IWeightSource, IDisposable
             else if (t.DataType == (int)TensorProto.Types.DataType.Float && t.DataLocation == TensorProto.Types.DataLocation.External && !t.Name.StartsWith("rotary.", StringComparison.Ordinal))
                 shapes[t.Name] = new TensorShape(ScalarType.Float32, t.Dims.ToArray());
         }
-        names.AddRange(shapes.Keys.Order(StringComparer.Ordinal));
+        var names = shapes.Keys.Order(StringComparer.Ordinal).ToList();
         string dataPath = Path.Combine(folder, OnnxPackageWriter.DataFile);
         var data = File.Exists(dataPath) && new FileInfo(dataPath).Length > 0 ? MemoryMappedFile.CreateFromFile(dataPath, FileMode.Open, null, 0, MemoryMappedFileAccess.Read) : null;
         return new OnnxWeightSource(folder, path, initializers, nbits, shapes, names, data);
@@ -89,9 +89,8 @@ public sealed class OnnxWeightSource : IWeightSource, IDisposable
 
     public Tensor LoadStored(string name)
     {
-        if (_nbits.TryGetValue(name, out var nb))
+        if (_nbits.TryGetValue(name, out var n))
         {
-            var n = nb.Node;
             int bits = (int)Attribute(n, "bits", _modelPath), block = (int)Attribute(n, "block_size", _modelPath);
             long rows = Attribute(n, "N", _modelPath), k = Attribute(n, "K", _modelPath);
             var w = new NBitsWeight(bits, block, rows, k, Bytes(n.Input[1]), Floats(n.Input[2]), n.Input.Count > 3 ? Bytes(n.Input[3]) : []);
