@@ -65,7 +65,7 @@ static class BlasDispatch
         double square = Best(() => Time(() => { using var _ = a.matmul(b); }, 2.0 * 2048 * 2048 * 2048));
         using var x = randn(16384, 2048);
         double xtx = Best(() => Time(() => { using var _ = x.t().matmul(x); }, 2.0 * 16384 * 2048 * 2048));
-        using var w = randn(5632, 2048).mul_(0.02);
+        using var w = randn(5632, 2048).mul_(Scalars.Of(0.02));
         double linear = Best(() => Time(() => { using var _ = nn.functional.linear(x, w); }, 2.0 * 16384 * 2048 * 5632));
         using var xb = x.to(ScalarType.BFloat16);
         using var wb = w.to(ScalarType.BFloat16);

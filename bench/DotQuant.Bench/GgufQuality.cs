@@ -54,11 +54,8 @@ static class GgufQuality
         report.AppendLine($"{windows} windows of 512 tokens, by llama.cpp's forward (fp32 KV cache) and by `eval` of the same file. bpw = tensor bytes × 8 / weights.");
         report.AppendLine();
         string[] models = ["stories260K", "llama-tiny"];
-        // Every calibration first, then llama.cpp: TorchSharp's temporary Scalars can be freed by the
-        // finalizer mid-call, which the allocation pattern of a process running llama.cpp makes likely
-        // (see Models/Scalars); the solvers then never share a process state with it.
+        // Every calibration first, then llama.cpp.
         var ours = new Dictionary<(string Model, string Type, string Method), (string File, string Objective)>();
-        int retries = 0;
         foreach (var model in models)
             foreach (var (type, _) in Types)
                 foreach (var (name, quantize) in Methods)
@@ -66,7 +63,7 @@ static class GgufQuality
                     string file = $"gguf-{model}-{name.Split(' ')[0].ToLowerInvariant().Replace('+', '-')}-{type}";
                     string path = Path.Combine(manifests, file + ".yaml");
                     File.WriteAllText(path, Manifest(model, quantize, type, file));
-                    var result = ScalarRace.Run(path, work, () => retries++);
+                    var result = QuantizeJob.Run(ManifestParser.Load(path), work);
                     // The calibrators' own objective, tr(ΔW H ΔWᵀ) summed over the linears, against
                     // round-to-nearest on the same grid with the same H (recorded by the run).
                     var solved = result.Layers.Where(l => l.Quantized && double.IsFinite(l.RtnLoss) && l.RtnLoss > 0).ToList();
@@ -107,7 +104,6 @@ static class GgufQuality
             }
             report.AppendLine();
         }
-        if (retries > 0) report.AppendLine($"({retries} calibration run(s) hit TorchSharp's Scalar finalizer race and were run again; runs are deterministic.)");
         Directory.Delete(work, true);
         return report.ToString();
     }

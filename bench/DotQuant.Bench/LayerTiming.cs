@@ -15,15 +15,15 @@ static class LayerTiming
     public static Result Measure(int n = 4096, int sequences = 128, int length = 2048)
     {
         var g = new TorchSharp.torch.Generator(3);
-        using var channelScale = rand(n, generator: g).mul_(2).add_(0.1);
-        using var mix = randn(64, n, generator: g).mul_(0.5);
+        using var channelScale = rand(n, generator: g).mul_(Scalars.Of(2L)).add_(Scalars.Of(0.1), Scalars.One);
+        using var mix = randn(64, n, generator: g).mul_(Scalars.Of(0.5));
         using var stats = new LayerStatistics(n, false);
         var sw = new Stopwatch();
         for (int s = 0; s < sequences; s++)
         {
             using var scope = NewDisposeScope();
             // Correlated activations: per-channel scales plus a shared low-rank component.
-            var x = randn(length, n, generator: g).mul_(channelScale).add_(randn(length, 64, generator: g).matmul(mix));
+            var x = randn(length, n, generator: g).mul_(channelScale).add_(randn(length, 64, generator: g).matmul(mix), Scalars.One);
             sw.Start();
             stats.Add(x);
             sw.Stop();
@@ -36,7 +36,7 @@ static class LayerTiming
             var f = Stopwatch.StartNew();
             using (InverseCholesky.Factor(h, 0.01, "bench").U) { }
             double factorization = f.Elapsed.TotalSeconds;
-            using var w = randn(n, n, generator: g).mul_(0.02f);
+            using var w = randn(n, n, generator: g).mul_(Scalars.Of(0.02f));
             var solve = Stopwatch.StartNew();
             using (ColumnSolver.Solve(w, h, null, new SolverOptions { Bits = 4, GroupSize = 128 })) { }
             double total = solve.Elapsed.TotalSeconds;

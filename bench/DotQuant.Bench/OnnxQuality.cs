@@ -138,7 +138,7 @@ static class OnnxQuality
         report.AppendLine();
     }
 
-    static JobResult Calibrate(string manifest, string work) => ScalarRace.Run(manifest, work, () => { });
+    static JobResult Calibrate(string manifest, string work) => QuantizeJob.Run(ManifestParser.Load(manifest), work);
 
     static double Best(Func<double> seconds) => Enumerable.Range(0, 3).Select(_ => seconds()).Min();
 

@@ -12,10 +12,10 @@ public class BillmTests
     static (Tensor W, Tensor H) Layer(int m, int n, int seed, bool uniformInputs = false)
     {
         var g = new Generator((ulong)seed);
-        var x = randn(2048, n, generator: g) * (uniformInputs ? ones(n) : rand(n, generator: g) * 3 + 0.1);
+        var x = randn(2048, n, generator: g) * (uniformInputs ? ones(n) : rand(n, generator: g).mul(Scalars.Of(3L)).add(Scalars.Of(0.1), Scalars.One));
         var w = randn(m, n, generator: g);
-        w.narrow(1, 7, 2).mul_(6);                     // two salient-looking columns
-        return (w, x.t().matmul(x) * (2.0 / 2048));
+        w.narrow(1, 7, 2).mul_(Scalars.Of(6L));                    // two salient-looking columns
+        return (w, x.t().matmul(x).mul(Scalars.Of(2.0 / 2048)));
     }
 
     [Fact]
@@ -23,18 +23,18 @@ public class BillmTests
     {
         var g = new Generator(1);
         var a = randn(6, 40, dtype: ScalarType.Float64, generator: g);
-        var mask = rand(6, 40, dtype: ScalarType.Float64, generator: g).gt(0.3);
-        mask[4].fill_(false);                                           // empty row → 0
+        var mask = rand(6, 40, dtype: ScalarType.Float64, generator: g).gt(Scalars.Of(0.3));
+        mask[4].fill_(Scalars.Of(false));                                          // empty row → 0
         var one = BillmSolver.Binarize(a, mask, 1);
         var two = BillmSolver.Binarize(a, mask, 2);
         var row = a[0].masked_select(mask[0]);
         double mu = row.mean().item<double>();
         Assert.Equal(mu, one.Mu[0][0].item<double>(), 12);
-        Assert.Equal((row - mu).abs().mean().item<double>(), one.Alpha[0][0].item<double>(), 12);
-        var e1 = ((a - one.Value) * mask).square().sum([1]);
-        var e2 = ((a - two.Value) * mask).square().sum([1]);
-        Assert.True(e2.le(e1 + 1e-12).all().item<bool>());
-        Assert.True(one.Value[4].eq(0).all().item<bool>() && one.Value.masked_select(mask.logical_not()).eq(0).all().item<bool>());
+        Assert.Equal(row.sub(Scalars.Of(mu)).abs().mean().item<double>(), one.Alpha[0][0].item<double>(), 12);
+        var e1 = ((a - one.Value) * mask).Squared().sum([1]);
+        var e2 = ((a - two.Value) * mask).Squared().sum([1]);
+        Assert.True(e2.le(e1.add(Scalars.Of(1e-12), Scalars.One)).all().item<bool>());
+        Assert.True(one.Value[4].eq(Scalars.Of(0L)).all().item<bool>() && one.Value.masked_select(mask.logical_not()).eq(Scalars.Of(0L)).all().item<bool>());
         // An entry equal to μ maps to μ + α (sign(0) = +1: one stored bit per weight).
         var flat = tensor(new double[] { 1, 2, 3 }).unsqueeze(0);
         var b = BillmSolver.Binarize(flat, ones(1, 3, dtype: ScalarType.Bool), 1);

@@ -14,7 +14,7 @@ public class DequantizeTests
         return new QuantizedLinear
         {
             Codes = randint(0, 16, [m, n], dtype: ScalarType.Byte, generator: gen),
-            Scales = rand([groups, m], generator: gen).mul_(0.1),
+            Scales = rand([groups, m], generator: gen).mul_(Scalars.Of(0.1)),
             Zeros = randint(0, 16, [groups, m], dtype: ScalarType.Int32, generator: gen),
             GIdx = gIdx, Bits = 4, GroupSize = group,
         };
@@ -33,7 +33,7 @@ public class DequantizeTests
     public void Every_path_equals_the_gathered_formula_bit_for_bit(long m, long n, int group, bool permuted)
     {
         var gen = new Generator(7);
-        var gIdx = arange(n, dtype: ScalarType.Int64).div(group, rounding_mode: RoundingMode.floor);
+        var gIdx = Scalars.Range(n, ScalarType.Int64).div(Scalars.Of(group), rounding_mode: RoundingMode.floor);
         if (permuted) gIdx = gIdx.index_select(0, randperm(n, generator: gen));
         using var q = Make(m, n, group, gIdx.to(ScalarType.Int32), gen);
         using var fast = q.Dequantize();

@@ -16,7 +16,7 @@ public class FactorCacheTests
         var g = new Generator(5);
         int n = 96;
         var x = randn(400, n, generator: g);
-        var h = x.t().matmul(x).mul_(2.0 / 400);
+        var h = x.t().matmul(x).mul_(Scalars.Of(2.0 / 400));
         h.select(0, 7).zero_(); h.select(1, 7).zero_();                    // a dead input too
         var weights = Enumerable.Range(0, 3).Select(i => randn(16 + 8 * i, n, generator: g)).ToList();
         var o = new SolverOptions { Bits = 3, GroupSize = 32, ActOrder = actOrder };

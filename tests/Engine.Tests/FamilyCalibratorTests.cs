@@ -12,7 +12,6 @@ namespace DotQuant.Engine.Tests;
 /// <summary>Every calibrator on every family beyond Llama (synthetic checkpoints with a byte-level vocabulary):
 /// a DotQuant package whose linears are the family's (fused ones as one), that the runtime reads back to
 /// exactly the weights the run evaluated, and zero-shot scoring through the family's forward.</summary>
-[Collection("pipeline")]
 public class FamilyCalibratorTests
 {
     static readonly string Sample = File.ReadAllText(SharedPaths.Data("tinystories", "stories-sample.txt"));

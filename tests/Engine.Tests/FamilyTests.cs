@@ -23,7 +23,7 @@ public class FamilyTests
         Tensor? Bias(string n) => ckpt.Contains(n) ? W(n) : null;
         int t = ids.Length, d = c.HeadDim, hq = c.NumHeads, groups = c.KvGroups;
         var x = W("model.embed_tokens.weight").index_select(0, tensor(ids));
-        Tensor Norm(Tensor v, Tensor w) => w * v / (v.pow(2).mean([-1], keepdim: true) + c.RmsNormEps).sqrt();
+        Tensor Norm(Tensor v, Tensor w) => w * v / v.Squared().mean([-1], keepdim: true).add(Scalars.Of(c.RmsNormEps), Scalars.One).sqrt();
         // A fused projection (Phi-3) is read as its parts: rows [q | k | v], [gate | up].
         long qRows = (long)c.NumHeads * d, kvRows = (long)c.NumKvHeads * d;
         Tensor Weight(string n)
@@ -39,7 +39,7 @@ public class FamilyTests
                 _ => W(layer + "gate_up_proj.weight").narrow(0, c.IntermediateSize, c.IntermediateSize),
             };
         }
-        Tensor Lin(Tensor v, string n) { var y = v.matmul(Weight(n).t()); var b = Bias(n + ".bias"); return b is null ? y : y + b; }
+        Tensor Lin(Tensor v, string n) { var y = v.matmul(Weight(n).t()); var b = Bias(n + ".bias"); return b is null ? y : y.Plus(b); }
         // Rotary on the leading r dimensions, pairs (i, i + r/2); LongRoPE divides each frequency by its
         // short factor (these sequences are shorter than the original context) and scales cos and sin.
         int r = c.Rotary;
@@ -71,16 +71,16 @@ public class FamilyTests
                 var qh = Rot(QkNorm(q.narrow(1, hi * d, d), "self_attn.q_norm.weight"));
                 var kh = Rot(QkNorm(k.narrow(1, kvh * d, d), "self_attn.k_norm.weight"));
                 var vh = v.narrow(1, kvh * d, d);
-                var scores = qh.matmul(kh.t()) / Math.Sqrt(d);
+                var scores = qh.matmul(kh.t()).div(Scalars.Of(Math.Sqrt(d)));
                 for (int i = 0; i < t; i++)
                     for (int j = 0; j < t; j++)
-                        if (j > i || (c.SlidingWindow is int win && i - j >= win)) scores[i, j] = double.NegativeInfinity;
+                        if (j > i || (c.SlidingWindow is int win && i - j >= win)) scores[i, j].fill_(Scalars.Of(double.NegativeInfinity));
                 heads.Add(scores.softmax(-1).matmul(vh));
             }
-            x = x + Lin(cat(heads, 1), p + "self_attn.o_proj");
+            x = x.Plus(Lin(cat(heads, 1), p + "self_attn.o_proj"));
             h = Norm(x, W(p + "post_attention_layernorm.weight"));
             var g = Lin(h, p + "mlp.gate_proj");
-            x = x + Lin(g * g.sigmoid() * Lin(h, p + "mlp.up_proj"), p + "mlp.down_proj");
+            x = x.Plus(Lin(g * g.sigmoid() * Lin(h, p + "mlp.up_proj"), p + "mlp.down_proj"));
         }
         x = Norm(x, W("model.norm.weight"));
         var head = ckpt.Contains("lm_head.weight") && !c.TieWordEmbeddings ? W("lm_head.weight") : W("model.embed_tokens.weight");
@@ -96,8 +96,8 @@ public class FamilyTests
         var g = c.Gemma!;
         Tensor W(string n) => ckpt.Load(n).to(ScalarType.Float64);
         int t = ids.Length, d = c.HeadDim, hq = c.NumHeads, groups = c.KvGroups;
-        var x = W("model.embed_tokens.weight").index_select(0, tensor(ids)) * Math.Sqrt(c.HiddenSize);
-        Tensor Norm(Tensor v, Tensor w) => (1 + w) * v / (v.pow(2).mean([-1], keepdim: true) + c.RmsNormEps).sqrt();
+        var x = W("model.embed_tokens.weight").index_select(0, tensor(ids)).mul(Scalars.Of(Math.Sqrt(c.HiddenSize)));
+        Tensor Norm(Tensor v, Tensor w) => w.add(Scalars.Of(1L), Scalars.One) * v / v.Squared().mean([-1], keepdim: true).add(Scalars.Of(c.RmsNormEps), Scalars.One).sqrt();
         Tensor Lin(Tensor v, string n) => v.matmul(W(n + ".weight").t());
         Tensor Rot(Tensor v, double theta, double scale)
         {
@@ -127,22 +127,22 @@ public class FamilyTests
                 Tensor QkNorm(Tensor z, string n) => ckpt.Contains(p + n) ? Norm(z, W(p + n)) : z;
                 var qh = Rot(QkNorm(q.narrow(1, hi * d, d), "self_attn.q_norm.weight"), theta, scale);
                 var kh = Rot(QkNorm(k.narrow(1, kvh * d, d), "self_attn.k_norm.weight"), theta, scale);
-                var scores = qh.matmul(kh.t()) / Math.Sqrt(g.QueryPreAttnScalar);
-                if (g.AttnSoftcap is double cap) scores = (scores / cap).tanh() * cap;
+                var scores = qh.matmul(kh.t()).div(Scalars.Of(Math.Sqrt(g.QueryPreAttnScalar)));
+                if (g.AttnSoftcap is double cap) scores = scores.div(Scalars.Of(cap)).tanh().mul(Scalars.Of(cap));
                 for (int i = 0; i < t; i++)
                     for (int j = 0; j < t; j++)
-                        if (j > i || (sliding && i - j >= g.SlidingWindow)) scores[i, j] = double.NegativeInfinity;
+                        if (j > i || (sliding && i - j >= g.SlidingWindow)) scores[i, j].fill_(Scalars.Of(double.NegativeInfinity));
                 heads.Add(scores.softmax(-1).matmul(v.narrow(1, kvh * d, d)));
             }
-            x = x + Norm(Lin(cat(heads, 1), p + "self_attn.o_proj"), W(p + "post_attention_layernorm.weight"));
+            x = x.Plus(Norm(Lin(cat(heads, 1), p + "self_attn.o_proj"), W(p + "post_attention_layernorm.weight")));
             h = Norm(x, W(p + "pre_feedforward_layernorm.weight"));
             var gate = Lin(h, p + "mlp.gate_proj");
-            var gelu = 0.5 * gate * (1 + (Math.Sqrt(2 / Math.PI) * (gate + 0.044715 * gate.pow(3))).tanh());
-            x = x + Norm(Lin(gelu * Lin(h, p + "mlp.up_proj"), p + "mlp.down_proj"), W(p + "post_feedforward_layernorm.weight"));
+            var gelu = GeluTanh(gate);
+            x = x.Plus(Norm(Lin(gelu * Lin(h, p + "mlp.up_proj"), p + "mlp.down_proj"), W(p + "post_feedforward_layernorm.weight")));
         }
         x = Norm(x, W("model.norm.weight"));
         var logits = x.matmul(W("model.embed_tokens.weight").t());
-        return g.FinalSoftcap is double fc ? (logits / fc).tanh() * fc : logits;
+        return g.FinalSoftcap is double fc ? logits.div(Scalars.Of(fc)).tanh().mul(Scalars.Of(fc)) : logits;
     }
 
     /// <summary>GPT-2 straight from the checkpoint: Conv1D weights used as stored (x·W + b, W [in, out]),
@@ -152,14 +152,14 @@ public class FamilyTests
         using var ckpt = Checkpoint.Open(dir);
         Tensor W(string n) => ckpt.Load(n).to(ScalarType.Float64);
         int t = ids.Length, d = c.HeadDim, h = c.HiddenSize;
-        var x = W("transformer.wte.weight").index_select(0, tensor(ids)) + W("transformer.wpe.weight").narrow(0, 0, t);
+        var x = W("transformer.wte.weight").index_select(0, tensor(ids)).Plus(W("transformer.wpe.weight").narrow(0, 0, t));
         Tensor Ln(Tensor v, string n)
         {
             var mu = v.mean([-1], keepdim: true);
-            var var_ = (v - mu).pow(2).mean([-1], keepdim: true);
-            return (v - mu) / (var_ + c.RmsNormEps).sqrt() * W(n + ".weight") + W(n + ".bias");
+            var var_ = (v - mu).Squared().mean([-1], keepdim: true);
+            return ((v - mu) / var_.add(Scalars.Of(c.RmsNormEps), Scalars.One).sqrt() * W(n + ".weight")).Plus(W(n + ".bias"));
         }
-        Tensor Conv(Tensor v, string n) => v.matmul(W(n + ".weight")) + W(n + ".bias");
+        Tensor Conv(Tensor v, string n) => v.matmul(W(n + ".weight")).Plus(W(n + ".bias"));
         for (int l = 0; l < c.NumLayers; l++)
         {
             string p = $"transformer.h.{l}.";
@@ -168,22 +168,31 @@ public class FamilyTests
             for (int hi = 0; hi < c.NumHeads; hi++)
             {
                 var q = qkv.narrow(1, hi * d, d); var k = qkv.narrow(1, h + hi * d, d); var v = qkv.narrow(1, 2 * h + hi * d, d);
-                var scores = q.matmul(k.t()) / Math.Sqrt(d);
+                var scores = q.matmul(k.t()).div(Scalars.Of(Math.Sqrt(d)));
                 for (int i = 0; i < t; i++)
-                    for (int j = i + 1; j < t; j++) scores[i, j] = double.NegativeInfinity;
+                    for (int j = i + 1; j < t; j++) scores[i, j].fill_(Scalars.Of(double.NegativeInfinity));
                 heads.Add(scores.softmax(-1).matmul(v));
             }
-            x = x + Conv(cat(heads, 1), p + "attn.c_proj");
+            x = x.Plus(Conv(cat(heads, 1), p + "attn.c_proj"));
             var a = Conv(Ln(x, p + "ln_2"), p + "mlp.c_fc");
-            var gelu = 0.5 * a * (1 + (Math.Sqrt(2 / Math.PI) * (a + 0.044715 * a.pow(3))).tanh());
-            x = x + Conv(gelu, p + "mlp.c_proj");
+            var gelu = GeluTanh(a);
+            x = x.Plus(Conv(gelu, p + "mlp.c_proj"));
         }
         return Ln(x, "transformer.ln_f").matmul(W("transformer.wte.weight").t());
+    }
+
+    /// <summary>0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).</summary>
+    static Tensor GeluTanh(Tensor x)
+    {
+        var inner = x.Plus(x.pow(Scalars.Of(3L)).mul(Scalars.Of(0.044715))).mul(Scalars.Of(Math.Sqrt(2 / Math.PI)));
+        return x.mul(Scalars.Of(0.5)) * inner.tanh().add(Scalars.Of(1L), Scalars.One);
     }
 
     static void AssertMatchesNaive(string dir, long[] ids)
     {
         var c = ModelConfig.Load(dir);
+        // The references make many temporaries: the scope keeps each alive (and frees it) deterministically.
+        using var scope = NewDisposeScope();
         using var model = ModelLoader.Load(dir);
         using var ours = model.Forward(tensor(ids, [1, ids.Length]))[0].to(ScalarType.Float64);
         using var naive = c.ModelType == "gpt2" ? NaiveGpt2Logits(dir, c, ids) : c.Gemma is null ? NaiveLogits(dir, c, ids) : NaiveGemmaLogits(dir, c, ids);

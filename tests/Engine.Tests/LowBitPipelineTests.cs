@@ -12,7 +12,6 @@ namespace DotQuant.Engine.Tests;
 
 /// <summary>End to end on stories260K: each new calibrator and the rotation produce a DotQuant
 /// package that the runtime reads back to exactly the weights the run evaluated.</summary>
-[Collection("pipeline")]
 public class LowBitPipelineTests
 {
     static string Manifest(TempDir dir, string quantize, string name) =>

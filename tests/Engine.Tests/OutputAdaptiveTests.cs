@@ -50,14 +50,14 @@ public class OutputAdaptiveTests
         var g = new Generator(11);
         var grads = Enumerable.Range(0, 5).Select(_ => randn(4, 3, dtype: ScalarType.Float64, generator: g)).ToList();
         var fisher = zeros(12, 12, dtype: ScalarType.Float64);
-        foreach (var G in grads) { var v = G.reshape(-1); fisher += v.outer(v); }
-        fisher /= grads.Count;
+        foreach (var G in grads) { var v = G.reshape(-1); fisher = fisher.Plus(v.outer(v)); }
+        fisher = fisher.div(Scalars.Of(grads.Count));
         var average = zeros(3, 3, dtype: ScalarType.Float64);
-        for (int i = 0; i < 4; i++) average += fisher.narrow(0, 3 * i, 3).narrow(1, 3 * i, 3);
-        average /= 4;
+        for (int i = 0; i < 4; i++) average = average.Plus(fisher.narrow(0, 3 * i, 3).narrow(1, 3 * i, 3));
+        average = average.div(Scalars.Of(4L));
         var sum = zeros(3, 3, dtype: ScalarType.Float64);
         foreach (var G in grads) OutputAdaptiveHessian.Accumulate(sum, G);
-        sum /= grads.Count * 4;
+        sum = sum.div(Scalars.Of(grads.Count * 4));
         Assert.True((sum - average).abs().max().item<double>() < 1e-12);
     }
 
@@ -66,8 +66,8 @@ public class OutputAdaptiveTests
     {
         var xs = Enumerable.Range(0, sequences).Select(_ => randn(tokens, n, dtype: ScalarType.Float64, generator: g)).ToList();
         var h = zeros(n, n, dtype: ScalarType.Float64);
-        foreach (var x in xs) h += x.t().matmul(x);
-        return (xs, h * (2.0 / sequences));       // the layer-wise H = (2/N) Σ X Xᵀ
+        foreach (var x in xs) h = h.Plus(x.t().matmul(x));
+        return (xs, h.mul(Scalars.Of(2.0 / sequences)));       // the layer-wise H = (2/N) Σ X Xᵀ
     }
 
     [Fact]
@@ -81,18 +81,18 @@ public class OutputAdaptiveTests
         foreach (var x in xs)
         {
             var (q, _) = linalg.qr(randn(m, m, dtype: ScalarType.Float64, generator: g));
-            var delta = q.narrow(1, 0, T).t() * Math.Sqrt(2.0 * m);      // [T, m]
-            oac += OutputAdaptiveHessian.SequenceTerm(x, delta);
+            var delta = q.narrow(1, 0, T).t().mul(Scalars.Of(Math.Sqrt(2.0 * m)));      // [T, m]
+            oac = oac.Plus(OutputAdaptiveHessian.SequenceTerm(x, delta));
         }
-        oac /= N;
+        oac = oac.div(Scalars.Of(N));
         Assert.True((oac - layer).abs().max().item<double>() / layer.abs().max().item<double>() < 1e-12);
 
         // Token Fisher: identical per-token gradients of equal norm give ‖δ‖²·X Xᵀ.
         var tokenOac = zeros(n, n, dtype: ScalarType.Float64);
         var same = randn(1, m, dtype: ScalarType.Float64, generator: g);
-        foreach (var x in xs) tokenOac += OutputAdaptiveHessian.TokenTerm(x, same.expand(T, m));
-        double ratio = same.square().sum().item<double>() * N / 2;
-        Assert.True((tokenOac / ratio - layer).abs().max().item<double>() / layer.abs().max().item<double>() < 1e-12);
+        foreach (var x in xs) tokenOac = tokenOac.Plus(OutputAdaptiveHessian.TokenTerm(x, same.expand(T, m)));
+        double ratio = same.Squared().sum().item<double>() * N / 2;
+        Assert.True((tokenOac.div(Scalars.Of(ratio)) - layer).abs().max().item<double>() / layer.abs().max().item<double>() < 1e-12);
 
         var w = randn(32, n, dtype: ScalarType.Float64, generator: g);
         foreach (var o in new[]
@@ -104,7 +104,7 @@ public class OutputAdaptiveTests
         {
             using var a = Solvers.Solve(w, layer, null, o, "layer");
             using var b = Solvers.Solve(w, oac, null, o, "oac");
-            using var c = Solvers.Solve(w, layer * 37, null, o, "scaled");
+            using var c = Solvers.Solve(w, layer.mul(Scalars.Of(37L)), null, o, "scaled");
             Assert.True(a.Dequantize(ScalarType.Float64).allclose(b.Dequantize(ScalarType.Float64), 0, 1e-9), $"{o.Kind}: OAC vs layer-wise");
             Assert.True(a.Dequantize(ScalarType.Float64).allclose(c.Dequantize(ScalarType.Float64), 0, 1e-9), $"{o.Kind}: H vs 37·H");
         }
@@ -118,7 +118,7 @@ public class OutputAdaptiveTests
         var (xs, _) = Inputs(N, T, n, g);
         var delta = randn(1, 8, dtype: ScalarType.Float64, generator: g).expand(T, 8);
         var h = zeros(n, n, dtype: ScalarType.Float64);
-        foreach (var x in xs) h += OutputAdaptiveHessian.SequenceTerm(x, delta);
+        foreach (var x in xs) h = h.Plus(OutputAdaptiveHessian.SequenceTerm(x, delta));
         Assert.Equal(N, (long)linalg.matrix_rank(h, rtol: 1e-10).item<long>());
         var (_, info) = linalg.cholesky_ex(h, false);
         Assert.NotEqual(0, info.item<int>());
@@ -133,7 +133,6 @@ public class OutputAdaptiveTests
 
 /// <summary>The chunked H̄ against the definition computed the slow way: one sequence at a time through
 /// the whole model with autograd, G_s read from W.grad (what the implementation did before chunks).</summary>
-[Collection("pipeline")]
 public class OutputAdaptiveChunkTests
 {
     [Fact]
@@ -201,7 +200,7 @@ public class OutputAdaptiveChunkTests
                     var g = l.Weight.grad!;
                     var term = g.t().matmul(g).DetachFromDisposeScope();
                     var old = reference[l.Name];
-                    reference[l.Name] = (old + term).DetachFromDisposeScope();
+                    reference[l.Name] = old.Plus(term).DetachFromDisposeScope();
                     old.Dispose();
                     g.zero_();
                 }
@@ -213,7 +212,7 @@ public class OutputAdaptiveChunkTests
         var outFeatures = model.LinearLayout(1).SelectMany(g => g).ToDictionary(l => l.Name.Split('.')[^1], l => l.OutFeatures);
         foreach (var name in targets)
         {
-            using var expected = reference[name] / (ids.Count * (double)outFeatures[name.Split('.')[^1]]);
+            using var expected = reference[name].div(Scalars.Of(ids.Count * (double)outFeatures[name.Split('.')[^1]]));
             double rel = (chunked[name] - expected).abs().max().item<float>() / expected.abs().max().item<float>();
             Assert.True(rel < 1e-4, $"{name}: relative difference {rel}");
         }

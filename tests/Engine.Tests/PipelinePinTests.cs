@@ -13,7 +13,6 @@ namespace DotQuant.Engine.Tests;
 /// must agree to 1e-3. The output-adaptive cases were re-recorded once since, when OAC's per-sequence
 /// gradients went from one sequence at a time to chunks (issue 13; the same H̄ to fp32 rounding, see
 /// OutputAdaptiveChunkTests); every other case's tensors were unchanged by that re-recording.</summary>
-[Collection("pipeline")]
 public class PipelinePinTests
 {
     static readonly JsonNode Pins = JsonNode.Parse(File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "Golden", "pipeline-pins.json")))!;

@@ -10,7 +10,6 @@ namespace DotQuant.Engine.Tests;
 /// every kind of state a run carries from block to block: the quantized stream, GPTAQ's float stream,
 /// OAC's Hessians (recomputed when schedule once resumes), the rotated model in scratch, the GPTQ
 /// format's v1/v2 decision and a writer cut into several shards.</summary>
-[Collection("pipeline")]
 public class ResumeTests
 {
     static string Manifest(string quantize, string output = "") =>

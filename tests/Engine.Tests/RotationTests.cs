@@ -22,13 +22,13 @@ public class RotationTests
         using var k = Hadamard.Small(plan.K, plan.K == 1 ? "sylvester" : plan.Kind);
         // H_K·H_Kᵀ = K·I exactly; the Kronecker product with Sylvester H_M is then n·I.
         using var kk = k.matmul(k.t());
-        Assert.True(kk.eq(eye(plan.K, dtype: ScalarType.Float64) * plan.K).all().item<bool>(), $"{n}: {plan}");
-        Assert.True(k.abs().eq(1).all().item<bool>());
+        Assert.True(kk.eq(eye(plan.K, dtype: ScalarType.Float64).mul(Scalars.Of(plan.K))).all().item<bool>(), $"{n}: {plan}");
+        Assert.True(k.abs().eq(Scalars.Of(1L)).all().item<bool>());
         if (n <= 5632)
         {
             using var h = Hadamard.Matrix(plan);
             using var hh = h.matmul(h.t());
-            Assert.True(hh.eq(eye(n, dtype: ScalarType.Float64) * n).all().item<bool>(), $"{n}: {plan}");
+            Assert.True(hh.eq(eye(n, dtype: ScalarType.Float64).mul(Scalars.Of(n))).all().item<bool>(), $"{n}: {plan}");
         }
     }
 
@@ -49,7 +49,7 @@ public class RotationTests
         using var t = new Hadamard.Transform(plan);
         using var x = randn(3, n, dtype: ScalarType.Float64, generator: new Generator(7));
         using var h = Hadamard.Matrix(plan);
-        using var dense = x.matmul(h) / plan.Norm;
+        using var dense = x.matmul(h).div(Scalars.Of(plan.Norm));
         using var fast = t.Apply(x.to(ScalarType.Float32)).to(ScalarType.Float64);
         double err = (fast - dense).abs().max().item<double>();
         Assert.True(err < 1e-4, $"{n}: {err}");

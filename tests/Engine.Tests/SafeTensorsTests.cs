@@ -17,7 +17,7 @@ public class SafeTensorsTests
         var tensors = new Dictionary<string, Tensor>
         {
             ["f64"] = tensor(new double[] { 1.5, -2 }),
-            ["f32"] = arange(12, dtype: ScalarType.Float32).reshape(3, 4),
+            ["f32"] = Scalars.Range(12, ScalarType.Float32).reshape(3, 4),
             ["f16"] = tensor(new float[] { 0.5f, 1, 2 }).to(ScalarType.Float16),
             ["bf16"] = tensor(new float[] { 0.25f, -8 }).to(ScalarType.BFloat16),
             ["i64"] = tensor(new long[] { long.MinValue, 7 }),
@@ -155,7 +155,7 @@ public class SafeTensorsTests
     {
         using var dir = new TempDir();
         SafeTensorsWriter.Write(dir.File("model-00001-of-00002.safetensors"), new Dictionary<string, Tensor> { ["a"] = ones(2) });
-        SafeTensorsWriter.Write(dir.File("model-00002-of-00002.safetensors"), new Dictionary<string, Tensor> { ["b"] = full(3, 2f) });
+        SafeTensorsWriter.Write(dir.File("model-00002-of-00002.safetensors"), new Dictionary<string, Tensor> { ["b"] = full([3], Scalars.Of(2f)) });
         File.WriteAllText(dir.File("model.safetensors.index.json"),
             "{\"metadata\":{},\"weight_map\":{\"a\":\"model-00001-of-00002.safetensors\",\"b\":\"model-00002-of-00002.safetensors\"}}");
         using var ckpt = Checkpoint.Open(dir.Path);

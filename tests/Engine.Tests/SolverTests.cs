@@ -69,7 +69,7 @@ public class SolverTests
     public void HugeDampingEqualsRtn()
     {
         var (w, h, _) = Layer();
-        h.diagonal().masked_fill_(h.diagonal().eq(0), 1);   // no dead channel: RTN keeps such columns
+        h.diagonal().masked_fill_(h.diagonal().eq(Scalars.Of(0L)), Scalars.Of(1L));   // no dead channel: RTN keeps such columns
         foreach (bool sym in new[] { false, true })
         {
             var o = new SolverOptions { Bits = 4, Symmetric = sym, Damp = 1e8, DType = ScalarType.Float64, Fp16Scales = false };
@@ -78,7 +78,7 @@ public class SolverTests
             // asym: exact; GPTQ-style sym: equal except a ±1 code at the −absmax rounding tie (spec §2.5a).
             var diff = (gptq.Codes.to(ScalarType.Int32) - rtn.Codes.to(ScalarType.Int32)).abs();
             Assert.True(diff.max().item<int>() <= (sym ? 1 : 0));
-            Assert.True(diff.gt(0).sum().item<long>() <= (sym ? w.shape[0] : 0));
+            Assert.True(diff.gt(Scalars.Of(0L)).sum().item<long>() <= (sym ? w.shape[0] : 0));
         }
     }
 
@@ -92,10 +92,10 @@ public class SolverTests
             using var q = Grid.Gptq(w, h, null, o);
             // tr((W0 − Q) H_λ (W0 − Q)ᵀ) with the dead channel's diagonal set to 1 and its column zeroed.
             var hd = h.clone();
-            var dead = hd.diagonal().eq(0);
-            hd.diagonal().masked_fill_(dead, 1);
-            var w0 = w.masked_fill(dead.unsqueeze(0), 0);
-            var hl = hd + eye(hd.shape[0], dtype: ScalarType.Float64) * (o.Damp * hd.diagonal().mean().item<double>());
+            var dead = hd.diagonal().eq(Scalars.Of(0L));
+            hd.diagonal().masked_fill_(dead, Scalars.Of(1L));
+            var w0 = w.masked_fill(dead.unsqueeze(0), Scalars.Of(0L));
+            var hl = hd.Plus(eye(hd.shape[0], dtype: ScalarType.Float64).mul(Scalars.Of(o.Damp * hd.diagonal().mean().item<double>())));
             var dw = w0 - q.Dequantize(ScalarType.Float64);
             double trace = dw.matmul(hl).matmul(dw.t()).trace().item<double>();
             Assert.True(Math.Abs(q.Loss - trace) <= 1e-9 * trace, $"g={g}: {q.Loss} vs {trace}");
@@ -139,10 +139,10 @@ public class SolverTests
         var (_, h, d) = Layer();
         long n = h.shape[0];
         var hd = h.clone();
-        hd.diagonal().masked_fill_(hd.diagonal().eq(0), 1);
+        hd.diagonal().masked_fill_(hd.diagonal().eq(Scalars.Of(0L)), Scalars.Of(1L));
         var u = InverseCholesky.Factor(hd, 0.01, "test").U;
         // U is the upper factor of (H + λI)⁻¹.
-        var hl = hd + eye(n, dtype: ScalarType.Float64) * (0.01 * hd.diagonal().mean().item<double>());
+        var hl = hd.Plus(eye(n, dtype: ScalarType.Float64).mul(Scalars.Of(0.01 * hd.diagonal().mean().item<double>())));
         Assert.True((u.t().matmul(u) - hl.inverse()).abs().max().item<double>() < 1e-10);
         // V-2: triu1(D Uᵀ)U equals the row-wise D[j,:] U[j+1:,:]ᵀ U[j+1:,:].
         var p = ColumnSolver.MultiplyTriu1(d, u, 1.0);
@@ -154,17 +154,17 @@ public class SolverTests
         }
         // V-9: with D = 0, R = α₂·triu1(I − diag(U)⁻¹U) for any damping.
         var r = ColumnSolver.MultiplyTriu1(hd, u, 0.25);
-        var closed = (eye(n, dtype: ScalarType.Float64) - u / u.diagonal().unsqueeze(1)).triu(1) * 0.25;
+        var closed = (eye(n, dtype: ScalarType.Float64) - u / u.diagonal().unsqueeze(1)).triu(1).mul(Scalars.Of(0.25));
         Assert.True((r - closed).abs().max().item<double>() < 1e-9);
     }
 
     static (Tensor W, Tensor Xf, Tensor Xq) Synthetic(long seed, long m = 32, long n = 96, long k = 2048)
     {
         var g = new TorchSharp.torch.Generator((ulong)seed);
-        var a = randn(n, n, dtype: ScalarType.Float64, generator: g) * 0.1 + randn(n, 1, dtype: ScalarType.Float64, generator: g) * 0.9;
-        var xf = a.matmul(randn(n, k, dtype: ScalarType.Float64, generator: g)) + randn(n, 1, dtype: ScalarType.Float64, generator: g) * 0.5;
-        var xq = xf + (randn(n, n, dtype: ScalarType.Float64, generator: g) * (0.3 / Math.Sqrt(n))).matmul(xf) + randn(n, k, dtype: ScalarType.Float64, generator: g) * 0.05;
-        var w = randn(m, n, dtype: ScalarType.Float64, generator: g) / Math.Sqrt(n);
+        var a = randn(n, n, dtype: ScalarType.Float64, generator: g).mul(Scalars.Of(0.1)).Plus(randn(n, 1, dtype: ScalarType.Float64, generator: g).mul(Scalars.Of(0.9)));
+        var xf = a.matmul(randn(n, k, dtype: ScalarType.Float64, generator: g)).Plus(randn(n, 1, dtype: ScalarType.Float64, generator: g).mul(Scalars.Of(0.5)));
+        var xq = xf.Plus(randn(n, n, dtype: ScalarType.Float64, generator: g).mul(Scalars.Of(0.3 / Math.Sqrt(n))).matmul(xf)).Plus(randn(n, k, dtype: ScalarType.Float64, generator: g).mul(Scalars.Of(0.05)));
+        var w = randn(m, n, dtype: ScalarType.Float64, generator: g).div(Scalars.Of(Math.Sqrt(n)));
         return (w, xf, xq);
     }
 
@@ -175,14 +175,14 @@ public class SolverTests
         {
             var (w, xf, xq) = Synthetic(seed);
             long k = xq.shape[1];
-            var h = xq.matmul(xq.t()) * (2.0 / k);
-            var d = (xf - xq).matmul(xq.t()) * (2.0 / k);
+            var h = xq.matmul(xq.t()).mul(Scalars.Of(2.0 / k));
+            var d = (xf - xq).matmul(xq.t()).mul(Scalars.Of(2.0 / k));
             var o = new SolverOptions { Bits = 3, GroupSize = 32, ActOrder = true, DType = ScalarType.Float64, Fp16Scales = false };
             var rtnQ = Grid.Rtn(w, o).Dequantize(ScalarType.Float64);
             var gptqQ = Grid.Gptq(w, h, null, o).Dequantize(ScalarType.Float64);
             var gptaqQ = Grid.Gptq(w, h, d, o with { Alpha = 0.25 }).Dequantize(ScalarType.Float64);
             double Sym(Tensor q) => (w - q).matmul(h).matmul((w - q).t()).trace().item<double>();
-            double Asym(Tensor q) => (w.matmul(xf) - q.matmul(xq)).square().sum().item<double>();
+            double Asym(Tensor q) => (w.matmul(xf) - q.matmul(xq)).Squared().sum().item<double>();
             Assert.True(Sym(gptqQ) < Sym(rtnQ), $"seed {seed}: GPTQ {Sym(gptqQ)} vs RTN {Sym(rtnQ)}");
             Assert.True(Asym(gptaqQ) < Asym(gptqQ), $"seed {seed}: GPTAQ {Asym(gptaqQ)} vs GPTQ {Asym(gptqQ)}");
         }
@@ -207,11 +207,11 @@ public class SolverTests
         // shrinks the range where resolution on the bulk outweighs the clipped outlier (|·|^2.4
         // error), never does worse than min–max, and keeps min–max where it is best.
         var g = new TorchSharp.torch.Generator(5);
-        var w = randn(8, 64, dtype: ScalarType.Float64, generator: g) * 0.02;
-        w[TensorIndex.Colon, 0] = full(8, 0.5, dtype: ScalarType.Float64);
+        var w = randn(8, 64, dtype: ScalarType.Float64, generator: g).mul(Scalars.Of(0.02));
+        w[TensorIndex.Colon, 0] = full([8], Scalars.Of(0.5), dtype: ScalarType.Float64);
         var plain = new GridOptions(3, false, Fp16Scales: false).Find(w);
         var clipped = new GridOptions(3, false, MseClip: true, Fp16Scales: false).Find(w);
-        double Err(QuantGrid q) => (q.QuantizeDequantize(w) - w).abs().pow(2.4).sum().item<double>();
+        double Err(QuantGrid q) => (q.QuantizeDequantize(w) - w).abs().pow(Scalars.Of(2.4)).sum().item<double>();
         Assert.True(Err(clipped) < Err(plain), $"{Err(clipped)} vs {Err(plain)}");
         Assert.True((clipped.Scale <= plain.Scale).all().item<bool>());   // only ever shrinks
         Assert.True((clipped.Scale < plain.Scale).any().item<bool>());

@@ -13,10 +13,10 @@ public class SpqrTests
     static (Tensor W, Tensor H) Layer(int m, int n, int seed, int tokens = 1024)
     {
         var g = new Generator((ulong)seed);
-        var x = randn(tokens, n, dtype: ScalarType.Float64, generator: g) * (rand(n, dtype: ScalarType.Float64, generator: g) * 3 + 0.1);
+        var x = randn(tokens, n, dtype: ScalarType.Float64, generator: g) * rand(n, dtype: ScalarType.Float64, generator: g).mul(Scalars.Of(3L)).add(Scalars.Of(0.1), Scalars.One);
         var w = randn(m, n, dtype: ScalarType.Float64, generator: g);
-        w[3, 5] = w[3, 5] * 40;                       // a real outlier
-        return (w, x.t().matmul(x) * (2.0 / tokens));
+        w[3, 5] = w[3, 5].mul(Scalars.Of(40L));                       // a real outlier
+        return (w, x.t().matmul(x).mul(Scalars.Of(2.0 / tokens)));
     }
 
     static SpqrOptions Options(double tau = 0.3) => new() { Bits = 2, OutlierThreshold = tau, DType = ScalarType.Float64 };
@@ -51,7 +51,7 @@ public class SpqrTests
         using var q = SpqrSolver.Solve(w, h, Options() with { Damp = 0.01 });
         Assert.True(q.OutlierCount > 0);
         // ‖E‖² = tr(ΔW H_λ ΔWᵀ) with H_λ the matrix actually factorized (permutation-invariant form).
-        var hd = h + eye(96, dtype: ScalarType.Float64) * (q.DampUsed * h.diagonal().mean().item<double>());
+        var hd = h.Plus(eye(96, dtype: ScalarType.Float64).mul(Scalars.Of(q.DampUsed * h.diagonal().mean().item<double>())));
         var dw = w - q.Dequantize(ScalarType.Float64);
         double tr = dw.matmul(hd).mul(dw).sum().item<double>();
         Assert.True(Math.Abs(tr - q.Loss) / q.Loss < 1e-6, $"{tr} vs {q.Loss}");
@@ -63,7 +63,7 @@ public class SpqrTests
         var (w, h) = Layer(32, 128, 3);
         using var a = SpqrSolver.Solve(w, h, Options());
         using var b = SpqrSolver.Solve(w, h, Options() with { BlockSize = 32 });
-        using var c = SpqrSolver.Solve(w, h * 37, Options());
+        using var c = SpqrSolver.Solve(w, h.mul(Scalars.Of(37L)), Options());
         Assert.True(a.Dequantize(ScalarType.Float64).allclose(b.Dequantize(ScalarType.Float64), 0, 1e-9));
         Assert.True(a.Dequantize(ScalarType.Float64).allclose(c.Dequantize(ScalarType.Float64), 0, 1e-9));
         Assert.Equal(a.OutlierCount, c.OutlierCount);
@@ -74,7 +74,7 @@ public class SpqrTests
     {
         var g = new Generator(5);
         var group = randn(8, 16, dtype: ScalarType.Float64, generator: g);
-        group[2, 7] = group[2, 7].abs() * 50 + 10;
+        group[2, 7] = group[2, 7].abs().mul(Scalars.Of(50L)).add(Scalars.Of(10L), Scalars.One);
         var red = SpqrSolver.LeaveOneOutReduction(group, ones(16, dtype: ScalarType.Float64), 3);
         var row = red[2];
         double top = row[7].item<double>();
@@ -104,7 +104,7 @@ public class SpqrTests
     public void Bilevel_statistics_stay_within_half_a_grid_step(int bits)
     {
         var g = new Generator(7);
-        var v = rand(40, dtype: ScalarType.Float32, generator: g) * 0.2 + 0.01;     // 40 scales: groups of 16, 16, 8
+        var v = rand(40, dtype: ScalarType.Float32, generator: g).mul(Scalars.Of(0.2)).add(Scalars.Of(0.01), Scalars.One);     // 40 scales: groups of 16, 16, 8
         var codes = zeros(40, dtype: ScalarType.Byte);
         var stats = zeros(3, 2);
         var used = SpqrSolver.Bilevel(v, bits, 16, codes, stats);

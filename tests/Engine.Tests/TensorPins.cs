@@ -16,7 +16,7 @@ public static class TensorPins
         using var scope = NewDisposeScope();
         var g = new Generator(1234);
         var a = randn(257, 131, generator: g);
-        var h = a.t().matmul(a) + eye(131);
+        var h = a.t().matmul(a).Plus(eye(131));
         var l = linalg.cholesky(h);
         var mix = cat([l.reshape(-1), h.to(ScalarType.BFloat16).to(ScalarType.Float32).reshape(-1), nn.functional.silu(a).reshape(-1)]);
         return Convert.ToHexStringLower(SHA256.HashData(mix.contiguous().bytes))[..16];

@@ -13,7 +13,6 @@ namespace DotQuant.Gguf.Tests;
 /// <summary>`run` with format gguf, end to end, checked by llama.cpp: the file it writes loads, llama.cpp's
 /// perplexity over the run's evaluation windows equals ours, greedy generation is the same 64 tokens,
 /// and an interrupted run resumes to the same bytes.</summary>
-[Collection("pipeline")]
 public class GgufRunTests
 {
     static string Model(string name) => Path.Combine(SharedPaths.Root, "models", name);

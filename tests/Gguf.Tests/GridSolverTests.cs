@@ -22,10 +22,10 @@ public class GridSolverTests
         var w = ckpt.Load("model.layers.2.mlp.down_proj.weight").to(ScalarType.Float32);
         var g = manual_seed(11);
         long n = w.shape[1];
-        var mix = randn([n, n], generator: g) / Math.Sqrt(n) + eye(n);
+        var mix = randn([n, n], generator: g).div(Scalars.Of(Math.Sqrt(n))).Plus(eye(n));
         var x = randn([2048, n], generator: g).matmul(mix);
-        x.narrow(1, 0, 8).mul_(6);
-        var h = x.t().matmul(x).mul_(2.0 / 2048);
+        x.narrow(1, 0, 8).mul_(Scalars.Of(6L));
+        var h = x.t().matmul(x).mul_(Scalars.Of(2.0 / 2048));
         return (w, h);
     }
 

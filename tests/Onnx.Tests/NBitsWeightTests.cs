@@ -14,12 +14,12 @@ public class NBitsWeightTests
     static QuantizedLinear Grid(long m, long n, int bits, int group, Generator gen, Tensor? gIdx = null)
     {
         int g = group <= 0 ? (int)n : group;
-        gIdx ??= arange(n, dtype: ScalarType.Int64).div(g, rounding_mode: RoundingMode.floor).to(ScalarType.Int32);
+        gIdx ??= Scalars.Range(n, ScalarType.Int64).div(Scalars.Of(g), rounding_mode: RoundingMode.floor).to(ScalarType.Int32);
         long groups = gIdx.max().item<int>() + 1;
         return new QuantizedLinear
         {
             Codes = randint(0, 1 << bits, [m, n], dtype: ScalarType.Byte, generator: gen),
-            Scales = rand([groups, m], generator: gen).mul_(0.1),
+            Scales = rand([groups, m], generator: gen).mul_(Scalars.Of(0.1)),
             Zeros = randint(0, 1 << bits, [groups, m], dtype: ScalarType.Int32, generator: gen),
             GIdx = gIdx, Bits = bits, GroupSize = group,
         };
@@ -68,7 +68,7 @@ public class NBitsWeightTests
     public void RefusesGroupsThatAreNotConsecutiveAndZerosOutsideTheBits()
     {
         var gen = new Generator(3);
-        using var permuted = Grid(8, 64, 4, 32, gen, arange(64, dtype: ScalarType.Int64).div(32, rounding_mode: RoundingMode.floor).flip(0).to(ScalarType.Int32));
+        using var permuted = Grid(8, 64, 4, 32, gen, Scalars.Range(64, ScalarType.Int64).div(Scalars.Of(32L), rounding_mode: RoundingMode.floor).flip(0).to(ScalarType.Int32));
         Assert.Contains("consecutive", Assert.Throws<ArgumentException>(() => NBitsWeight.From(permuted)).Message);
         using var q = Grid(8, 64, 4, 32, gen);
         q.Zeros[0, 0] = tensor(16);

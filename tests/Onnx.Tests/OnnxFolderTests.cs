@@ -8,7 +8,6 @@ namespace DotQuant.Onnx.Tests;
 
 /// <summary>Damaged ONNX folders and models the graph cannot express get a coded diagnostic, not a crash
 /// or a wrong model.</summary>
-[Collection("pipeline")]
 public class OnnxFolderTests
 {
     static string Manifest(string modelPath) =>

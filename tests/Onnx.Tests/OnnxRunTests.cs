@@ -11,7 +11,6 @@ namespace DotQuant.Onnx.Tests;
 /// <summary>`run` with format onnx, end to end, checked by ONNX Runtime and ONNX Runtime GenAI: the folder
 /// loads, ORT's perplexity over the run's evaluation windows equals ours, GenAI's tokenizer gives our ids,
 /// and GenAI's greedy generation is our 64 tokens.</summary>
-[Collection("pipeline")]
 public class OnnxRunTests
 {
     static string Model(string name) => Path.Combine(SharedPaths.Root, "models", name);

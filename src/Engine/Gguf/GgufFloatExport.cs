@@ -75,7 +75,7 @@ public static class GgufFloatExport
             long count = Math.Min(slab, rows - first);
             var ids = m.RowOrder is { } order
                 ? tensor(order.Skip((int)first).Take((int)count).Select(r => (long)r).ToArray())
-                : arange(first, first + count, dtype: ScalarType.Int64);
+                : Scalars.Range(first, first + count, ScalarType.Int64);
             var block = ckpt.LoadRows(m.Source, ids).to(ScalarType.Float32).contiguous();
             Encode(writer, codec, block.data<float>().ToArray(), (int)rowLength, (int)count);
         }

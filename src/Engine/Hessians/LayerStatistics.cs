@@ -44,9 +44,11 @@ public sealed class LayerStatistics : IDisposable
     {
         if (_h is null) throw new InvalidOperationException("the statistics were already handed over");
         double scale = 2.0 / Math.Max(1, _sequences);
-        using var s = scale.ToScalar();    // held: a temporary Scalar can be freed mid-call (Models/Scalars)
-        _h.mul_(s);
-        _d?.mul_(s);
+        Scalars.Use(scale, s =>
+        {
+            _h.mul_(s);
+            return _d?.mul_(s);
+        });
         var result = (_h, _d);
         _h = null;
         _d = null;

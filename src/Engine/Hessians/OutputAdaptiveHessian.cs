@@ -209,8 +209,7 @@ public static class OutputAdaptiveHessian
                 foreach (var l in mine)
                 {
                     sums.Remove(l.Name, out var sum);
-                    sum!.div_((double)Math.Max(1, sequenceCount) * l.OutFeatures);
-                    finished[l.Name] = sum;
+                    finished[l.Name] = Scalars.Use((double)Math.Max(1, sequenceCount) * l.OutFeatures, s => sum!.div_(s));
                 }
                 if (blockDone is not null) blockDone(b, finished);
                 else foreach (var (k, v) in finished) result[k] = v;
@@ -262,11 +261,11 @@ public static class OutputAdaptiveHessian
         switch (fisher)
         {
             case FisherSample.Token:
-                using (var term = TokenTerm(x.reshape(-1, n), delta.reshape(-1, m))) sum.add_(term);
+                using (var term = TokenTerm(x.reshape(-1, n), delta.reshape(-1, m))) sum.add_(term, Scalars.One);
                 return;
             case FisherSample.SequenceExplicit:
                 for (long s = 0; s < c; s++)
-                    using (var term = SequenceTerm(x[s], delta[s])) sum.add_(term.mul_(Scalars.Of((double)m)));
+                    using (var term = SequenceTerm(x[s], delta[s])) sum.add_(term.mul_(Scalars.Of((double)m)), Scalars.One);
                 return;
             default:
                 // G_s = Δ_sᵀ X_s for a few sequences at a time, then Σ_s G_sᵀ G_s as one product.
@@ -326,7 +325,7 @@ public static class OutputAdaptiveHessian
     public static Tensor TokenTerm(Tensor x, Tensor delta)
     {
         using var scope = NewDisposeScope();
-        var weighted = x * delta.square().sum([1], keepdim: true);
+        var weighted = x * delta.Squared().sum([1], keepdim: true);
         return scope.MoveToOuter(weighted.t().matmul(x));
     }
 
@@ -337,7 +336,7 @@ public static class OutputAdaptiveHessian
     {
         using var scope = NewDisposeScope();
         var gram = delta.matmul(delta.t());                 // [T, T] token coupling
-        var h = x.t().matmul(gram).matmul(x) / delta.shape[1];
+        var h = x.t().matmul(gram).matmul(x).div(Scalars.Of(delta.shape[1]));
         return scope.MoveToOuter(h);
     }
 }

@@ -111,13 +111,13 @@ public static class SyntheticModel
         Tensor Rand(params long[] shape)
         {
             using var r = randn(shape, generator: g);
-            r.mul_(0.02f);
+            r.mul_(Scalars.Of(0.02f));
             return r.to(s.DType);
         }
         Tensor Norm(long n)
         {
             using var r = randn(n, generator: g);
-            r.mul_(0.05f).add_(1);
+            r.mul_(Scalars.Of(0.05f)).add_(Scalars.Of(1L), Scalars.Of(1L));
             return r.to(s.DType);
         }
 
@@ -131,9 +131,9 @@ public static class SyntheticModel
             if (qkvBias)
             {
                 // Biases larger than the weights so that a forward ignoring them is visibly wrong.
-                tensors[p + "self_attn.q_proj.bias"] = Rand(q).mul_(10);
-                tensors[p + "self_attn.k_proj.bias"] = Rand(kv).mul_(10);
-                tensors[p + "self_attn.v_proj.bias"] = Rand(kv).mul_(10);
+                tensors[p + "self_attn.q_proj.bias"] = Rand(q).mul_(Scalars.Of(10L));
+                tensors[p + "self_attn.k_proj.bias"] = Rand(kv).mul_(Scalars.Of(10L));
+                tensors[p + "self_attn.v_proj.bias"] = Rand(kv).mul_(Scalars.Of(10L));
             }
             tensors[p + "self_attn.o_proj.weight"] = Rand(s.HiddenSize, q);
             tensors[p + "mlp.gate_proj.weight"] = Rand(s.IntermediateSize, s.HiddenSize);
@@ -180,26 +180,26 @@ public static class SyntheticModel
     {
         long h = s.HiddenSize, f = s.IntermediateSize;
         var t = new SortedDictionary<string, Tensor>(StringComparer.Ordinal);
-        Tensor Rand(float scale, params long[] shape) => randn(shape, generator: g).mul_(scale).to(s.DType);
+        Tensor Rand(float scale, params long[] shape) => randn(shape, generator: g).mul_(Scalars.Of(scale)).to(s.DType);
         t["transformer.wte.weight"] = Rand(0.02f, s.VocabSize, h);
         t["transformer.wpe.weight"] = Rand(0.01f, s.MaxPositions, h);
         for (int i = 0; i < s.Layers; i++)
         {
             string p = $"transformer.h.{i}.";
-            t[p + "ln_1.weight"] = Rand(0.05f, h).add_(1);
+            t[p + "ln_1.weight"] = Rand(0.05f, h).add_(Scalars.Of(1L), Scalars.Of(1L));
             t[p + "ln_1.bias"] = Rand(0.05f, h);
             t[p + "attn.c_attn.weight"] = Rand(0.02f, h, 3 * h);
             t[p + "attn.c_attn.bias"] = Rand(0.05f, 3 * h);
             t[p + "attn.c_proj.weight"] = Rand(0.02f, h, h);
             t[p + "attn.c_proj.bias"] = Rand(0.05f, h);
-            t[p + "ln_2.weight"] = Rand(0.05f, h).add_(1);
+            t[p + "ln_2.weight"] = Rand(0.05f, h).add_(Scalars.Of(1L), Scalars.Of(1L));
             t[p + "ln_2.bias"] = Rand(0.05f, h);
             t[p + "mlp.c_fc.weight"] = Rand(0.02f, h, f);
             t[p + "mlp.c_fc.bias"] = Rand(0.05f, f);
             t[p + "mlp.c_proj.weight"] = Rand(0.02f, f, h);
             t[p + "mlp.c_proj.bias"] = Rand(0.05f, h);
         }
-        t["transformer.ln_f.weight"] = Rand(0.05f, h).add_(1);
+        t["transformer.ln_f.weight"] = Rand(0.05f, h).add_(Scalars.Of(1L), Scalars.Of(1L));
         t["transformer.ln_f.bias"] = Rand(0.05f, h);
         return t;
     }
@@ -234,13 +234,13 @@ public static class SyntheticModel
         void Rand(string name, float scale, params long[] shape)
         {
             using var scope = NewDisposeScope();
-            var r = randn(shape, generator: g).mul_(0.02f * scale);
+            var r = randn(shape, generator: g).mul_(Scalars.Of(0.02f * scale));
             writer.Add(name, r.to(s.DType));
         }
         void Norm(string name, long n)
         {
             using var scope = NewDisposeScope();
-            writer.Add(name, randn(n, generator: g).mul_(0.05f).add_(1).to(s.DType));
+            writer.Add(name, randn(n, generator: g).mul_(Scalars.Of(0.05f)).add_(Scalars.Of(1L), Scalars.Of(1L)).to(s.DType));
         }
         Rand("model.embed_tokens.weight", 1, s.VocabSize, s.HiddenSize);
         for (int i = 0; i < s.Layers; i++)

@@ -19,7 +19,7 @@ public static class BillmSolver
         var W = prep.W;
         var W0 = W.clone();
         var U = prep.U;
-        var denominators = o.Metric == SalienceMetric.HessianInverseDiagonal ? U.square().sum([0]) : U.diagonal();
+        var denominators = o.Metric == SalienceMetric.HessianInverseDiagonal ? U.Squared().sum([0]) : U.diagonal();
 
         long blocks = (n + B - 1) / B;
         var signs = zeros(m, n, dtype: ScalarType.Bool);
@@ -34,18 +34,18 @@ public static class BillmSolver
             using var blockScope = NewDisposeScope();
             long count = Math.Min(B, n - c0);
             var wb = W.narrow(1, c0, count);
-            var s = o.Metric == SalienceMetric.Magnitude ? wb : wb.square() / denominators.narrow(0, c0, count).square();
+            var s = o.Metric == SalienceMetric.Magnitude ? wb : wb.Squared() / denominators.narrow(0, c0, count).Squared();
             var target = o.SearchOnSalience ? s : wb;
 
             var salientCols = SearchSalient(target, s, o.MaxSalient);
             var m3 = zeros(m, count, dtype: ScalarType.Bool);
-            if (salientCols.numel() > 0) m3.index_fill_(1, salientCols, true);
+            if (salientCols.numel() > 0) m3.index_fill_(1, salientCols, Scalars.Of(true));
             var (m1, m2) = SearchSplit(target, m3);
 
             var pc = Binarize(wb, m1, 1, fp16: true);
             var ps = Binarize(wb, m2, 1, fp16: true);
             var pr = Binarize(wb, m3, 2, fp16: true);
-            var q = pc.Value + ps.Value + pr.Value;
+            var q = pc.Value.Plus(ps.Value).Plus(pr.Value);
             var p = prms[b];
             p.select(1, 0).copy_(pc.Mu[0]); p.select(1, 1).copy_(pc.Alpha[0]);
             p.select(1, 2).copy_(ps.Mu[0]); p.select(1, 3).copy_(ps.Alpha[0]);
@@ -66,7 +66,7 @@ public static class BillmSolver
 
         var salientIdx = salient.nonzero().squeeze(1);
         var dw = W0 - W;
-        var damped = prep.H + eye(n, dtype: prep.H.dtype) * prep.Lambda;
+        var damped = Scalars.Use(prep.Lambda, lambda => prep.H.Plus(eye(n, dtype: prep.H.dtype).mul(lambda)));
         double loss = dw.matmul(damped).mul_(dw).sum().to(ScalarType.Float64).item<double>();
         var result = new BinaryLinear
         {
@@ -95,9 +95,9 @@ public static class BillmSolver
         for (int k = 1; k < cap; k++)
         {
             using var trial = NewDisposeScope();
-            var m3 = zeros(m, count, dtype: ScalarType.Bool).index_fill_(1, order.narrow(0, 0, k), true);
-            var approx = Binarize(target, m3, 2).Value + Binarize(target, m3.logical_not(), 2).Value;
-            double e = (target - approx).square().mean().to(ScalarType.Float64).item<double>();
+            var m3 = zeros(m, count, dtype: ScalarType.Bool).index_fill_(1, order.narrow(0, 0, k), Scalars.Of(true));
+            var approx = Binarize(target, m3, 2).Value.Plus(Binarize(target, m3.logical_not(), 2).Value);
+            double e = (target - approx).Squared().mean().to(ScalarType.Float64).item<double>();
             if (e < best) { best = e; bestK = k; }
         }
         return order.narrow(0, 0, bestK).sort().Values;
@@ -122,11 +122,11 @@ public static class BillmSolver
             long hi = Math.Min(lo + 1, count - 1);
             double p = sortedHost[lo] + (sortedHost[hi] - sortedHost[lo]) * (pos - lo);
             using var trial = NewDisposeScope();
-            var below = magnitude.lt(p);
+            var below = Scalars.Use(p, threshold => magnitude.lt(threshold));
             var m1 = rest.logical_and(below);
             var m2 = rest.logical_and(below.logical_not());
-            var approx = Binarize(target, m1, 1).Value + Binarize(target, m2, 1).Value + salientPart;
-            double e = (target - approx).square().mean().to(ScalarType.Float64).item<double>();
+            var approx = Binarize(target, m1, 1).Value.Plus(Binarize(target, m2, 1).Value).Plus(salientPart);
+            double e = (target - approx).Squared().mean().to(ScalarType.Float64).item<double>();
             if (e < best)
             {
                 best = e;
@@ -146,7 +146,7 @@ public static class BillmSolver
     public static BinaryTerms Binarize(Tensor a, Tensor mask, int order, bool fp16 = false)
     {
         var maskF = mask.to(a.dtype);
-        var counts = maskF.sum([1]).clamp_min(1);
+        var counts = maskF.sum([1]).clamp_min(Scalars.Of(1L));
         var value = zeros_like(a);
         var mus = new Tensor[order];
         var alphas = new Tensor[order];
@@ -161,8 +161,8 @@ public static class BillmSolver
                 mu = mu.to(ScalarType.Float16).to(a.dtype);
                 alpha = alpha.to(ScalarType.Float16).to(a.dtype);
             }
-            var sign = (r - mu.unsqueeze(1)).ge(0);
-            value = value + maskF * BinaryLinear.Term(mu, alpha, sign);
+            var sign = (r - mu.unsqueeze(1)).ge(Scalars.Of(0L));
+            value = value.Plus(maskF * BinaryLinear.Term(mu, alpha, sign));
             mus[k] = mu; alphas[k] = alpha; signs[k] = sign;
         }
         return new BinaryTerms(value, mus, alphas, signs);

@@ -31,7 +31,7 @@ public sealed class BinaryLinear : SolvedLinear
 
     /// <summary>The value of one binary term: μ + α·(±1), computed exactly as the solver does.</summary>
     internal static Tensor Term(Tensor mu, Tensor alpha, Tensor sign) =>
-        mu.unsqueeze(1) + alpha.unsqueeze(1) * (sign.to(mu.dtype) * 2 - 1);
+        mu.unsqueeze(1).Plus(alpha.unsqueeze(1) * sign.to(mu.dtype).mul(Scalars.Of(2L)).sub(Scalars.Of(1L)));
 
     public override Tensor Dequantize(ScalarType dtype = ScalarType.Float32)
     {
@@ -50,7 +50,7 @@ public sealed class BinaryLinear : SolvedLinear
             var sparse = Sparse.narrow(1, c0, count);
             var concentrated = Term(p.select(1, 0), p.select(1, 1), s1);
             var spread = Term(p.select(1, 2), p.select(1, 3), s1);
-            var salient = Term(p.select(1, 4), p.select(1, 5), s1) + Term(p.select(1, 6), p.select(1, 7), residual.narrow(1, c0, count));
+            var salient = Term(p.select(1, 4), p.select(1, 5), s1).Plus(Term(p.select(1, 6), p.select(1, 7), residual.narrow(1, c0, count)));
             var v = where(sal, salient, where(sparse, spread, concentrated));
             w.narrow(1, c0, count).copy_(v);
         }

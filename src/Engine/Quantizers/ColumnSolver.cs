@@ -37,7 +37,7 @@ public static class ColumnSolver
         bool useP = D is not null && o.Alpha != 0;
         bool useR = o.UsesResComp;
         // C = X_f X_qᵀ = H + D from the undamped H, before dead-channel handling (reference).
-        var C = useR ? (D is null ? H.clone() : H + D) : null;
+        var C = useR ? (D is null ? H.clone() : H.Plus(D)) : null;
         var grid = o.Grid;
         if (grid.BlockSize is int fixedGroup && fixedGroup != g)
             throw new ArgumentException($"{layer}: the grid's blocks are {fixedGroup} columns; group size {o.GroupSize} was asked for");
@@ -133,10 +133,7 @@ public static class ColumnSolver
                 Q.select(1, c).copy_(q);
                 codes.select(1, c).copy_(code);
                 double ujj = U1[t, t].to(ScalarType.Float64).item<double>();
-                // Scalars held explicitly: a temporary one can be freed by the finalizer while
-                // libtorch reads it (TorchSharp's implicit conversions; see Models/Scalars).
-                using var ujjS = ujj.ToScalar();
-                var e = (w - q).div_(ujjS);
+                var e = Scalars.Use(ujj, u => (w - q).div_(u));
                 Err.select(1, t).copy_(e);
                 loss += e.pow(Scalars.Of(2L)).sum().to(ScalarType.Float64).item<double>();
 
@@ -190,8 +187,7 @@ public static class ColumnSolver
     internal static Tensor MultiplyTriu1(Tensor a, Tensor u, double alpha)
     {
         using var scope = NewDisposeScope();
-        using var alphaS = alpha.ToScalar();
-        var r = a.matmul(u.t()).triu(1).matmul(u).mul_(alphaS);
+        var r = Scalars.Use(alpha, s => a.matmul(u.t()).triu(1).matmul(u).mul_(s));
         return scope.MoveToOuter(r);
     }
 
@@ -199,7 +195,7 @@ public static class ColumnSolver
     static Tensor GroupIndex(long n, int g, SolverOptions o, Tensor? invperm)
     {
         if (o.GroupSize == -1) return zeros(n, dtype: ScalarType.Int32);
-        var k = o.ActOrder && !o.StaticGroups ? invperm! : arange(n, dtype: ScalarType.Int64);
-        return k.div(g, RoundingMode.floor).to(ScalarType.Int32);
+        var k = o.ActOrder && !o.StaticGroups ? invperm! : Scalars.Range(n, ScalarType.Int64);
+        return k.div(Scalars.Of(g), RoundingMode.floor).to(ScalarType.Int32);
     }
 }

@@ -27,7 +27,7 @@ public static class InverseCholesky
         using var diagonal = h.diagonal().clone();
         for (double d = damp; ; d = Math.Round(d + 0.01, 10), retries++)
         {
-            h.diagonal().add_(Models.Scalars.Of(d * mean));
+            Scalars.Use(d * mean, lambda => h.diagonal().add_(lambda, Scalars.One));
             var (lower, info) = linalg.cholesky_ex(h, false);
             h.diagonal().copy_(diagonal);
             bool ok = info.item<int>() == 0;

@@ -49,7 +49,7 @@ public sealed class QuantGrid : IColumnGrid
     }
 
     /// <summary>The representable range per row: [(0 − zero)·scale, (maxq − zero)·scale].</summary>
-    public (Tensor Min, Tensor Max) Range() => ((-Zero) * Scale, (MaxQ - Zero) * Scale);
+    public (Tensor Min, Tensor Max) Range() => ((-Zero) * Scale, (-Zero).add(Scalars.Of(MaxQ), Scalars.One) * Scale);
 
     Tensor IColumnGrid.Codes(Tensor x, long column) => Codes(x);
     Tensor IColumnGrid.Dequantize(Tensor codes, long column) => Dequantize(codes);

@@ -76,7 +76,7 @@ public sealed class QuantizedLinear : SolvedLinear
     {
         if (_contiguous is bool known) return known;
         using var scope = NewDisposeScope();
-        var expected = arange(Codes.shape[1], dtype: ScalarType.Int64).div(GroupSize, rounding_mode: RoundingMode.floor);
+        var expected = Scalars.Range(Codes.shape[1], ScalarType.Int64).div(Scalars.Of(GroupSize), rounding_mode: RoundingMode.floor);
         _contiguous = GIdx.shape[0] == expected.shape[0] && GIdx.to(ScalarType.Int64).eq(expected).all().item<bool>();
         return _contiguous.Value;
     }

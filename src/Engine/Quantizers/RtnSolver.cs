@@ -24,7 +24,7 @@ public static class RtnSolver
             grids.Add(grid);
             codes.Add(grid.Codes(slice, 0));
         }
-        var gIdx = arange(n, dtype: ScalarType.Int64).div(g, RoundingMode.floor).to(ScalarType.Int32);
+        var gIdx = Scalars.Range(n, ScalarType.Int64).div(Scalars.Of(g), RoundingMode.floor).to(ScalarType.Int32);
         var result = family.Assemble(cat(codes, 1).to(ScalarType.Byte), grids, gIdx, o, double.NaN, 0);
         foreach (var x in grids) x.Dispose();
         return result;

@@ -38,7 +38,7 @@ public sealed class SpqrLinear : SolvedLinear
     public static Tensor SecondLevel(Tensor codes, Tensor stats, int beta2)
     {
         long m = codes.shape[^1];
-        using var rows = arange(m, dtype: ScalarType.Int64).div(beta2, RoundingMode.floor);
+        using var rows = Scalars.Range(m, ScalarType.Int64).div(Scalars.Of(beta2), RoundingMode.floor);
         var s = stats.select(-1, 0).index_select(-1, rows);
         var z = stats.select(-1, 1).index_select(-1, rows);
         return s * (codes.to(ScalarType.Float32) - z);
@@ -51,14 +51,14 @@ public sealed class SpqrLinear : SolvedLinear
         long m = OutFeatures, n = InFeatures;
         var s = SecondLevel(ScaleCodes, ScaleStats, Options.StatGroupSize);   // [G, m]
         var z = SecondLevel(ZeroCodes, ZeroStats, Options.StatGroupSize);
-        var group = arange(n, dtype: ScalarType.Int64).div(g, RoundingMode.floor);
+        var group = Scalars.Range(n, ScalarType.Int64).div(Scalars.Of(g), RoundingMode.floor);
         var w = (Codes.to(ScalarType.Float32) - z.index_select(0, group).t()).mul_(s.index_select(0, group).t());
         if (OutlierCount > 0)
         {
             var offsets = RowOffsets.to(ScalarType.Int64);
             var counts = offsets.narrow(0, 1, m) - offsets.narrow(0, 0, m);
-            var rows = arange(m, dtype: ScalarType.Int64).repeat_interleave(counts);
-            var flat = rows * n + OutlierColumns.to(ScalarType.Int64);
+            var rows = Scalars.Range(m, ScalarType.Int64).repeat_interleave(counts);
+            var flat = rows.mul(Scalars.Of(n)).Plus(OutlierColumns.to(ScalarType.Int64));
             w.view(-1).index_put_(OutlierValues.to(ScalarType.Float32), flat);
         }
         var perm = Perm.to(ScalarType.Int64);

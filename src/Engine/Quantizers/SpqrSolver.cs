@@ -22,7 +22,7 @@ public static class SpqrSolver
         double maxq = (1 << o.Bits) - 1;
 
         // τ = τ_rel · mean_j(var(W[:, j]) / d_j²), the reference's relative threshold.
-        double tau = o.Outliers ? o.OutlierThreshold * (W.var(0, unbiased: true) / d.square()).mean().to(ScalarType.Float64).item<double>() : double.PositiveInfinity;
+        double tau = o.Outliers ? o.OutlierThreshold * (W.var(0, unbiased: true) / d.Squared()).mean().to(ScalarType.Float64).item<double>() : double.PositiveInfinity;
 
         int groups = (int)((n + beta1 - 1) / beta1), r = (int)((m + o.StatGroupSize - 1) / o.StatGroupSize);
         var codes = zeros(m, n, dtype: ScalarType.Byte);
@@ -54,19 +54,19 @@ public static class SpqrSolver
                 }
                 using var col = NewDisposeScope();
                 var w = W.select(1, j);
-                var code = (w / s.clamp_min(1e-9) + z).round_().clamp_(0, maxq);
+                var code = (w / s.clamp_min(Scalars.Of(1e-9))).Plus(z).round_().clamp_(Scalars.Of(0L), Scalars.Of(maxq));
                 var q = s * (code - z);
                 double dj = d[j].to(ScalarType.Float64).item<double>();
                 if (o.Outliers)
                 {
-                    var isOutlier = (w - q).div(dj).square().gt(tau);
+                    var isOutlier = Scalars.Use(dj, djS => Scalars.Use(tau, tauS => (w - q).div(djS).Squared().gt(tauS)));
                     // The stored value is fp16; compensate for exactly what the runtime will see.
                     q = where(isOutlier, w.to(ScalarType.Float16).to(w.dtype), q);
                     outlierMask.select(1, j).copy_(isOutlier);
                 }
-                var e = (w - q).div_(dj);
+                var e = Scalars.Use(dj, djS => (w - q).div_(djS));
                 codes.select(1, j).copy_(code);
-                loss += e.square().sum().to(ScalarType.Float64).item<double>();
+                loss += e.Squared().sum().to(ScalarType.Float64).item<double>();
                 w.copy_(q);
                 err.select(1, j - c0).copy_(e);
                 if (j + 1 < c1)
@@ -81,7 +81,7 @@ public static class SpqrSolver
 
         // CSR of the outliers, row-major, columns in the permuted order.
         var flat = outlierMask.view(-1).nonzero().squeeze(1);
-        var rows = flat.div(n, RoundingMode.floor);
+        var rows = flat.div(Scalars.Of(n), RoundingMode.floor);
         var offsets = cat([zeros(1, dtype: ScalarType.Int64), bincount(rows, minlength: m).cumsum(0)]).to(ScalarType.Int32);
         var values = W.view(-1).index_select(0, flat).to(ScalarType.Float16);
         var result = new SpqrLinear
@@ -91,9 +91,9 @@ public static class SpqrSolver
             ZeroCodes = scope.MoveToOuter(zeroCodes),
             ScaleStats = scope.MoveToOuter(scaleStats),
             ZeroStats = scope.MoveToOuter(zeroStats),
-            Perm = scope.MoveToOuter((prep.Perm ?? arange(n, dtype: ScalarType.Int64)).to(ScalarType.Int32)),
+            Perm = scope.MoveToOuter((prep.Perm ?? Scalars.Range(n, ScalarType.Int64)).to(ScalarType.Int32)),
             RowOffsets = scope.MoveToOuter(offsets),
-            OutlierColumns = scope.MoveToOuter(flat.remainder(n).to(ScalarType.Int32)),
+            OutlierColumns = scope.MoveToOuter(flat.remainder(Scalars.Of(n)).to(ScalarType.Int32)),
             OutlierValues = scope.MoveToOuter(values),
             Options = o,
             Loss = loss,
@@ -111,7 +111,7 @@ public static class SpqrSolver
         var same = xmin.eq(xmax);
         xmin = where(same, -1.0, xmin);
         xmax = where(same, 1.0, xmax);
-        var scale = (xmax - xmin) / ((1 << bits) - 1);
+        var scale = (xmax - xmin).div(Scalars.Of((long)((1 << bits) - 1)));
         return (scale, -xmin / scale);
     }
 
@@ -130,8 +130,8 @@ public static class SpqrSolver
         s2 = s2.to(ScalarType.Float16).to(ScalarType.Float32);
         z2 = z2.to(ScalarType.Float16).to(ScalarType.Float32);
         statsOut.copy_(stack([s2, z2], 1));
-        var rows = arange(m, dtype: ScalarType.Int64).div(beta2, RoundingMode.floor);
-        var code = (v / s2.index_select(0, rows).clamp_min(1e-9) + z2.index_select(0, rows)).round_().clamp_(0, (1 << bits) - 1);
+        var rows = Scalars.Range(m, ScalarType.Int64).div(Scalars.Of(beta2), RoundingMode.floor);
+        var code = (v / s2.index_select(0, rows).clamp_min(Scalars.Of(1e-9))).Plus(z2.index_select(0, rows)).round_().clamp_(Scalars.Of(0L), Scalars.Of((long)((1 << bits) - 1)));
         codesOut.copy_(code);
         var used = SpqrLinear.SecondLevel(codesOut, statsOut, beta2);
         return scope.MoveToOuter(used.to(v.dtype));
@@ -143,9 +143,9 @@ public static class SpqrSolver
     internal static Tensor WithoutCandidates(Tensor gw, Tensor d, int bits, double tau)
     {
         var reduction = LeaveOneOutReduction(gw, d, bits);
-        var candidate = reduction.gt(tau);
+        var candidate = Scalars.Use(tau, t => reduction.gt(t));
         var keep = candidate.logical_not();
-        var kept = keep.sum([1], keepdim: true).clamp_min(1);
+        var kept = keep.sum([1], keepdim: true).clamp_min(Scalars.Of(1L));
         var mean = where(keep, gw, 0.0).sum([1], keepdim: true) / kept;
         return where(candidate, mean.expand_as(gw), gw);
     }
@@ -158,8 +158,8 @@ public static class SpqrSolver
         Tensor Errors(Tensor x, Tensor dd)   // x [.., k'], dd broadcast: Σ ((x̂ − x)/d)² over the last dim
         {
             var (s, z) = MinMax(x, bits);
-            var q = s.unsqueeze(-1) * ((x / s.unsqueeze(-1).clamp_min(1e-9) + z.unsqueeze(-1)).round().clamp(0, maxq) - z.unsqueeze(-1));
-            return ((q - x) / dd).square().sum([-1]);
+            var q = s.unsqueeze(-1) * ((x / s.unsqueeze(-1).clamp_min(Scalars.Of(1e-9))).Plus(z.unsqueeze(-1)).round().clamp(Scalars.Of(0L), Scalars.Of(maxq)) - z.unsqueeze(-1));
+            return ((q - x) / dd).Squared().sum([-1]);
         }
         var baseline = Errors(gw, d);                                            // [m]
         if (k < 2) return zeros_like(gw);

@@ -121,7 +121,7 @@ public static class Hadamard
         using var i2 = eye(m, dtype: ScalarType.Float64);
         using var left = kron(cm, a);
         using var right = kron(i2, b);
-        return left + right;
+        return left.Plus(right);
     }
 
     /// <summary>Goethals–Seidel array on the circulants A, B, C, D of four sequences with zero
@@ -162,11 +162,11 @@ public static class Hadamard
         {
             _plan = plan;
             using var hm = Sylvester(plan.M);
-            _m = (hm / Math.Sqrt(plan.M)).to(ScalarType.Float32).DetachFromDisposeScope();
+            _m = hm.div(Scalars.Of(Math.Sqrt(plan.M))).to(ScalarType.Float32).DetachFromDisposeScope();
             if (!plan.BlockDiagonal && plan.K > 1)
             {
                 using var hk = Small(plan.K, plan.Kind);
-                _k = (hk / Math.Sqrt(plan.K)).to(ScalarType.Float32).DetachFromDisposeScope();
+                _k = hk.div(Scalars.Of(Math.Sqrt(plan.K))).to(ScalarType.Float32).DetachFromDisposeScope();
             }
         }
 

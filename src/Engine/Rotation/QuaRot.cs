@@ -50,8 +50,8 @@ public static class QuaRot
         var downPlan = o.DownProj ? Hadamard.Plan(f) : null;
         using var scope = NewDisposeScope();
         var q = ResidualRotation(residualPlan, o.Seed);                 // [d, d] fp64
-        var hHead = Hadamard.Sylvester(hd) / Math.Sqrt(hd);
-        var hDown = downPlan is null ? null : Hadamard.Matrix(downPlan) / downPlan.Norm;
+        var hHead = Hadamard.Sylvester(hd).div(Scalars.Of(Math.Sqrt(hd)));
+        var hDown = downPlan is null ? null : Hadamard.Matrix(downPlan).div(Scalars.Of(downPlan.Norm));
 
         Tensor Get(string name) => source.Load(name).to(ScalarType.Float64);
         var files = new List<string>();
@@ -130,7 +130,7 @@ public static class QuaRot
         using var scope = NewDisposeScope();
         var rng = new SplitMix64(seed);
         var signs = Enumerable.Range(0, plan.Size).Select(_ => (rng.Next() >> 63) == 0 ? 1.0 : -1.0).ToArray();
-        var q = tensor(signs).unsqueeze(1) * Hadamard.Matrix(plan) / plan.Norm;
+        var q = (tensor(signs).unsqueeze(1) * Hadamard.Matrix(plan)).div(Scalars.Of(plan.Norm));
         return scope.MoveToOuter(q);
     }
 

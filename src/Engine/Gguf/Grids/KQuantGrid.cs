@@ -68,7 +68,7 @@ public sealed class KQuantGrid : IColumnGrid
         var q = offset == 0
             ? v.add(m, Scalars.One).div_(d).round_().clamp_(Scalars.Of(0.0), Scalars.Of((double)max))
             : (v / d).round_().clamp_(Scalars.Of((double)-offset), Scalars.Of((double)(max - offset))).add_(Scalars.Of((double)offset), Scalars.One);
-        q = where(d.eq(0), _fallback.narrow(1, column, v.shape[1]), q);
+        q = where(d.eq(Scalars.Of(0L)), _fallback.narrow(1, column, v.shape[1]), q);
         if (vector) q = q.squeeze(1);
         return scope.MoveToOuter(q.to(x.dtype));
     }
