@@ -13,6 +13,8 @@ using static TorchSharp.torch;
 // that measures peak RSS of loading one checkpoint.
 CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
 CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
+// The kernels the tool uses (Torch/Numerics), before anything loads libtorch.
+DotQuant.Engine.Torch.Numerics.Apply();
 
 if (args.Length >= 3 && args[0] == "rss-load")
     return RssLoad.Child(args[1], args[2]);

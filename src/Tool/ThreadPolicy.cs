@@ -1,5 +1,5 @@
 using System.Globalization;
-using System.Runtime.InteropServices;
+using DotQuant.Engine.Torch;
 
 namespace DotQuant.Tool;
 
@@ -12,27 +12,15 @@ namespace DotQuant.Tool;
 /// .NET sees, which honours the process's affinity and a container's CPU quota (libgomp only honours
 /// the affinity: under a 2-CPU quota on a 64-core host it would start 64 threads); --threads and
 /// OMP_NUM_THREADS still win. Both must be in the C environment before libtorch (and its libgomp, which
-/// reads them once when loaded) is: .NET's Environment.SetEnvironmentVariable does not reach getenv
-/// on Unix, hence setenv.</summary>
+/// reads them once when loaded) is (see ProcessEnvironment).</summary>
 static class ThreadPolicy
 {
     public const string Variable = "OMP_WAIT_POLICY";
     public const string TeamVariable = "OMP_NUM_THREADS";
 
-    [DllImport("libc", EntryPoint = "setenv", SetLastError = true)]
-    static extern int SetEnv(string name, string value, int overwrite);
-
     public static void Apply()
     {
-        Set(Variable, "PASSIVE");
-        Set(TeamVariable, Environment.ProcessorCount.ToString(CultureInfo.InvariantCulture));
-    }
-
-    static void Set(string name, string value)
-    {
-        if (Environment.GetEnvironmentVariable(name) is { Length: > 0 }) return;
-        if (OperatingSystem.IsLinux() || OperatingSystem.IsMacOS())
-            SetEnv(name, value, 0);
-        Environment.SetEnvironmentVariable(name, value);
+        ProcessEnvironment.SetIfUnset(Variable, "PASSIVE");
+        ProcessEnvironment.SetIfUnset(TeamVariable, Environment.ProcessorCount.ToString(CultureInfo.InvariantCulture));
     }
 }

@@ -7,12 +7,12 @@ using Xunit;
 namespace DotQuant.Engine.Tests;
 
 /// <summary>Every method on stories260K gives the same tensors, bit for bit, and the same perplexities
-/// (and zero-shot scores) as the pipeline before the streaming rewrite: Golden/pipeline-pins.json was
-/// recorded with it (`dotquant-bench pins`). Tensors are compared by SHA-256 where this machine's
-/// libtorch computes like the recording machine (the numerics probe agrees); elsewhere the figures
-/// must agree to 1e-3. The output-adaptive cases were re-recorded once since, when OAC's per-sequence
-/// gradients went from one sequence at a time to chunks (issue 13; the same H̄ to fp32 rounding, see
-/// OutputAdaptiveChunkTests); every other case's tensors were unchanged by that re-recording.</summary>
+/// (and zero-shot scores) as the recording in Golden/pipeline-pins.json (`dotquant-bench pins`). Bytes
+/// are promised only between runs with the same numerics key (kernels and thread count, Torch/Numerics):
+/// with the recording's key — any x86-64 AVX2 machine in portable mode at its thread count — every
+/// tensor's SHA-256 and every figure must be equal; with another key (another thread count, native
+/// kernels) libtorch's reductions and LAPACK round differently and move a few codes, so the figures are
+/// compared with the bounds stated in <see cref="AssertClose"/> and the tensors by dtype and shape.</summary>
 public class PipelinePinTests
 {
     static readonly JsonNode Pins = JsonNode.Parse(File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "Golden", "pipeline-pins.json")))!;
@@ -35,14 +35,15 @@ public class PipelinePinTests
         File.WriteAllText(dir.File("quant.yaml"), yaml);
         var r = QuantizeJob.Run(ManifestParser.Load(dir.File("quant.yaml")), dir.File("build"));
 
-        bool exact = TensorPins.NumericsProbe() == (string)Pins["numerics_probe"]!;
-        AssertClose((double)pin["perplexity_before"]!, r.Before!.Perplexity, exact, "perplexity before");
-        AssertClose((double)pin["perplexity_after"]!, r.After!.Perplexity, exact, "perplexity after");
+        bool exact = TensorPins.Numerics() == (string)Pins["numerics"]!;
+        double ppl = (double)pin["tolerance"]!["perplexity"]!, acc = (double)pin["tolerance"]!["accuracy"]!;
+        AssertClose((double)pin["perplexity_before"]!, r.Before!.Perplexity, exact, ppl * Math.Abs((double)pin["perplexity_before"]!), "perplexity before");
+        AssertClose((double)pin["perplexity_after"]!, r.After!.Perplexity, exact, ppl * Math.Abs((double)pin["perplexity_after"]!), "perplexity after");
         if (pin["piqa"] is { } piqa)
         {
-            AssertClose((double)piqa["acc_before"]!, r.TasksBefore[0].Acc, exact, "piqa acc before");
-            AssertClose((double)piqa["acc_after"]!, r.TasksAfter[0].Acc, exact, "piqa acc after");
-            AssertClose((double)piqa["acc_norm_after"]!, r.TasksAfter[0].AccNorm!.Value, exact, "piqa acc_norm after");
+            AssertClose((double)piqa["acc_before"]!, r.TasksBefore[0].Acc, exact, acc, "piqa acc before");
+            AssertClose((double)piqa["acc_after"]!, r.TasksAfter[0].Acc, exact, acc, "piqa acc after");
+            AssertClose((double)piqa["acc_norm_after"]!, r.TasksAfter[0].AccNorm!.Value, exact, acc, "piqa acc_norm after");
         }
         var expected = pin["tensors"]!.AsObject().ToDictionary(kv => kv.Key, kv => (string)kv.Value!);
         var actual = TensorPins.Of(r.Output);
@@ -53,12 +54,21 @@ public class PipelinePinTests
             Assert.True(differing.Count == 0, $"{differing.Count} tensors differ: {string.Join(", ", differing.Take(8))}");
         }
         else
-            Assert.All(expected, kv => Assert.Equal(kv.Value.Split(':')[0], actual[kv.Key].Split(':')[0]));   // dtype and shape
+            // dtype and shape; SpQR's outlier list is as long as the outliers the numerics found (CSR), so its dtype only.
+            Assert.All(expected, kv => Assert.Equal(Layout(kv.Key, kv.Value), Layout(kv.Key, actual[kv.Key])));
     }
 
-    static void AssertClose(double expected, double actual, bool exact, string what)
+    static string Layout(string name, string pin)
     {
-        if (exact) Assert.True(expected == actual, $"{what}: {actual:R}, pinned {expected:R}");
-        else Assert.True(Math.Abs(actual - expected) <= 1e-3 * Math.Abs(expected), $"{what}: {actual:R}, pinned {expected:R}");
+        string layout = pin.Split(':')[0];
+        return name.EndsWith(".outliers", StringComparison.Ordinal) ? layout[..layout.IndexOf('[')] : layout;
+    }
+
+    /// <summary>Equal under the recording's numerics; otherwise within the case's recorded bound (Pins.Tolerance
+    /// in the bench: what native kernels and another thread count were measured to move).</summary>
+    static void AssertClose(double expected, double actual, bool exact, double bound, string what)
+    {
+        if (exact) Assert.True(expected == actual, $"{what}: {actual:R}, pinned {expected:R} (same numerics: {TensorPins.Numerics()})");
+        else Assert.True(Math.Abs(actual - expected) <= bound, $"{what}: {actual:R}, pinned {expected:R} ± {bound:G3} (numerics {TensorPins.Numerics()}, recorded with {Pins["numerics"]})");
     }
 }

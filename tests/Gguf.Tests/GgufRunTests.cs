@@ -24,17 +24,16 @@ public class GgufRunTests
         $"evaluate:\n  perplexity: {{ data: {EvalText}, sequence_length: 128, max_sequences: 8 }}\n";
 
     [Theory]
-    [InlineData("llama-tiny", "  method: gptq\n", "q4_k_m", false, 1e-3)]
-    [InlineData("llama-tiny", "  method: gptaq\n  compensation_aware: true\n", "q3_k_m", false, 1e-3)]
-    [InlineData("llama-tiny", "  method: rtn\n", "q4_0", false, 1e-3)]
+    [InlineData("llama-tiny", "  method: gptq\n", "q4_k_m", 1e-3)]
+    [InlineData("llama-tiny", "  method: gptaq\n  compensation_aware: true\n", "q3_k_m", 1e-3)]
+    [InlineData("llama-tiny", "  method: rtn\n", "q4_0", 1e-3)]
     // llama.cpp rounds activations to 8 bits in its k-quant matmuls (our eval does not). This file sat just
     // inside 0.1% until OAC's chunked H̄ (changes at fp32 rounding, issue 13) moved a few codes; it then
     // measured 0.101%. Twice the bound still catches a wrong byte (a mis-packed block costs far more).
-    [InlineData("llama-tiny", "  method: gptq\n  hessian: output_adaptive\n", "q5_k_m", false, 2e-3)]
-    [InlineData("stories260K", "  method: none\n", "f16", false, 1e-3)]
-    // A 64-wide model: 8-bit activations move its logits by ~1% in llama.cpp, enough to flip near-ties.
-    [InlineData("stories260K", "  method: gptq\n  act_order: true\n  static_groups: true\n", "q4_1", true, 1e-3)]
-    public void LlamaCppRunsWhatTheRunWrote(string model, string quantize, string type, bool nearTiesAllowed, double tolerance)
+    [InlineData("llama-tiny", "  method: gptq\n  hessian: output_adaptive\n", "q5_k_m", 2e-3)]
+    [InlineData("stories260K", "  method: none\n", "f16", 1e-3)]
+    [InlineData("stories260K", "  method: gptq\n  act_order: true\n  static_groups: true\n", "q4_1", 1e-3)]
+    public void LlamaCppRunsWhatTheRunWrote(string model, string quantize, string type, double tolerance)
     {
         using var dir = new TempDir();
         File.WriteAllText(dir.File("quant.yaml"), Manifest(Model(model), quantize, type));
@@ -66,8 +65,12 @@ public class GgufRunTests
             while (k < 64 && ourTokens[k] == llama[k]) k++;
             if (k < 64)
             {
-                // Where they part, the two candidates must be a tie within the forwards' arithmetic
-                // difference (llama.cpp multiplies quantized weights with 8-bit-quantized activations).
+                // Where they part, the two forwards must agree on every logit within what llama.cpp's
+                // 8-bit-quantized activations explain (2% of the logit range: measured up to ~1% on the
+                // 64-wide stories260K, 0.3% on llama-tiny), and the two candidates must be a tie within
+                // that difference. Which of two tied tokens wins depends on the last bits of both sides'
+                // kernels (an AVX2-only CPU parted at token 0 of the GPTAQ q3_k_m file: margin 0.0066,
+                // largest difference 0.0758), so a tie may part them anywhere; a wrong weight may not.
                 int[] seq = [.. prompt, .. llama.Take(k)];
                 using var w = LlamaCpp.Load(file, out var parameters, 256);
                 var theirs2 = LlamaCpp.Logits(w, parameters, seq)[^1];
@@ -76,8 +79,9 @@ public class GgufRunTests
                 var ours2 = logits[0, -1].data<float>().ToArray();
                 double gap = theirs2[llama[k]] - theirs2[ourTokens[k]];
                 double diff = theirs2.Zip(ours2, (a, b) => (double)Math.Abs(a - b)).Max();
-                Assert.True(nearTiesAllowed && gap <= 2 * diff,
-                    $"greedy generation parts at token {k}: llama.cpp {llama[k]}, ours {ourTokens[k]} (llama.cpp's margin {gap:G3}, largest logit difference {diff:G3})");
+                double range = ours2.Max() - ours2.Min();
+                Assert.True(diff <= 0.02 * range && gap <= 2 * diff,
+                    $"greedy generation parts at token {k}: llama.cpp {llama[k]}, ours {ourTokens[k]} (llama.cpp's margin {gap:G3}, largest logit difference {diff:G3}, logit range {range:G3})");
             }
         }
     }

@@ -38,12 +38,17 @@ public static class Fixtures
     /// <summary>Runs a program to completion and captures both streams.</summary>
     public static Task<ProcessResult> RunAsync(string file, params string[] args) => RunInAsync(file, null, null, args);
 
-    /// <summary>Runs a program in <paramref name="workingDirectory"/> with extra environment variables.</summary>
+    /// <summary>Runs a program in <paramref name="workingDirectory"/> with extra environment variables (an
+    /// empty value removes the variable the child would otherwise inherit).</summary>
     public static async Task<ProcessResult> RunInAsync(string file, IDictionary<string, string>? environment, string? workingDirectory, params string[] args)
     {
         var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
         if (workingDirectory is not null) psi.WorkingDirectory = workingDirectory;
-        foreach (var (k, v) in environment ?? new Dictionary<string, string>()) psi.Environment[k] = v;
+        foreach (var (k, v) in environment ?? new Dictionary<string, string>())
+        {
+            if (v.Length == 0) psi.Environment.Remove(k);
+            else psi.Environment[k] = v;
+        }
         foreach (var a in args) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();

@@ -178,36 +178,47 @@ public class BuildIntegrationTests(PackageFixture package)
             Assert.True(File.Exists(Path.Combine(app.Path, "bin", "Debug", tfm, "models", "multi", "model.safetensors")), tfm);
     }
 
+    /// <summary>Ctrl+C while the tool works: the build fails, the tool is gone, no output is left. The tool
+    /// is held in a known state rather than raced: the test holds the machine-wide quantization lock
+    /// (DOTQUANT_LOCK_FILE), so the tool started by the build waits for it, says so, and cannot finish
+    /// before the signal lands, however fast the machine (a run it could complete between its first
+    /// progress line and the signal once made this test see a successful build).</summary>
     [Fact]
     public async Task CtrlCStopsTheToolAndLeavesNoPartialOutput()
     {
         if (!OperatingSystem.IsLinux()) return;
-        using var app = package.CreateApp(Manifest("slow", quantize: "  method: gptaq\n  bits: 4\n  group_size: 16\n")
-            .Replace("samples: 8", "samples: 512").Replace("sequence_length: 64", "sequence_length: 512")
-            .Replace("data: calib.txt", $"data: {SharedPaths.Data("wikitext2-tokenized", "valid.tokens")}"));
+        using var app = package.CreateApp(Manifest("slow", quantize: "  method: gptaq\n  bits: 4\n  group_size: 16\n"));
+        WriteCalibration(app, 10);
         using var cache = new TempDir();
+        string lockFile = app.File("quantize.lock");
+        using var held = new FileStream(lockFile, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
         var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = app.Path };
         foreach (var a in new[] { "build", "-v", "n" }) psi.ArgumentList.Add(a);
         psi.Environment["NUGET_PACKAGES"] = package.Packages;
         psi.Environment["DOTQUANT_CACHE"] = cache.Path;
+        psi.Environment["DOTQUANT_LOCK_FILE"] = lockFile;
         using var build = System.Diagnostics.Process.Start(psi)!;
         var output = new System.Text.StringBuilder();
         string? line;
         while ((line = await build.StandardOutput.ReadLineAsync()) is not null)
         {
             output.AppendLine(line);
-            if (line.Contains("DotQuant: [")) break;     // the tool is inside the layer loop
+            if (line.Contains("another quantization is running")) break;     // the tool is alive and waiting
         }
-        Assert.NotNull(line);
+        Assert.True(line is not null, output.ToString());
         using (var kill = System.Diagnostics.Process.Start("kill", ["-INT", build.Id.ToString()])) await kill!.WaitForExitAsync();
         output.Append(await build.StandardOutput.ReadToEndAsync());
         await build.WaitForExitAsync();
         Assert.NotEqual(0, build.ExitCode);
         Assert.Contains("MSB5021", output.ToString());            // MSBuild terminated the tool
-        await Task.Delay(500);
-        Assert.DoesNotContain(System.IO.Directory.GetDirectories("/proc"), d =>
+        // The kill is sent before MSBuild logs MSB5021; the kernel reaps the process right after. Bounded wait
+        // for that state (a live tool after 30 s is a failure, not a slow machine).
+        bool ToolAlive() => System.IO.Directory.GetDirectories("/proc").Any(d =>
             int.TryParse(Path.GetFileName(d), out _) && File.Exists(Path.Combine(d, "cmdline")) &&
             SafeRead(Path.Combine(d, "cmdline")).Contains(package.Packages) && SafeRead(Path.Combine(d, "cmdline")).Contains("dotnet-quantize"));
+        var deadline = System.Diagnostics.Stopwatch.StartNew();
+        while (ToolAlive() && deadline.Elapsed < TimeSpan.FromSeconds(30)) await Task.Delay(50);
+        Assert.False(ToolAlive(), "dotnet-quantize outlived the cancelled build");
         // No output folder (a killed writer only leaves a hidden temp folder, swept by the next run).
         Assert.Empty(Directory.GetDirectories(cache.Path, "slow", SearchOption.AllDirectories));
     }

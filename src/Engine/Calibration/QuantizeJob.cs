@@ -225,8 +225,9 @@ public static class QuantizeJob
         return files;
     }
 
-    /// <summary>SHA-256 over everything that determines the output: engine version, scheme, layer
-    /// rules, output settings, evaluation settings and the content of every input file.</summary>
+    /// <summary>SHA-256 over everything that determines the output: engine version, numerics (kernels and
+    /// thread count), scheme, layer rules, output settings, evaluation settings and the content of every
+    /// input file.</summary>
     public static string Fingerprint(QuantManifest m, FileDigests? digests = null)
     {
         digests ??= new FileDigests(null);
@@ -239,6 +240,8 @@ public static class QuantizeJob
             AddText(digests.Of(path));
         }
         AddText(EngineVersion);
+        // The kernels' code paths and the thread count decide the last bits (Torch/Numerics).
+        AddText(Numerics.Key(get_num_threads()));
         AddText(scheme.ToJsonString());
         foreach (var r in m.Quantize.Layers) AddText($"{r.Match}|{r.Bits}|{r.GroupSize}|{r.Skip}");
         AddText($"{m.Output.Name}|{m.Output.Format}");

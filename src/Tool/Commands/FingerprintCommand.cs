@@ -7,7 +7,8 @@ using DotQuant.Tool.Packaging;
 namespace DotQuant.Tool.Commands;
 
 /// <summary><c>dotnet-quantize fingerprint quant.yaml</c>: the content hash of everything a run
-/// reads (the build integration's cache key) and the files behind it. Touches no tensor math.</summary>
+/// reads (the build integration's cache key) and the files behind it. Touches no tensor math (libtorch
+/// is loaded only for its thread count, part of the key: Torch/Numerics).</summary>
 public static class FingerprintCommand
 {
     public static Command Create(TextWriter stdout)
@@ -24,6 +25,7 @@ public static class FingerprintCommand
                 {
                     ["fingerprint"] = fp,
                     ["key"] = RunCommand.CacheKey(fp),
+                    ["numerics"] = DotQuant.Engine.Torch.Numerics.Key(TorchSharp.torch.get_num_threads()),
                     ["name"] = m.Output.Name,
                     ["embed"] = m.Output.Embed,
                     ["inputs"] = new JsonArray(QuantizeJob.InputFiles(m).Select(f => (JsonNode)f).ToArray()),
