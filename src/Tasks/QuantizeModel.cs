@@ -87,7 +87,10 @@ namespace DotQuant.MSBuild
                     Log.LogMessage(MessageImportance.Normal, "DotQuant: [{0}/{1}] {2}", Number(singleLine, "index"), Number(singleLine, "total"), Field(singleLine, "layer"));
                     break;
                 case "warning":
-                    Log.LogWarning(null, "DQ0180", null, Manifest, 0, 0, 0, 0, message ?? "");
+                    // A warning that carries its own code ("DQ0161: ...") keeps it; others are DQ0180.
+                    var coded = Regex.Match(message ?? "", "^(DQ[0-9]{4}): (.*)$", RegexOptions.Singleline);
+                    if (coded.Success) Log.LogWarning(null, coded.Groups[1].Value, null, Manifest, 0, 0, 0, 0, coded.Groups[2].Value);
+                    else Log.LogWarning(null, "DQ0180", null, Manifest, 0, 0, 0, 0, message ?? "");
                     break;
                 case "waiting":
                     Log.LogMessage(MessageImportance.High, "DotQuant: {0}", message ?? "");

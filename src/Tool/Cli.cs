@@ -74,6 +74,13 @@ public static class Cli
             stderr.WriteLine("error DQ0901: cancelled");
             return ExitCodes.Cancelled;
         }
+        catch (Exception e) when (DotQuant.Engine.IO.DiskSpace.IsFull(e))
+        {
+            // A write outside a run's own handling (a report, a pack) met a full disk: say so, not DQ0900.
+            stderr.WriteLine($"error {ErrorCodes.DiskFull}: no space left on the device: {e.Message}");
+            if (IsDiag(verbosity)) stderr.WriteLine(e);
+            return ExitCodes.UserError;
+        }
         catch (Exception e)
         {
             stderr.WriteLine($"error {ErrorCodes.Internal}: internal error: {e.GetType().Name}: {e.Message}{(IsDiag(verbosity) ? "" : " (run with -v diag for the stack trace)")}");

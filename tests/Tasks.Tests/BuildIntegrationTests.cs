@@ -223,6 +223,69 @@ public class BuildIntegrationTests(PackageFixture package)
         Assert.Empty(Directory.GetDirectories(cache.Path, "slow", SearchOption.AllDirectories));
     }
 
+    /// <summary>Four builds of four apps with the same manifest, one shared cache, all at once: one
+    /// quantizes, the other three wait on the cache entry's lock and take the hit; the entry is whole and
+    /// every app ships its bytes. The order is held, not raced: the test holds the machine lock until every
+    /// build is waiting (the one that got the entry waits for the machine, the others for the entry).</summary>
+    [Fact]
+    public async Task FourBuildsOfTheSameManifestAtOnceQuantizeOnceAndShareOneEntry()
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        using var cache = new TempDir();
+        var apps = Enumerable.Range(0, 4).Select(_ => package.CreateApp(Manifest("shared"))).ToList();
+        try
+        {
+            foreach (var a in apps) WriteCalibration(a, 10);
+            string lockFile = cache.File("quantize.lock");
+            var held = new FileStream(lockFile, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+            var builds = apps.Select(a =>
+            {
+                var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = a.Path };
+                foreach (var arg in new[] { "build", "-v", "n" }) psi.ArgumentList.Add(arg);
+                psi.Environment["NUGET_PACKAGES"] = package.Packages;
+                psi.Environment["DOTQUANT_CACHE"] = cache.Path;
+                psi.Environment["DOTQUANT_LOCK_FILE"] = lockFile;
+                return System.Diagnostics.Process.Start(psi)!;
+            }).ToList();
+            var outputs = builds.Select(_ => new System.Text.StringBuilder()).ToList();
+            var waiting = builds.Select(_ => new TaskCompletionSource()).ToList();
+            var readers = builds.Select((b, i) => Task.Run(async () =>
+            {
+                string? line;
+                while ((line = await b.StandardOutput.ReadLineAsync()) is not null)
+                {
+                    lock (outputs[i]) outputs[i].AppendLine(line);
+                    if (line.Contains("another quantization is running") || line.Contains("another build is quantizing the same inputs")) waiting[i].TrySetResult();
+                }
+                waiting[i].TrySetResult();
+            })).ToList();
+            var all = Task.WhenAll(waiting.Select(w => w.Task));
+            Assert.True(await Task.WhenAny(all, Task.Delay(TimeSpan.FromMinutes(5))) == all, "every build should be waiting: " + string.Join("\n----\n", outputs));
+            held.Dispose();
+            foreach (var b in builds) await b.WaitForExitAsync();
+            await Task.WhenAll(readers);
+            var logs = outputs.Select(o => o.ToString()).ToList();
+            Assert.All(builds, b => Assert.Equal(0, b.ExitCode));
+            Assert.Equal(1, logs.Count(l => l.Contains("DotQuant: [")));             // one build quantized
+            Assert.Equal(3, logs.Count(l => l.Contains("DotQuant: cache hit")));      // three used its entry
+            Assert.Equal(3, logs.Count(l => l.Contains("another build is quantizing the same inputs")));
+
+            string entry = Assert.Single(Directory.GetDirectories(cache.Path).Where(d => !Path.GetFileName(d).StartsWith('.')));
+            var sealFiles = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(entry, "shared.entry.json")))!["files"]!.AsObject();
+            foreach (var (file, expected) in sealFiles)
+            {
+                string sealedHash = (string)expected!["sha256"]!;
+                Assert.Equal(sealedHash, Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(Path.Combine(entry, "shared", file)))));
+                foreach (var a in apps)
+                    Assert.Equal(sealedHash, Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(Path.Combine(a.Path, "bin", "Debug", "net10.0", "models", "shared", file)))));
+            }
+        }
+        finally
+        {
+            foreach (var a in apps) a.Dispose();
+        }
+    }
+
     static string SafeRead(string path)
     {
         try { return File.ReadAllText(path); } catch (IOException) { return ""; } catch (UnauthorizedAccessException) { return ""; }

@@ -41,6 +41,8 @@ public sealed record RunOptions
     public long? MaxMemory { get; init; }
     /// <summary>Per-file digests memoized in the cache (the fingerprint of a large model is not re-read).</summary>
     public FileDigests? Digests { get; init; }
+    /// <summary>Sees the finished output folder just before it is swapped into place (a cache seals it).</summary>
+    public Action<string>? BeforePublish { get; init; }
 }
 
 /// <summary><c>dotnet quantize run</c>: manifest → plan → streaming model → evaluation before →
@@ -62,7 +64,26 @@ public static class QuantizeJob
 
     public static JobResult Run(QuantManifest m, string outputDir, Action<RunEvent>? onEvent = null, CancellationToken ct = default, RunOptions? options = null)
     {
-        options ??= new RunOptions();
+        var space = new SpaceNeeded();
+        try
+        {
+            return Run(m, outputDir, onEvent, ct, options ?? new RunOptions(), space);
+        }
+        catch (Exception e) when (e is not DotQuantException { Code: ErrorCodes.DiskFull } && DiskSpace.IsFull(e))
+        {
+            // Wherever the write failed (a shard, the resume point, the publish), the destination was not
+            // touched and the last completed block is kept for --resume.
+            throw DiskSpace.Full(outputDir, space.Bytes, e);
+        }
+    }
+
+    sealed class SpaceNeeded
+    {
+        public long? Bytes;
+    }
+
+    static JobResult Run(QuantManifest m, string outputDir, Action<RunEvent>? onEvent, CancellationToken ct, RunOptions options, SpaceNeeded space)
+    {
         var total = Stopwatch.StartNew();
         var (clock, timing) = PhaseClock.Start();
         using var timingScope = timing;
@@ -96,6 +117,11 @@ public static class QuantizeJob
         var memory = MemoryPlan.Predict(m, plan, model, limit, limitSource);
         Emit(new MemoryEvent(memory));
         memory.Check(m, plan, model);
+        var disk = SpacePlan.Predict(m, plan, model, run.Resumable);
+        space.Bytes = disk.Total;
+        Emit(new InfoEvent("disk", disk.Summary()));
+        // What a resumed run already wrote counts as written.
+        DiskSpace.Require(outputDir, disk.Total - FolderBytes(run.Root), $"{m.Output.Name} and its resume files ({disk.Summary()})");
         using var hessians = HessianSources.For(q, staged: memory.Stages > 0);
 
         // Evaluation before (a resumed run has the figures already).
@@ -180,6 +206,7 @@ public static class QuantizeJob
         bool gatePassed = evaluation.GatePassed(before, after);
 
         ct.ThrowIfCancellationRequested();
+        options.BeforePublish?.Invoke(run.Output);
         run.Publish(destination, options.ContentAddressed);
         Emit(new InfoEvent("output", destination));
         double seconds = total.Elapsed.TotalSeconds;
@@ -188,6 +215,9 @@ public static class QuantizeJob
             TasksBefore = tasksBefore, TasksAfter = tasksAfter, ResumedBlocks = first, Phases = Phases(clock, seconds),
         };
     }
+
+    static long FolderBytes(string folder) =>
+        Directory.Exists(folder) ? Directory.EnumerateFiles(folder, "*", SearchOption.AllDirectories).Sum(f => new FileInfo(f).Length) : 0;
 
     /// <summary>The run folder's key: the fingerprint's first 16 hex digits.</summary>
     public static string RunKey(string fingerprint) => fingerprint[(fingerprint.IndexOf(':') + 1)..][..16];

@@ -60,7 +60,9 @@ public static class ErrorCodes
     public const string OutputWrite = "DQ0152";
     public const string PackageRead = "DQ0153";
     public const string MemoryPlan = "DQ0154";
+    public const string DiskFull = "DQ0155";
     public const string CacheMiss = "DQ0160";
+    public const string CacheDamaged = "DQ0161";
     public const string QualityGate = "DQ0170";
     public const string Feed = "DQ0196";
 

@@ -5,6 +5,7 @@ using DotQuant.Engine.Calibration;
 using DotQuant.Engine.Formats;
 using DotQuant.Engine.IO;
 using DotQuant.Engine.Manifest;
+using DotQuant.Tool.Caching;
 using DotQuant.Tool.Packaging;
 
 namespace DotQuant.Tool.Commands;
@@ -34,25 +35,50 @@ public static class RunCommand
             long? limit = parse.GetValue(maxMemory) is { } text ? ByteSize.Parse(text, "--max-memory") : null;
 
             FileDigests? digests = null;
-            string? entry = null;
+            CacheEntry? entry = null;
+            FileLock? entryLock = null;
             if (parse.GetValue(cacheDir) is { } cache)
             {
                 digests = new FileDigests(Path.GetFullPath(cache));
                 string fingerprint = QuantizeJob.Fingerprint(m, digests);
                 digests.Save();
                 outDir = Path.Combine(Path.GetFullPath(cache), CacheKey(fingerprint));
-                entry = Path.Combine(outDir, m.Output.Name);
-                if (CacheHit() is { } code) return Task.FromResult(code);
-                if (parse.GetValue(requireCache))
+                entry = new CacheEntry(outDir, m.Output.Name);
+                // A good entry is used at once; a damaged one is looked at again under the entry's lock
+                // (another build may be replacing it) before it is moved aside.
+                if (entry.Verify(out _) == CacheEntry.State.Good) return Task.FromResult(CacheHit());
+                if (parse.GetValue(requireCache) && !Directory.Exists(entry.Folder))
                     throw new DotQuant.Engine.Diagnostics.DotQuantException(DotQuant.Engine.Diagnostics.ErrorCodes.CacheMiss,
                         $"no cache entry for {m.Output.Name} ({fingerprint}) in {cache}, and the cache is required (DotQuantRequireCache); build once without it to fill the cache", m.Path);
+                // One writer per entry: concurrent builds of the same manifest wait here and take the hit.
+                entryLock = FileLock.Acquire(entry.LockFile, m.Path,
+                    holder => $"another build is quantizing the same inputs into the cache ({holder}); waiting to use its result",
+                    text => progress.Report(new InfoEvent("waiting", text)), ct);
+                switch (entry.Verify(out string problem))
+                {
+                    case CacheEntry.State.Good:
+                        entryLock.Dispose();
+                        return Task.FromResult(CacheHit());
+                    case CacheEntry.State.Damaged:
+                        progress.Report(new WarningEvent($"{DotQuant.Engine.Diagnostics.ErrorCodes.CacheDamaged}: the cache entry {entry.Folder} is damaged ({problem}); " +
+                                                         "it was moved aside and is computed again"));
+                        entry.MoveAside();
+                        break;
+                }
+                if (parse.GetValue(requireCache))
+                    throw new DotQuant.Engine.Diagnostics.DotQuantException(DotQuant.Engine.Diagnostics.ErrorCodes.CacheMiss,
+                        $"no usable cache entry for {m.Output.Name} ({fingerprint}) in {cache}, and the cache is required (DotQuantRequireCache); build once without it to fill the cache", m.Path);
             }
+            using var heldEntry = entryLock;
 
-            // A cache hit never waits; a run that waited may find its entry made by the run it waited for.
+            // Locks are taken entry first, machine second (never the other way round: no deadlock).
             using var machineLock = parse.GetValue(exclusive) ? MachineLock.Acquire(m.Path, text => progress.Report(new InfoEvent("waiting", text)), ct) : null;
-            if (machineLock is not null && entry is not null && CacheHit() is { } afterWait) return Task.FromResult(afterWait);
 
-            var options = new RunOptions { ContentAddressed = digests is not null, Resume = parse.GetValue(resume), MaxMemory = limit, Digests = digests };
+            var options = new RunOptions
+            {
+                ContentAddressed = digests is not null, Resume = parse.GetValue(resume), MaxMemory = limit, Digests = digests,
+                BeforePublish = entry is null ? null : entry.Seal,
+            };
             var result = QuantizeJob.Run(m, outDir, progress.Report, ct, options);
             if (m.Evaluate is not null)
             {
@@ -63,14 +89,14 @@ public static class RunCommand
             if (!result.GatePassed) GateError(stderr, m, result.Before!.Perplexity, result.After!.Perplexity);
             return Task.FromResult(result.GatePassed ? ExitCodes.Ok : ExitCodes.GateFailed);
 
-            int? CacheHit()
+            int CacheHit()
             {
-                if (!Directory.Exists(entry)) return null;
-                progress.Report(new InfoEvent("cache", $"cache hit: {entry}"));
+                string folder = entry!.Folder;
+                progress.Report(new InfoEvent("cache", $"cache hit: {folder} (every file verified against its seal)"));
                 // The entry keeps the measurements; the gate is the manifest's as it is now.
-                var recorded = PackageInfo.RecordedPerplexity(entry);
+                var recorded = PackageInfo.RecordedPerplexity(folder);
                 bool passed = m.Evaluate?.Gate is not { } gate || recorded is not { } p || gate.Judge(p.Before, p.After);
-                progress.Finish(new JobResult(entry, 0, null, null, passed, []), cached: true, recorded: recorded, manifest: m);
+                progress.Finish(new JobResult(folder, 0, null, null, passed, []), cached: true, recorded: recorded, manifest: m);
                 if (!passed) GateError(stderr, m, recorded!.Value.Before, recorded.Value.After);
                 return passed ? ExitCodes.Ok : ExitCodes.GateFailed;
             }
