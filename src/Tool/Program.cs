@@ -11,4 +11,5 @@ ThreadPolicy.Apply();
 AllocatorPolicy.Apply();
 CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
 CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
+GcStress.StartIfAsked(Console.Error);
 return Cli.Run(args, Console.Out, Console.Error);

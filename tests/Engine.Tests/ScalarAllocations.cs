@@ -31,7 +31,7 @@ public static class ScalarAllocations
         }
         if (scalarType.IsNil) throw new InvalidOperationException("TorchSharp.Scalar not found in " + assemblyPath);
 
-        var provider = new DocIdTypeProvider(md);
+        var provider = new DocIdTypeProvider();
         var methods = md.MethodDefinitions.ToList();
         var calls = new Dictionary<MethodDefinitionHandle, List<MethodDefinitionHandle>>();
         var creates = new HashSet<MethodDefinitionHandle>();
@@ -207,7 +207,7 @@ public static class ScalarAllocations
     }
 
     /// <summary>Types as documentation-comment IDs spell them.</summary>
-    sealed class DocIdTypeProvider(MetadataReader md) : ISignatureTypeProvider<string, object?>
+    sealed class DocIdTypeProvider : ISignatureTypeProvider<string, object?>
     {
         public string GetArrayType(string elementType, ArrayShape shape) =>
             elementType + "[" + string.Join(",", Enumerable.Range(0, shape.Rank).Select(_ => "0:")) + "]";

@@ -79,13 +79,31 @@ public sealed record ModelConfig
         JsonDocument doc;
         try
         {
-            doc = JsonDocument.Parse(File.ReadAllBytes(path), new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
+            byte[] bytes = File.ReadAllBytes(path);
+            // JsonDocument checks a string's UTF-8 only when it is read, as an InvalidOperationException.
+            if (!System.Text.Unicode.Utf8.IsValid(bytes))
+                throw new DotQuantException(ErrorCodes.ConfigMissing, "config.json is not valid UTF-8", path);
+            doc = JsonDocument.Parse(bytes, new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
         }
         catch (JsonException e)
         {
             throw new DotQuantException(ErrorCodes.ConfigMissing, $"config.json is not well-formed JSON: {e.Message}", path);
         }
-        using (doc) return Parse(doc.RootElement, path);
+        using (doc)
+        {
+            if (doc.RootElement.ValueKind != JsonValueKind.Object)
+                throw new DotQuantException(ErrorCodes.ConfigMissing, $"config.json must hold a JSON object, not {doc.RootElement.ValueKind}", path);
+            try
+            {
+                return Parse(doc.RootElement, path);
+            }
+            catch (InvalidOperationException e)
+            {
+                // A nested value of another type than the key's, or a string with a lone surrogate escape
+                // (found by the fuzzer): JsonElement reports both this way.
+                throw new DotQuantException(ErrorCodes.ConfigKey, $"config.json has a value of the wrong type or an invalid string: {e.Message}", path);
+            }
+        }
     }
 
     public static ModelConfig Parse(JsonElement root, string path)

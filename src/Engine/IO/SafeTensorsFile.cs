@@ -69,6 +69,9 @@ public sealed class SafeTensorsFile : IDisposable
         JsonDocument doc;
         try
         {
+            // JsonDocument checks a string's UTF-8 only when it is read (an InvalidOperationException then).
+            if (!System.Text.Unicode.Utf8.IsValid(header))
+                throw new DotQuantException(ErrorCodes.SafetensorsHeaderJson, "header is not valid UTF-8", path);
             doc = JsonDocument.Parse(header, new JsonDocumentOptions { MaxDepth = 8 });
         }
         catch (JsonException e)

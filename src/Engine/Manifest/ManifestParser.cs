@@ -30,20 +30,31 @@ public sealed class ManifestParser
     {
         if (!File.Exists(path))
             throw new DotQuantException(ErrorCodes.FileNotFound, $"manifest not found: {path}", path);
+        if (new FileInfo(path).Length > 4L * MaxBytes)
+            throw new DotQuantException(ErrorCodes.ManifestSyntax, $"the manifest is {new FileInfo(path).Length:N0} bytes; a quant.yaml is a few hundred (limit {MaxBytes:N0} characters)", path, line: 1, column: 1);
         return Parse(File.ReadAllText(path), path);
     }
 
     public static QuantManifest Parse(string yaml, string path)
     {
         var p = new ManifestParser(path);
+        p.Guard(yaml);
         var stream = new YamlStream();
+        var parser = new Parser(new StringReader(yaml));
         try
         {
-            stream.Load(new StringReader(yaml));
+            stream.Load(parser);
         }
         catch (YamlException e)
         {
             throw p.Error(ErrorCodes.ManifestSyntax, $"malformed YAML: {Inner(e).Message}", (int)e.Start.Line, (int)e.Start.Column);
+        }
+        catch (Exception e) when (e is InvalidOperationException or ArgumentException or FormatException or OverflowException)
+        {
+            // YamlDotNet's scanner gives up on some malformed input with a state error instead of a
+            // YamlException (found by the fuzzer: an unterminated flow sequence): still the manifest's fault.
+            var at = parser.Current?.Start;
+            throw p.Error(ErrorCodes.ManifestSyntax, "malformed YAML (the parser could not read past this point)", (int)(at?.Line ?? 1), (int)(at?.Column ?? 1));
         }
         if (stream.Documents.Count == 0 || stream.Documents[0].RootNode is not YamlMappingNode root)
             throw p.Error(ErrorCodes.ManifestSyntax, "the manifest must be a YAML mapping (version, model, quantize, ...)", 1, 1);
@@ -51,6 +62,42 @@ public sealed class ManifestParser
     }
 
     static Exception Inner(YamlException e) => e.InnerException is YamlException i ? Inner(i) : e;
+
+    /// <summary>Limits the YAML parser never checks: it recurses once per nesting level, so a manifest of
+    /// a few hundred kilobytes of '[' overflows the stack and kills the process (found by the fuzzer). A
+    /// manifest is a small hand-written file; these bounds are far beyond any real one.</summary>
+    const int MaxBytes = 1 << 20, MaxFlowDepth = 64, MaxIndent = 256;
+
+    void Guard(string yaml)
+    {
+        if (yaml.Length > MaxBytes)
+            throw Error(ErrorCodes.ManifestSyntax, $"the manifest is {yaml.Length:N0} characters long; a quant.yaml is a few hundred (limit {MaxBytes:N0})", 1, 1);
+        int depth = 0, line = 1, column = 0, indent = 0;
+        bool lineStart = true, comment = false;
+        char quote = '\0';
+        foreach (char c in yaml)
+        {
+            column++;
+            if (c == '\n') { line++; column = 0; indent = 0; lineStart = true; comment = false; continue; }
+            if (lineStart && c == ' ')
+            {
+                if (++indent > MaxIndent) throw Error(ErrorCodes.ManifestSyntax, $"indented more than {MaxIndent} columns", line, column);
+                continue;
+            }
+            lineStart = false;
+            if (comment) continue;
+            if (quote != '\0') { if (c == quote) quote = '\0'; continue; }
+            switch (c)
+            {
+                case '"' or '\'': quote = c; break;
+                case '#': comment = true; break;
+                case '[' or '{':
+                    if (++depth > MaxFlowDepth) throw Error(ErrorCodes.ManifestSyntax, $"nested more than {MaxFlowDepth} levels deep", line, column);
+                    break;
+                case ']' or '}': depth = Math.Max(0, depth - 1); break;
+            }
+        }
+    }
 
     QuantManifest Read(YamlMappingNode root)
     {

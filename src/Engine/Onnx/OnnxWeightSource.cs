@@ -47,21 +47,35 @@ public sealed class OnnxWeightSource : IWeightSource, IDisposable
         {
             throw new DotQuantException(ErrorCodes.OnnxModel, $"{path} is not an ONNX model: {e.Message}", path);
         }
-        var initializers = model.Graph.Initializer.ToDictionary(t => t.Name, StringComparer.Ordinal);
+        // Protobuf accepts any bytes that decode: a damaged file can lack its graph, repeat a name or give
+        // a weight the wrong rank (all found by the fuzzer). Each is the folder's fault, DQ0117.
+        if (model.Graph is null)
+            throw new DotQuantException(ErrorCodes.OnnxModel, $"{path} has no graph", path);
+        var initializers = new Dictionary<string, TensorProto>(StringComparer.Ordinal);
+        foreach (var t in model.Graph.Initializer)
+        {
+            if (!initializers.TryAdd(t.Name, t))
+                throw new DotQuantException(ErrorCodes.OnnxModel, $"{path} has two initializers named '{t.Name}'", path);
+            if (t.Dims.Any(d => d < 0 || d > int.MaxValue))
+                throw new DotQuantException(ErrorCodes.OnnxModel, $"initializer '{t.Name}' has a dimension out of range ({string.Join("×", t.Dims)})", path);
+        }
         var nbits = new Dictionary<string, NodeProto>(StringComparer.Ordinal);
         var shapes = new Dictionary<string, TensorShape>(StringComparer.Ordinal);
         var nbitsInputs = new HashSet<string>(StringComparer.Ordinal);
         foreach (var node in model.Graph.Node.Where(n => n.OpType == "MatMulNBits"))
         {
             string name = node.Name + ".weight";
-            nbits[name] = node;
+            if (!nbits.TryAdd(name, node))
+                throw new DotQuantException(ErrorCodes.OnnxModel, $"{path} has two MatMulNBits nodes named '{node.Name}'", path);
             shapes[name] = new TensorShape(ScalarType.Float32, [Attribute(node, "N", path), Attribute(node, "K", path)]);
             nbitsInputs.UnionWith(node.Input.Skip(1));
         }
         foreach (var t in model.Graph.Initializer.Where(t => !nbitsInputs.Contains(t.Name)))
         {
             if (t.Name.EndsWith(".weight_t", StringComparison.Ordinal))
-                shapes[t.Name[..^".weight_t".Length] + ".weight"] = new TensorShape(ScalarType.Float32, [t.Dims[1], t.Dims[0]]);
+                shapes[t.Name[..^".weight_t".Length] + ".weight"] = t.Dims.Count == 2
+                    ? new TensorShape(ScalarType.Float32, [t.Dims[1], t.Dims[0]])
+                    : throw new DotQuantException(ErrorCodes.OnnxModel, $"initializer '{t.Name}' is a transposed weight but has {t.Dims.Count} dimensions, not 2", path);
             else if (t.DataType == (int)TensorProto.Types.DataType.Float && t.DataLocation == TensorProto.Types.DataLocation.External && !t.Name.StartsWith("rotary.", StringComparison.Ordinal))
                 shapes[t.Name] = new TensorShape(ScalarType.Float32, t.Dims.ToArray());
         }
@@ -72,8 +86,8 @@ public sealed class OnnxWeightSource : IWeightSource, IDisposable
     }
 
     static long Attribute(NodeProto node, string name, string path) =>
-        node.Attribute.FirstOrDefault(a => a.Name == name)?.I
-        ?? throw new DotQuantException(ErrorCodes.OnnxModel, $"MatMulNBits node '{node.Name}' has no attribute {name}", path);
+        node.Attribute.FirstOrDefault(a => a.Name == name)?.I is long v && v is > 0 and <= int.MaxValue ? v
+        : throw new DotQuantException(ErrorCodes.OnnxModel, $"MatMulNBits node '{node.Name}' has no valid attribute {name}", path);
 
     public bool Contains(string name) => _shapes.ContainsKey(name);
 
@@ -123,9 +137,11 @@ public sealed class OnnxWeightSource : IWeightSource, IDisposable
         if (!_initializers.TryGetValue(name, out var t))
             throw new DotQuantException(ErrorCodes.OnnxModel, $"initializer '{name}' is missing", _modelPath);
         if (t.DataLocation != TensorProto.Types.DataLocation.External) return t.RawData.ToByteArray();
-        long offset = long.Parse(t.ExternalData.First(e => e.Key == "offset").Value, System.Globalization.CultureInfo.InvariantCulture);
-        long length = long.Parse(t.ExternalData.First(e => e.Key == "length").Value, System.Globalization.CultureInfo.InvariantCulture);
-        if (_data is null || offset < 0 || length < 0)
+        long Field(string key) =>
+            t.ExternalData.FirstOrDefault(e => e.Key == key) is { } entry && long.TryParse(entry.Value, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out long v)
+                ? v : throw new DotQuantException(ErrorCodes.OnnxModel, $"initializer '{name}' has no valid external-data {key}", _modelPath);
+        long offset = Field("offset"), length = Field("length");
+        if (_data is null || offset < 0 || length < 0 || length > Array.MaxLength)
             throw new DotQuantException(ErrorCodes.OnnxModel, $"initializer '{name}' points outside {OnnxPackageWriter.DataFile}", _modelPath);
         try
         {

@@ -72,7 +72,7 @@ public sealed class HfTokenizer
             throw new DotQuantException(ErrorCodes.TokenizerUnsupported, "BPE dropout makes tokenization random; it is not supported", path);
 
         var vocab = new Dictionary<string, int>(StringComparer.Ordinal);
-        foreach (var v in m.GetProperty("vocab").EnumerateObject()) vocab[v.Name] = v.Value.GetInt32();
+        foreach (var v in m.GetProperty("vocab").EnumerateObject()) vocab[v.Name] = TokenId(v.Value.GetInt32(), v.Name, path);
         var merges = new List<(string, string)>();
         foreach (var e in m.GetProperty("merges").EnumerateArray())
         {
@@ -93,7 +93,7 @@ public sealed class HfTokenizer
         var added = new List<AddedToken>();
         if (root.TryGetProperty("added_tokens", out var at) && at.ValueKind == JsonValueKind.Array)
             foreach (var a in at.EnumerateArray())
-                added.Add(new AddedToken(a.GetProperty("id").GetInt32(), a.GetProperty("content").GetString()!,
+                added.Add(new AddedToken(TokenId(a.GetProperty("id").GetInt32(), "added token", path), a.GetProperty("content").GetString()!,
                     a.TryGetProperty("special", out var sp) && sp.GetBoolean(),
                     a.TryGetProperty("lstrip", out var ls) && ls.GetBoolean(),
                     a.TryGetProperty("rstrip", out var rs) && rs.GetBoolean()));
@@ -107,6 +107,16 @@ public sealed class HfTokenizer
     }
 
     static JsonElement Prop(JsonElement e, string name) => e.TryGetProperty(name, out var v) ? v : default;
+
+    /// <summary>The largest vocabularies in use have a few hundred thousand entries; the id table is
+    /// allocated from the largest id, so a hostile file claiming id 2³¹−1 must be refused, not allocated
+    /// (found by the fuzzer, as was a negative id indexing before the table).</summary>
+    const int MaxTokenId = 1 << 24;
+
+    static int TokenId(int id, string token, string path) =>
+        id is >= 0 and < MaxTokenId ? id : throw new DotQuantException(ErrorCodes.TokenizerMalformed, $"token id {id} of '{Shorten(token)}' is outside 0..{MaxTokenId - 1}", path);
+
+    static string Shorten(string s) => s.Length <= 40 ? s : s[..40] + "…";
 
     /// <summary>BOS/EOS token strings from tokenizer_config.json (string or {content}).</summary>
     static (string? Bos, string? Eos) SpecialIds(string dir)
