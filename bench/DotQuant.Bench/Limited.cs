@@ -5,7 +5,7 @@ namespace DotQuant.Bench;
 
 /// <summary>Runs a command under a hard memory limit (a cgroup v1 memory controller or cgroup v2 as
 /// root; the kernel kills the process if it goes over) and samples its anonymous resident memory
-/// (RssAnon in /proc/PID/status) every 100 ms. Mapped checkpoint pages are file pages: they count
+/// (RssAnon in /proc/PID/status) every 20 ms. Mapped checkpoint pages are file pages: they count
 /// towards the cgroup's usage but the kernel drops them under pressure, so RssAnon is what decides
 /// whether a run fits.</summary>
 sealed class Limited
@@ -70,7 +70,7 @@ sealed class Limited
                     }
                 }
                 catch (IOException) { }
-                Thread.Sleep(100);
+                Thread.Sleep(20);
             }
         }) { IsBackground = true };
         sampler.Start();

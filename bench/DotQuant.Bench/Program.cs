@@ -27,7 +27,7 @@ bool quick = args.Contains("--quick");
 if (args.Length >= 4 && args[0] == "synthetic")
 {
     // synthetic DIR 7b|70b LAYERS: a checkpoint of that shape for manual runs.
-    var shape = args[2] == "70b" ? BigModel.Llama70B : BigModel.Llama7B;
+    var shape = args[2] switch { "70b" => BigModel.Llama70B, "tinyllama" => AuthorsGptq.TinyLlama.Shape, _ => BigModel.Llama7B };
     var sw = Stopwatch.StartNew();
     BigModel.Write(args[1], shape, int.Parse(args[3]), shared);
     Console.WriteLine($"wrote {args[1]} in {sw.Elapsed.TotalSeconds:F1} s");
@@ -48,6 +48,12 @@ if (args.Length >= 4 && args[0] == "limited")
     Console.WriteLine($"exit {r.ExitCode}, {r.Seconds:F1} s, peak RssAnon {r.PeakRssAnon / (double)(1L << 30):F2} GiB, peak RSS {r.PeakRss / (double)(1L << 30):F2} GiB, cgroup peak {(r.CgroupPeak ?? 0) / (double)(1L << 30):F2} GiB");
     if (r.ExitCode != 0) Console.WriteLine(r.Stderr);
     return r.ExitCode;
+}
+if (args.Length > 0 && args[0] == "reliability")
+{
+    // bench/reliability.md (issue 22): `reliability [gc-stress|chaos|disk-full|cache|fuzz|memory ...] [--out FILE]`.
+    Reliability.Run(shared, Path.GetFullPath(Path.Combine(benchDir, "..")), Option("--out") ?? Path.Combine(benchDir, "reliability.md"), args[1..]);
+    return 0;
 }
 if (args.Length > 0 && args[0] == "pins")
     return Pins.Run(shared, Option("--out") ?? Path.GetFullPath(Path.Combine(benchDir, "../tests/Engine.Tests/Golden/pipeline-pins.json")));

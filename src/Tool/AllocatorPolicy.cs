@@ -22,9 +22,16 @@ static class AllocatorPolicy
     [DllImport("libc", EntryPoint = "gnu_get_libc_version")]
     static extern IntPtr GlibcVersion();
 
+    /// <summary>keep: the thresholds only; trim (the default): the thresholds and a malloc_trim between the
+    /// calibration's phases (NativeHeap), so that what the heap keeps is what the memory plan counts;
+    /// glibc: neither. For the bench's comparison (bench/reliability.md, "Memory plan").</summary>
+    public const string Variable = "DOTQUANT_MALLOC";
+
     /// <summary>True when the thresholds were set.</summary>
     public static bool Apply()
     {
+        string mode = Environment.GetEnvironmentVariable(Variable) is { Length: > 0 } m ? m : "trim";
+        if (mode == "glibc") return false;
         if (!OperatingSystem.IsLinux() || UserSettings.Any(v => Environment.GetEnvironmentVariable(v) is { Length: > 0 })) return false;
         try
         {
@@ -34,6 +41,8 @@ static class AllocatorPolicy
         {
             return false;       // not glibc: its mallopt means something else or nothing
         }
-        return MallOpt(MmapThreshold, Threshold) == 1 & MallOpt(TrimThreshold, Threshold) == 1;
+        bool set = MallOpt(MmapThreshold, Threshold) == 1 & MallOpt(TrimThreshold, Threshold) == 1;
+        DotQuant.Engine.Torch.NativeHeap.TrimBetweenPhases = set && mode != "keep";
+        return set;
     }
 }

@@ -11,5 +11,4 @@ ThreadPolicy.Apply();
 AllocatorPolicy.Apply();
 CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
 CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
-GcStress.StartIfAsked(Console.Error);
 return Cli.Run(args, Console.Out, Console.Error);

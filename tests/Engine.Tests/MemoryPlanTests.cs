@@ -65,7 +65,8 @@ public class MemoryPlanTests
         Assert.True(p32.Peak < 6L << 30, p32.Summary());
         // One block of 7B as stored (bf16) and the 11008² down_proj statistics dominate, as they should.
         Assert.Equal(2L * (4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096), p32.Block);
-        Assert.True(p32.Solver > 4L * 11008 * 11008 * 4, p32.Summary());
+        // down_proj's solve: H, the factorization's L and H⁻¹ (then U), and the column loop's working set.
+        Assert.True(p32.Solver >= 3L * 11008 * 11008 * 4, p32.Summary());
     }
 
     [Fact]
@@ -74,9 +75,8 @@ public class MemoryPlanTests
         var fp32 = Plan(Manifest("  method: gptq\n"), 4);
         var bf16 = Plan(Manifest("  method: gptq\n", "  stream_dtype: bf16\n"), 4);
         var gptaq = Plan(Manifest("  method: gptaq\n"), 4);
-        long batch = 2L * 4096 * 4096 * 4;                       // the batch being advanced, always fp32
-        Assert.Equal((fp32.Streams - batch) / 2, bf16.Streams - batch);
-        Assert.Equal(2 * (fp32.Streams - batch), gptaq.Streams - batch);
+        Assert.Equal(fp32.Streams / 2, bf16.Streams);
+        Assert.Equal(2 * fp32.Streams, gptaq.Streams);
         Assert.True(gptaq.Block > fp32.Block, "GPTAQ keeps a float copy of the block");
     }
 
@@ -91,8 +91,9 @@ public class MemoryPlanTests
         Assert.Contains("stream_dtype: bf16", e.Message);
         var samples = int.Parse(System.Text.RegularExpressions.Regex.Match(e.Message, @"calibration\.samples: (\d+)").Groups[1].Value);
         Assert.InRange(samples, 100, 1023);
-        Assert.True(Plan(m.Replace(1024, samples), 2, 9L << 30).Peak <= 9L << 30);
-        Assert.True(Plan(m.Replace(1024, samples + 1), 2, 9L << 30).Peak > 9L << 30, "the advice is the largest count that fits");
+        // The limit must hold the plan (anonymous memory) and the mapped code (libtorch's, the runtime's).
+        Assert.True(Plan(m.Replace(1024, samples), 2, 9L << 30).Peak + MemoryPlan.CodeBytes <= 9L << 30);
+        Assert.True(Plan(m.Replace(1024, samples + 1), 2, 9L << 30).Peak + MemoryPlan.CodeBytes > 9L << 30, "the advice is the largest count that fits");
         Assert.Contains("--max-memory", e.Message);
 
         // Nothing in the manifest shrinks one block's solve: the message says so.

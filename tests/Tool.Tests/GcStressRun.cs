@@ -5,8 +5,8 @@ using System.Text.RegularExpressions;
 namespace DotQuant.Tests;
 
 /// <summary>Whole pipelines of the real tool under garbage-collector stress: a 64 KB gen0 budget
-/// (DOTNET_GCgen0size) and the tool's DOTQUANT_GC_STRESS thread forcing collections and finalizers all
-/// the time. Every calibrator, the evaluation (perplexity and a zero-shot task, before and after, read
+/// (DOTNET_GCgen0size) and a startup hook (tests/GcStressHook, loaded by DOTNET_STARTUP_HOOKS: no product
+/// code) whose thread forces collections and finalizers all the time. Every calibrator, the evaluation (perplexity and a zero-shot task, before and after, read
 /// back from what was written) and every output writer. A stressed run must finish, report that the
 /// stress ran, keep the rooted-Scalar cache small and (where compared) write the unstressed run's bytes.
 /// Shared by GcStressTests and the bench (many repetitions).</summary>
@@ -42,6 +42,9 @@ public static class GcStressRun
         return path;
     }
 
+    /// <summary>The hook assembly beside the calling assembly (test and bench outputs both carry it).</summary>
+    public static string Hook => Path.Combine(AppContext.BaseDirectory, "DotQuant.GcStressHook.dll");
+
     public static Outcome Run(string tool, string manifest, string output, bool stress)
     {
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
@@ -49,14 +52,14 @@ public static class GcStressRun
         if (stress)
         {
             psi.Environment["DOTNET_GCgen0size"] = "0x10000";
-            psi.Environment["DOTQUANT_GC_STRESS"] = "1";
+            psi.Environment["DOTNET_STARTUP_HOOKS"] = Hook;
         }
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         string stderr = p.StandardError.ReadToEnd();
         p.WaitForExit();
         _ = stdout.Result;
-        var m = Regex.Match(stderr, "gc-stress: (\\d+) forced collections in [0-9.]+ s, (\\d+) rooted Scalars");
+        var m = Regex.Match(stderr, "gc-stress: (\\d+) forced collections in [0-9.]+ s, (-?\\d+) rooted Scalars");
         string folder = Path.Combine(output, "out");
         var files = p.ExitCode == 0 && Directory.Exists(folder)
             ? Directory.GetFiles(folder, "*", SearchOption.AllDirectories).Order(StringComparer.Ordinal)

@@ -44,6 +44,7 @@ public sealed class Calibrator
         using var contexts = new ForwardContexts(Model);
         for (int b = firstBlock; b < Model.BlockCount; b++)
         {
+            NativeHeap.PhaseEnded();           // the previous block and its temporaries are freed
             var blockTime = Stopwatch.StartNew();
             DecoderBlock block;
             using (PhaseClock.Measure("load"))
@@ -54,10 +55,12 @@ public sealed class Calibrator
                 Model = Model, Block = block, Stream = stream!, Contexts = contexts, Planned = planned, Scratch = Scratch,
                 Events = Events, Cancellation = Cancellation,
             };
+            NativeHeap.Forward();
             using (PhaseClock.Measure("capture"))
                 Hessians.BeginBlock(work);
             foreach (var group in block.LinearGroups)
             {
+                NativeHeap.PhaseEnded();       // the previous group's statistics and solver copies are freed
                 var active = group.Where(l => planned.Contains(l.Name)).ToList();
                 foreach (var l in group.Where(l => !planned.Contains(l.Name)))
                     Report(new LayerReport(l.Name, b, l.InFeatures, l.OutFeatures, false, 16, 0, double.NaN, 0, 0));
@@ -65,9 +68,12 @@ public sealed class Calibrator
                 Cancellation.ThrowIfCancellationRequested();
                 var sw = Stopwatch.StartNew();
                 GroupStatistics stats;
+                NativeHeap.Forward();
                 using (PhaseClock.Measure("capture"))
                     stats = Hessians.Group(work, group, active);
                 using var ownedStats = stats;
+                NativeHeap.PhaseEnded();       // the forward's activations are freed; the solves come next
+                NativeHeap.Solving();
                 using var factors = new FactorCache();
                 double statSeconds = sw.Elapsed.TotalSeconds / active.Count;
                 foreach (var lin in active)
@@ -77,9 +83,11 @@ public sealed class Calibrator
                     var o = Plan.OptionsFor(lin.Name)!;
                     var (q, rtnLoss) = Solve(lin, stats.H(lin), stats.D(lin), o, stats.LastUser(lin, active), factors);
                     lin.UseSolved(q);          // later groups and the stream see the quantized weight
+                    NativeHeap.PhaseEnded();   // the solver's copies and factorization are freed
                     Report(Describe(lin, b, o, q, statSeconds + solve.Elapsed.TotalSeconds, rtnLoss));
                 }
             }
+            NativeHeap.Forward();
             using (PhaseClock.Measure("advance"))
             {
                 if (Hessians.NeedsCalibration && !Hessians.AdvanceStream(work)) stream!.Advance(block, contexts, Cancellation);

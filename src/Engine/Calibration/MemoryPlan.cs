@@ -15,8 +15,12 @@ namespace DotQuant.Engine.Calibration;
 /// batch's forward temporaries; evaluation holds one block, a pass of hidden states and the head.</summary>
 public sealed record MemoryPlan
 {
-    /// <summary>The .NET runtime with libtorch loaded (measured: ~0.35 GiB on Linux x64).</summary>
-    public const long RuntimeBytes = 400L << 20;
+    /// <summary>The anonymous memory of the .NET runtime with libtorch loaded, the tokenizer and the
+    /// calibration ids (measured: 63–97 MiB before the first tensor; libtorch's ~300 MB of code is file pages).</summary>
+    public const long RuntimeBytes = 96L << 20;
+    /// <summary>libtorch's code and the runtime's, mapped from files: not anonymous, but resident, so a
+    /// limit must leave room for them (measured: ~0.3 GiB of RSS beyond RssAnon).</summary>
+    public const long CodeBytes = 320L << 20;
 
     public long Runtime { get; init; } = RuntimeBytes;
     /// <summary>One block as stored (a solved linear keeps its codes and grids, less than bf16), plus
@@ -39,6 +43,11 @@ public sealed record MemoryPlan
     public long Evaluation { get; init; }
     /// <summary>The hidden states an evaluation pass may hold (fits the limit).</summary>
     public long EvaluationBudget { get; init; } = DefaultBudget;
+    /// <summary>The largest single tensor a forward batch allocates (the MLP intermediate of a batch, or
+    /// the head's logits slice when evaluating): larger allocations are rare and few (NativeHeap.Sizes).</summary>
+    public long LargestForwardTemporary { get; init; }
+    /// <summary>One forward batch's hidden states (batch tokens × hidden × 4 bytes).</summary>
+    public long BatchActivation { get; init; }
     public long? Limit { get; init; }
     public string LimitSource { get; init; } = "";
 
@@ -61,35 +70,56 @@ public sealed record MemoryPlan
         ["evaluation_budget_bytes"] = EvaluationBudget, ["limit_bytes"] = Limit, ["limit_source"] = LimitSource,
     };
 
-    /// <summary>The plan for a run of <paramref name="m"/> on <paramref name="model"/> (shapes only).</summary>
+    /// <summary>The solver's working set per weight at the end of the column loop: W, its original, Q, the
+    /// codes and error block, the assembled result and its dequantized weight, and what the heap keeps of
+    /// them between columns (measured on Llama-2-7B's down_proj, 11008 inputs: 31 to 36 bytes per weight
+    /// over eight blocks; the plan takes the largest).</summary>
+    const long SolverBytesPerWeight = 36;
+    /// <summary>The factorization's own copies per weight (W and its original, fp32).</summary>
+    const long FactorizationBytesPerWeight = 8;
+    /// <summary>One batch's MLP temporaries per token, in units of the intermediate size: gate, up, the
+    /// activation, the product and the next state's input (measured: 4.8 on Llama-2-7B, 2.7 on llama-tiny).</summary>
+    const long MlpWidths = 5;
+
+    /// <summary>The plan for a run of <paramref name="m"/> on <paramref name="model"/> (shapes only). Every
+    /// term is anonymous memory: the checkpoint's mapped pages and libtorch's code are file pages. The
+    /// coefficients were measured (docs/reliability.md, "Memory"); the bench's memory section checks the
+    /// plan against the measured peak per method.</summary>
     public static MemoryPlan Predict(QuantManifest m, RunPlan plan, DecoderModel model, long? limit = null, string limitSource = "")
     {
         var c = model.Config;
         var q = m.Quantize;
         long h = c.HiddenSize, f = c.IntermediateSize, v = c.VocabSize;
-        var planned = plan.Linears.Where(l => l.Options is not null).ToList();
+        long heads = c.NumHeads, kv = (long)c.NumKvHeads * c.HeadDim;
         bool calibrated = q.Scheme.NeedsCalibration;
         bool gptaq = q.NeedsFloatStream;
         long samples = calibrated ? m.Calibration!.Samples : 0, length = calibrated ? m.Calibration!.SequenceLength : 0;
         long tokens = samples * length;
         long batchTokens = calibrated ? Math.Max(length, Math.Min(tokens, ActivationStream.TokensPerBatch / Math.Max(1, length) * length)) : 0;
 
-        // One block: every tensor under the block prefix as stored.
+        // One block: every tensor under the block prefix as stored (GPTAQ also keeps its float copy).
         long storedBlock = Enumerable.Range(0, model.BlockCount).Max(b => StoredBytes(model, b));
         long block = storedBlock * (gptaq ? 2 : 1);
 
         long streamElement = m.Calibration?.Bf16Stream == true ? 2 : 4;
-        long streams = calibrated ? tokens * h * streamElement * (gptaq ? 2 : 1) + 2 * batchTokens * h * 4 : 0;
+        long streams = calibrated ? tokens * h * streamElement * (gptaq ? 2 : 1) : 0;
 
-        // The largest solve: the group's H (kept by the group unless the linear is its last user, whose
-        // solver consumes it), the solver's own H, three n² intermediates of the factorization (the
-        // inverse is symmetrized through a temporary), GPTAQ's D copy and P, ResComp's C and R, act
-        // order's permuted copy, and the solver's W (w0, W, Q in fp32 and the codes: 13 bytes per weight).
-        // Gathering statistics: the H being accumulated, the captured input, one batch's forward
-        // temporaries and a solved linear dequantized for its product (4 bytes per weight).
+        // One forward batch: attention's scores (sequences × heads × T², and half as much again for the
+        // softmax's temporaries: measured 1.5× on llama-tiny and a TinyLlama shape) with q, k, v and the
+        // output; or the MLP's wide temporaries. The larger of the two.
+        // QuaRot's online Hadamard before down_proj adds a transformed copy of the activation and its temporary.
+        long mlpWidths = MlpWidths + (q.Rotation is { DownProj: true } ? 2 : 0);
+        long Attention(long batch, long seqLen) => 3 * (batch / Math.Max(1, seqLen)) * heads * seqLen * seqLen * 4 / 2;
+        long Forward(long batch, long seqLen) =>
+            Math.Max(Attention(batch, seqLen) + batch * (2 * h + 2 * kv) * 4, mlpWidths * batch * f * 4);
+        long forward = calibrated ? Forward(batchTokens, length) : 0;
+
+        // Per group: gathering its statistics (the H being accumulated, GPTAQ's D, and one batch's forward)
+        // or solving a linear: the H the group keeps for its other linears, the solver's own H, the
+        // factorization (L and H⁻¹ at once, then U), GPTAQ's D copy and P, ResComp's C and R, act order's
+        // permuted copy, and the solver's working set per weight.
         long solver = 0, statistics = 0;
         long largest = model.LinearLayout(0).SelectMany(g => g).Max(l => l.OutFeatures * l.InFeatures);
-        long forward = batchTokens * (4 * f + 10 * h) * 4 + 4 * largest;
         var planOf = plan.Linears.ToDictionary(l => l.Linear.Name, StringComparer.Ordinal);
         for (int b = 0; b < model.BlockCount; b++)
             foreach (var group in model.LinearLayout(b))
@@ -98,42 +128,54 @@ public sealed record MemoryPlan
                 for (int i = 0; i < active.Count; i++)
                 {
                     var o = planOf[active[i].Name].Options!;
-                    long mm = active[i].OutFeatures, n = active[i].InFeatures, nn = n * n * 4;
+                    long mm = active[i].OutFeatures, n = active[i].InFeatures, nn = n * n * 4, weights = mm * n;
                     if (o.Kind == SolverKind.Rtn)
                     {
-                        solver = Math.Max(solver, 13 * mm * n);
+                        solver = Math.Max(solver, 13 * weights);
                         continue;
                     }
                     bool shared = q.Oac is null && i < active.Count - 1;
                     long held = (o.Kind != SolverKind.Gptq || shared ? 1 : 0) + (gptaq ? 1 : 0);
-                    long during = held + 1 + 3 + (o.ActOrder ? 1 : 0) + (gptaq ? 2 : 0) + (o.UsesResComp ? 2 : 0);
-                    solver = Math.Max(solver, during * nn + (13 + (o.UsesResComp ? 4 : 0)) * mm * n);
-                    if (calibrated) statistics = Math.Max(statistics, (gptaq ? 2 : 1) * (nn + batchTokens * n * 4) + forward);
+                    long extras = (o.ActOrder ? 1 : 0) + (gptaq ? 2 : 0) + (o.UsesResComp ? 2 : 0);
+                    long factorizing = (held + 1 + 2 + extras) * nn + FactorizationBytesPerWeight * weights;
+                    long columns = (held + 2 + extras) * nn + (SolverBytesPerWeight + (o.UsesResComp ? 4 : 0)) * weights;
+                    solver = Math.Max(solver, Math.Max(factorizing, columns));
+                    if (calibrated) statistics = Math.Max(statistics, (gptaq ? 2 : 1) * nn + forward);
                 }
             }
-        long activations = calibrated ? Math.Max(statistics, forward) : 0;
+        // GPTAQ advances two streams, the float one through the block's float copy: two forwards at once.
+        long activations = calibrated ? Math.Max(statistics, forward * (gptaq ? 2 : 1)) : 0;
 
         long oac = 0;
         if (q.Oac is not null && calibrated)
         {
             long perBlock = model.LinearLayout(0).SelectMany(g => g).Sum(l => l.InFeatures * l.InFeatures * 4);
             long hbar = perBlock;
-            long saved = Math.Min(OutputAdaptiveHessian.InMemoryActivations, tokens * h * 4 * model.BlockCount) + 2 * tokens * h * 4;
+            // The later blocks' saved inputs (on disk above the in-memory cap), and per token the output
+            // gradient, the block input being differentiated and its gradient.
+            long saved = Math.Min(OutputAdaptiveHessian.InMemoryActivations, tokens * h * 4 * model.BlockCount) + 3 * tokens * h * 4;
             // One chunk's autograd graph (short sequences are batched up to OutputAdaptiveHessian.ChunkTokens).
             long chunk = OutputAdaptiveHessian.SequencesPerChunk(length) * length;
-            long graph = chunk * (3 * f + 10 * h) * 4 * 3 + storedBlock * 2;
+            long graph = chunk * (3 * f + 10 * h) * 4 * 3 + 3 * Attention(chunk, length) + storedBlock * 2;
             oac = hbar + saved + graph;
         }
 
-        // Evaluation: one block (the largest linear made fp32 for its product), head, logits, one batch.
+        // Evaluation: one block (the largest linear made fp32 for its product), the fp32 head, a slice of
+        // logits, one batch's forward, and the hidden states of a pass (all of its windows, up to the budget).
         bool evaluates = m.Evaluate is not null;
-        long evalFixed = evaluates ? storedBlock + largest * 4 + v * h * 4 + (128L << 20) + 4096 * (4 * f + 10 * h) * 4 : 0;
+        long evalLength = m.Evaluate?.Perplexity?.SequenceLength ?? 2048, evalBatch = Math.Max(evalLength, 4096 / Math.Max(1, evalLength) * evalLength);
+        long logits = Math.Min(128L << 20, evalBatch * v * 4);
+        // The evaluation text is tokenized whole: the managed strings, pieces and ids cost about 16 bytes per byte of text.
+        long text = m.Evaluate?.Perplexity is { } ppl && File.Exists(ppl.Data) ? new FileInfo(ppl.Data).Length * 16 : 0;
+        long evalFixed = evaluates ? storedBlock + largest * 4 + v * h * 4 + logits + Forward(evalBatch, evalLength) + text : 0;
+        long evalTokens = m.Evaluate?.Perplexity is { MaxSequences: int windows } ? windows * evalLength : long.MaxValue / 16;
         long budget = evaluates ? DefaultBudget : 0;
         if (limit is long lim && evaluates)
         {
             long room = lim - RuntimeBytes - evalFixed;
             budget = Math.Clamp(room, 64L << 20, DefaultBudget);
         }
+        long hidden = evaluates ? Math.Min(budget, 2 * evalTokens * h * 4) : 0;
         // Staged layer-wise capture: a residual (hidden) and the widest group input per token, when that
         // still leaves a fifth of the limit free.
         long stages = 0;
@@ -141,13 +183,16 @@ public sealed record MemoryPlan
         {
             long widest = model.LinearLayout(0).SelectMany(g => g).Max(l => l.InFeatures);
             long bytes = tokens * (h + widest) * 4;
-            long rest = RuntimeBytes + Math.Max(block + streams + Math.Max(solver, activations) + oac, evalFixed + budget);
+            long rest = RuntimeBytes + Math.Max(block + streams + Math.Max(solver, activations) + oac, evalFixed + hidden);
             if (rest + bytes <= room80 / 5 * 4) stages = bytes;
         }
+        long largestTemporary = Math.Max(Math.Max(batchTokens, evaluates ? evalBatch : 0) * f * 4, Math.Max(largest * 4, evaluates ? logits : 0));
         return new MemoryPlan
         {
+            LargestForwardTemporary = largestTemporary,
+            BatchActivation = Math.Max(batchTokens, evaluates ? evalBatch : 0) * h * 4,
             Block = block, Streams = streams, Solver = solver, Activations = activations, OutputAdaptive = oac, Stages = stages,
-            Evaluation = evalFixed + budget, EvaluationBudget = budget, Limit = limit, LimitSource = limitSource,
+            Evaluation = evalFixed + hidden, EvaluationBudget = budget, Limit = limit, LimitSource = limitSource,
         };
     }
 
@@ -161,8 +206,8 @@ public sealed record MemoryPlan
     /// make it fit (each checked by planning the run again with it).</summary>
     public void Check(QuantManifest m, RunPlan plan, DecoderModel model)
     {
-        if (Limit is not long limit || Peak <= limit) return;
-        bool Fits(QuantManifest changed) => Predict(changed, plan, model, limit, LimitSource).Peak <= limit;
+        if (Limit is not long limit || Peak + CodeBytes <= limit) return;
+        bool Fits(QuantManifest changed) => Predict(changed, plan, model, limit, LimitSource).Peak + CodeBytes <= limit;
         var advice = new List<string>();
         if (m.Calibration is { } cal && Streams > 0)
         {
@@ -180,7 +225,7 @@ public sealed record MemoryPlan
             ? $"Settings that would fit: {string.Join("; or ", advice)}."
             : "No setting of the manifest makes it fit (one block and the largest linear's solve need this much): use a machine with more memory.";
         throw new DotQuantException(ErrorCodes.MemoryPlan,
-            $"{Summary()} exceeds the limit. {fix} Raise the limit with --max-memory if the estimate is too cautious.", m.Path);
+            $"{Summary()}, with {ByteSize.Format(CodeBytes)} of mapped code beside it, exceeds the limit. {fix} Raise the limit with --max-memory if the estimate is too cautious.", m.Path);
     }
 
     /// <summary>The memory this process may use: its cgroup's limit when there is one (v1 or v2), else MemAvailable.</summary>

@@ -117,6 +117,8 @@ public static class QuantizeJob
         var memory = MemoryPlan.Predict(m, plan, model, limit, limitSource);
         Emit(new MemoryEvent(memory));
         memory.Check(m, plan, model);
+        NativeHeap.Sizes(memory.BatchActivation, memory.LargestForwardTemporary + (1L << 20));
+        NativeHeap.Forward();
         var disk = SpacePlan.Predict(m, plan, model, run.Resumable);
         space.Bytes = disk.Total;
         Emit(new InfoEvent("disk", disk.Summary()));
