@@ -50,6 +50,30 @@ public class ResumeTests
         Assert.Empty(Directory.GetDirectories(dir.File("stopped"), ".out.*"));
     }
 
+    /// <summary>The last window of a run: every tensor written and put into the output folder, nothing
+    /// published yet. Writers that assemble one file in scratch (GGUF, ONNX's data) must leave it there,
+    /// or the next process finds a checkpoint whose file is gone (a chaos trial found this with SIGTERM).</summary>
+    [Theory]
+    [InlineData("  method: rtn\n  bits: 4\n  group_size: 32\n", "")]
+    [InlineData("  method: rtn\n", "  format: gguf\n  gguf: { type: q4_0 }\n")]
+    [InlineData("  method: rtn\n  bits: 4\n  group_size: 32\n", "  format: onnx\n")]
+    public void Stopped_just_before_publication_and_resumed_gives_the_same_bytes(string quantize, string output)
+    {
+        using var dir = new TempDir();
+        File.WriteAllText(dir.File("quant.yaml"), Manifest(quantize, output));
+        var m = ManifestParser.Load(dir.File("quant.yaml"));
+        var whole = QuantizeJob.Run(m, dir.File("whole"));
+
+        Assert.ThrowsAny<OperationCanceledException>(() => QuantizeJob.Run(m, dir.File("stopped"), null, default,
+            new RunOptions { Resume = true, BeforePublish = _ => throw new OperationCanceledException("stopped at publication") }));
+        Assert.False(Directory.Exists(dir.File("stopped/out")));
+
+        var resumed = QuantizeJob.Run(m, dir.File("stopped"), null, default, new RunOptions { Resume = true });
+        Assert.True(resumed.ResumedBlocks > 0);
+        Assert.Equal(Files(whole.Output), Files(resumed.Output));
+        Assert.Empty(Directory.GetDirectories(dir.File("stopped"), ".out.*"));
+    }
+
     [Fact]
     public void Without_resume_a_new_run_starts_over()
     {

@@ -143,8 +143,10 @@ public sealed record MemoryPlan
                     if (calibrated) statistics = Math.Max(statistics, (gptaq ? 2 : 1) * nn + forward);
                 }
             }
-        // GPTAQ advances two streams, the float one through the block's float copy: two forwards at once.
-        long activations = calibrated ? Math.Max(statistics, forward * (gptaq ? 2 : 1)) : 0;
+        // GPTAQ advances two streams, the float one through the block's float copy: two forwards at once,
+        // each with its captured group input.
+        long widestInput = model.LinearLayout(0).SelectMany(g => g).Max(l => l.InFeatures);
+        long activations = calibrated ? Math.Max(statistics, gptaq ? 2 * (forward + batchTokens * widestInput * 4) : forward) : 0;
 
         long oac = 0;
         if (q.Oac is not null && calibrated)
@@ -164,9 +166,11 @@ public sealed record MemoryPlan
         // logits, one batch's forward, and the hidden states of a pass (all of its windows, up to the budget).
         bool evaluates = m.Evaluate is not null;
         long evalLength = m.Evaluate?.Perplexity?.SequenceLength ?? 2048, evalBatch = Math.Max(evalLength, 4096 / Math.Max(1, evalLength) * evalLength);
-        long logits = Math.Min(128L << 20, evalBatch * v * 4);
-        // The evaluation text is tokenized whole: the managed strings, pieces and ids cost about 16 bytes per byte of text.
-        long text = m.Evaluate?.Perplexity is { } ppl && File.Exists(ppl.Data) ? new FileInfo(ppl.Data).Length * 16 : 0;
+        // Logits are formed ~128 MB at a time, with their log-softmax beside them.
+        long logits = 2 * Math.Min(128L << 20, evalBatch * v * 4);
+        // The evaluation text is tokenized whole: the managed strings, pieces and ids cost about 24 bytes per
+        // byte of text (measured on WikiText-2's 1.3 MB).
+        long text = m.Evaluate?.Perplexity is { } ppl && File.Exists(ppl.Data) ? new FileInfo(ppl.Data).Length * 24 : 0;
         long evalFixed = evaluates ? storedBlock + largest * 4 + v * h * 4 + logits + Forward(evalBatch, evalLength) + text : 0;
         long evalTokens = m.Evaluate?.Perplexity is { MaxSequences: int windows } ? windows * evalLength : long.MaxValue / 16;
         long budget = evaluates ? DefaultBudget : 0;
@@ -186,7 +190,7 @@ public sealed record MemoryPlan
             long rest = RuntimeBytes + Math.Max(block + streams + Math.Max(solver, activations) + oac, evalFixed + hidden);
             if (rest + bytes <= room80 / 5 * 4) stages = bytes;
         }
-        long largestTemporary = Math.Max(Math.Max(batchTokens, evaluates ? evalBatch : 0) * f * 4, Math.Max(largest * 4, evaluates ? logits : 0));
+        long largestTemporary = Math.Max(Math.Max(batchTokens, evaluates ? evalBatch : 0) * f * 4, Math.Max(largest * 4, evaluates ? logits / 2 : 0));
         return new MemoryPlan
         {
             LargestForwardTemporary = largestTemporary,

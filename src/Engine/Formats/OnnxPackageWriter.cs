@@ -112,7 +112,8 @@ public sealed class OnnxPackageWriter : PackageWriter
         model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = 17 });
         model.OpsetImport.Add(new OperatorSetIdProto { Domain = OnnxGraphBuilder.MicrosoftDomain, Version = 1 });
         _data.Dispose();
-        File.Move(_data.Path, Path.Combine(Folder, DataFile), overwrite: true);
+        // A link, not a move: a run stopped before its publication resumes from the scratch file.
+        FileLinks.LinkOrCopy(_data.Path, Path.Combine(Folder, DataFile));
         using (var f = File.Create(Path.Combine(Folder, ModelFile)))
             model.WriteTo(f);
         CopyTokenizerFiles(sourceModelDir);

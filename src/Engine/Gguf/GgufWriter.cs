@@ -1,4 +1,5 @@
 using System.Text;
+using DotQuant.Engine.IO;
 using DotQuant.Engine.Diagnostics;
 
 namespace DotQuant.Engine.Gguf;
@@ -155,7 +156,10 @@ public sealed class GgufWriter : IDisposable
         Append(bytes);
     }
 
-    /// <summary>Flushes to disk and renames the file into place.</summary>
+    /// <summary>Flushes to disk and puts the file into place: renamed when the temporary file is our own; a
+    /// resumable run's named file stays where it is and the destination becomes a second name for it (a
+    /// hard link, or a copy), because a run stopped between this point and its publication resumes from
+    /// the named file.</summary>
     public void Commit()
     {
         if (Expecting is { } t) throw new InvalidOperationException($"tensor '{t.Name}' and later ones were never written");
@@ -163,7 +167,8 @@ public sealed class GgufWriter : IDisposable
         {
             _stream.Flush(true);
             _stream.Dispose();
-            File.Move(_temp, _path, overwrite: true);
+            if (_ownsTemp) File.Move(_temp, _path, overwrite: true);
+            else FileLinks.LinkOrCopy(_temp, _path);
         });
         _committed = true;
     }
