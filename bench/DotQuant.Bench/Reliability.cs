@@ -14,7 +14,7 @@ namespace DotQuant.Bench;
 /// crashers, and the memory plan against measured peaks.</summary>
 static class Reliability
 {
-    public static readonly string[] SectionNames = ["gc-stress", "chaos", "disk-full", "cache", "fuzz", "memory", "memory-7b"];
+    public static readonly string[] SectionNames = ["gc-stress", "chaos", "disk-full", "cache", "fuzz", "memory", "memory-7b", "numerics"];
 
     public static void Run(string shared, string repo, string report, string[] args)
     {
@@ -35,6 +35,7 @@ static class Reliability
                 "fuzz" => Fuzz(int.Parse(Option(args, "--iterations") ?? "2000", CultureInfo.InvariantCulture)),
                 "memory" => Memory(shared, tool),
                 "memory-7b" => Memory7B(shared, tool, (Option(args, "--policies") ?? "trim,keep,glibc").Split(',')),
+                "numerics" => NumericsCost(shared, tool, int.Parse(Option(args, "--repeat") ?? "3", CultureInfo.InvariantCulture)),
                 _ => throw new ArgumentException(s),
             };
             Sections.Splice(report, marker, body);
@@ -116,10 +117,10 @@ static class Reliability
         sb.AppendLine();
         sb.AppendLine(Header("chaos", $" --trials {trials}") + $" llama-tiny, GPTQ, calibration 8 × 64 (tests/Tool.Tests/Chaos.cs). Per output format, the undisturbed run is the reference; each trial " +
             "starts the same `run --resume` in a fresh folder, sends the signal at a moment drawn uniformly (seeded) over the reference's duration, checks that nothing " +
-            "partial was published, runs the command again to completion and compares every file with the reference; no working folder may remain.");
+            "partial was published (a run stopped after its publication, while it wrote its report or exited, has published all of it; \"stopped after publication\" counts those), runs the command again to completion and compares every file with the reference; no working folder may remain.");
         sb.AppendLine();
-        sb.AppendLine("| format | signal | trials | interrupted mid-run | resumed from a block | byte-identical after resume | undisturbed s |");
-        sb.AppendLine("|---|---|---|---|---|---|---|");
+        sb.AppendLine("| format | signal | trials | interrupted | stopped after publication | resumed from a block | byte-identical after resume | undisturbed s |");
+        sb.AppendLine("|---|---|---|---|---|---|---|---|");
         var problems = new List<string>();
         int seed = 100;
         foreach (var format in new[] { "dotquant", "gptq", "gguf", "onnx" })
@@ -129,7 +130,7 @@ static class Reliability
             foreach (var signal in new[] { "KILL", "TERM" })
             {
                 var r = Chaos.Trials(tool, manifest, work.File(format), reference, trials, signal, seed++);
-                sb.AppendLine(F($"| {format} | SIG{signal} | {r.Trials.Count} | {r.Interrupted} | {r.Trials.Count(t => t.ResumedBlocks > 0)} | {r.Identical} / {r.Trials.Count} | {r.UndisturbedSeconds:F1} |"));
+                sb.AppendLine(F($"| {format} | SIG{signal} | {r.Trials.Count} | {r.Interrupted} | {r.Trials.Count(t => t.ExitCode != 0 && t.Published)} | {r.Trials.Count(t => t.ResumedBlocks > 0)} | {r.Identical} / {r.Trials.Count} | {r.UndisturbedSeconds:F1} |"));
                 problems.AddRange(r.Trials.Where(t => !t.Identical).Select(t => F($"{format} SIG{signal} at {t.At:F2} s: {t.Detail}")));
                 Console.WriteLine($"{format} SIG{signal}: {r.Identical}/{r.Trials.Count}");
             }
@@ -313,6 +314,58 @@ static class Reliability
         string crashers = Path.Combine(SharedPaths.RepoRoot, "tests", "Tool.Tests", "Fuzzing", "Crashers");
         var kept = Directory.GetFiles(crashers, "*.bin").Select(f => Path.GetFileName(f)).Order().ToList();
         sb.AppendLine($"Crashers found since the fuzzer was written, each fixed and kept as a regression input replayed by every CI run ({kept.Count} files in tests/Tool.Tests/Fuzzing/Crashers): see the list in docs/reliability.md.");
+        return sb.ToString();
+    }
+
+    /// <summary>What portable numerics cost: the same run with the AVX2 kernels and MKL's reproducibility
+    /// branch (the default) and with libtorch's own choices (DOTQUANT_NUMERICS=native), alternated so that
+    /// the machine's drift hits both.</summary>
+    static string NumericsCost(string shared, string tool, int repeat)
+    {
+        string root = Path.Combine(Path.GetTempPath(), "dotquant-bench-reliability");
+        string model = Path.Combine(root, "tinyllama-2");
+        if (!File.Exists(Path.Combine(model, "config.json"))) BigModel.Write(model, AuthorsGptq.TinyLlama.Shape, 2, shared);
+        using var work = new TempDir();
+        File.WriteAllText(work.File("quant.yaml"),
+            $"version: 1\nmodel: {model}\ncalibration:\n  data: {Path.Combine(shared, "data", "wikitext2-tokenized", "valid.tokens")}\n  samples: 32\n  sequence_length: 512\n" +
+            $"quantize:\n  method: gptq\n  bits: 4\n  group_size: 128\noutput:\n  name: out\nevaluate:\n  perplexity: {{ data: {Path.Combine(shared, "data", "wikitext2", "wiki.test.gptq-joined.txt")}, sequence_length: 512, max_sequences: 16 }}\n");
+        var times = new Dictionary<string, List<JsonElement>> { ["portable"] = [], ["native"] = [] };
+        for (int i = 0; i < repeat; i++)
+            foreach (var mode in new[] { "portable", "native" })
+            {
+                var env = mode == "native" ? new[] { ("DOTQUANT_NUMERICS", "native"), ("ATEN_CPU_CAPABILITY", ""), ("MKL_CBWR", "") } : [];
+                var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+                foreach (var a in new[] { tool, "run", work.File("quant.yaml"), "--output", work.File(mode), "--format", "json" }) psi.ArgumentList.Add(a);
+                psi.Environment.Remove("ATEN_CPU_CAPABILITY");
+                psi.Environment.Remove("MKL_CBWR");
+                foreach (var (k, v) in env) if (v.Length > 0) psi.Environment[k] = v;
+                using var p = Process.Start(psi)!;
+                string stdout = p.StandardOutput.ReadToEnd();
+                p.StandardError.ReadToEnd();
+                p.WaitForExit();
+                times[mode].Add(JsonDocument.Parse(stdout.Trim().Split('\n')[^1]).RootElement.Clone());
+                Console.WriteLine($"{mode} #{i}: {times[mode][^1].GetProperty("seconds").GetDouble():F1} s");
+            }
+        double Median(string mode, Func<JsonElement, double> f) => times[mode].Select(f).Order().ElementAt(repeat / 2);
+        double Phase(JsonElement e, string name) => e.GetProperty("phases").TryGetProperty(name, out var v) ? v.GetDouble() : 0;
+        var sb = new StringBuilder();
+        sb.AppendLine("## What portable numerics cost");
+        sb.AppendLine();
+        sb.AppendLine(Header("numerics", $" --repeat {repeat}") + " TinyLlama-shaped synthetic model (2 layers, hidden 2048, intermediate 5632, vocab 32000, bf16), GPTQ W4 g128 on 32 × 512 tokens, " +
+            "perplexity over 16 windows of 512 before and after; `run --format json`, alternating portable (the default: `ATEN_CPU_CAPABILITY=avx2`, `MKL_CBWR=AVX2`) and " +
+            "native (`DOTQUANT_NUMERICS=native`: libtorch's own kernels), median of the runs; phases from the run's own clock.");
+        sb.AppendLine();
+        sb.AppendLine("| phase | portable s | native s | portable / native |");
+        sb.AppendLine("|---|---|---|---|");
+        foreach (var phase in new[] { "total", "evaluation", "capture", "xtx", "factorization", "solve", "advance" })
+        {
+            Func<JsonElement, double> f = phase == "total" ? e => e.GetProperty("seconds").GetDouble() : e => Phase(e, phase);
+            double a = Median("portable", f), b = Median("native", f);
+            sb.AppendLine(F($"| {phase} | {a:F1} | {b:F1} | {(b > 0 ? a / b : 0):F2} |"));
+        }
+        sb.AppendLine();
+        sb.AppendLine($"This CPU is an {Machine.CpuModel()}: MKL's own choice on AMD is its AVX2 path already, so the difference here is ATen's AVX2 kernels against its AVX-512 ones " +
+            "and MKL's reproducibility branch; on an Intel CPU with AVX-512, MKL's GEMM would also lose its AVX-512 kernels in portable mode (`DOTQUANT_NUMERICS=native` trades the portable bytes for them).");
         return sb.ToString();
     }
 

@@ -12,7 +12,7 @@ namespace DotQuant.Tests;
 /// every output file with the reference. Shared by ChaosTests (a few trials) and the bench (thirty).</summary>
 public static class Chaos
 {
-    public sealed record Trial(int Index, double At, string Signal, int ExitCode, bool PublishedEarly, int ResumedBlocks, bool Identical, string Detail);
+    public sealed record Trial(int Index, double At, string Signal, int ExitCode, bool Published, bool PublishedEarly, int ResumedBlocks, bool Identical, string Detail);
 
     public sealed record Result(string Manifest, double UndisturbedSeconds, IReadOnlyList<Trial> Trials)
     {
@@ -50,15 +50,16 @@ public static class Chaos
             int exit = p.ExitCode;
             _ = stdout.Result; _ = stderr.Result;
             p.Dispose();
-            // A run stopped before it finished has published nothing; one that finished first has all of it.
+            // A run stopped before it finished has published nothing; one stopped after its publication
+            // (the signal landed while it wrote its report or exited) has published all of it.
             bool published = Directory.Exists(Output(dir));
-            bool publishedEarly = published && exit != 0;
+            bool publishedEarly = published && !Hashes(Output(dir)).SequenceEqual(expected);
             var resumed = Run(tool, manifest, dir);
             var m = Regex.Match(resumed.Stdout, "resuming after block (\\d+)");
             bool identical = resumed.ExitCode == 0 && Hashes(Output(dir)).SequenceEqual(expected);
             bool clean = !Directory.EnumerateDirectories(dir, ".*").Any();
-            trials.Add(new Trial(i, at, signal, exit, publishedEarly, m.Success ? int.Parse(m.Groups[1].Value) : 0, identical && clean && !publishedEarly,
-                resumed.ExitCode != 0 ? resumed.Stderr.Trim() : !identical ? "bytes differ" : !clean ? "a working folder was left behind" : publishedEarly ? "published by a killed run" : ""));
+            trials.Add(new Trial(i, at, signal, exit, published, publishedEarly, m.Success ? int.Parse(m.Groups[1].Value) : 0, identical && clean && !publishedEarly,
+                resumed.ExitCode != 0 ? resumed.Stderr.Trim() : !identical ? "bytes differ" : !clean ? "a working folder was left behind" : publishedEarly ? "a stopped run published an output that differs" : ""));
             Directory.Delete(dir, true);
         }
         return new Result(manifest, reference.Seconds, trials);

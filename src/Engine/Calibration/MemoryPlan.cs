@@ -33,8 +33,11 @@ public sealed record MemoryPlan
     /// <summary>Gathering a group's statistics: one batch through the block (MLP intermediate, attention),
     /// the captured input and the H being accumulated. Not at the same time as <see cref="Solver"/>.</summary>
     public long Activations { get; init; }
-    /// <summary>OAC: one block's H̄ (schedule once keeps the others on disk), saved inputs and gradients.</summary>
+    /// <summary>OAC computing H̄: the later blocks' saved inputs, the chunks' gradients, one chunk's
+    /// autograd graph. Not at the same time as the statistics or the solves.</summary>
     public long OutputAdaptive { get; init; }
+    /// <summary>OAC: one block's H̄, kept through its solves (schedule once keeps the others on disk).</summary>
+    public long OutputAdaptiveHessians { get; init; }
     /// <summary>Staged layer-wise calibration: every batch's residual and next group input kept between
     /// groups (0 when they would not fit in 80% of the limit with the rest: the group inputs are then
     /// recomputed from the block input, the same bits at about twice the forward work).</summary>
@@ -51,22 +54,24 @@ public sealed record MemoryPlan
     public long? Limit { get; init; }
     public string LimitSource { get; init; } = "";
 
-    public long Calibration => Block + Streams + Math.Max(Solver, Activations) + OutputAdaptive + Stages;
+    public long Calibration => Block + Streams + Math.Max(Math.Max(Solver, Activations) + OutputAdaptiveHessians, OutputAdaptive) + Stages;
     public long Peak => Runtime + Math.Max(Calibration, Evaluation);
 
     const long DefaultBudget = global::DotQuant.Engine.Evaluation.LayerMajor.DefaultActivationBudget;
 
     public string Summary() =>
         $"memory plan: peak {ByteSize.Format(Peak)} = runtime {ByteSize.Format(Runtime)} + max(calibration {ByteSize.Format(Calibration)} " +
-        $"[block {ByteSize.Format(Block)}, streams {ByteSize.Format(Streams)}, max(solver {ByteSize.Format(Solver)}, statistics {ByteSize.Format(Activations)})" +
-        (OutputAdaptive > 0 ? $", output-adaptive {ByteSize.Format(OutputAdaptive)}" : "") +
+        $"[block {ByteSize.Format(Block)}, streams {ByteSize.Format(Streams)}, " +
+        (OutputAdaptive > 0
+            ? $"max(max(solver {ByteSize.Format(Solver)}, statistics {ByteSize.Format(Activations)}) + H̄ {ByteSize.Format(OutputAdaptiveHessians)}, output-adaptive {ByteSize.Format(OutputAdaptive)})"
+            : $"max(solver {ByteSize.Format(Solver)}, statistics {ByteSize.Format(Activations)})") +
         (Stages > 0 ? $", staged states {ByteSize.Format(Stages)}" : "") +
         $"], evaluation {ByteSize.Format(Evaluation)})" + (Limit is long l ? $"; limit {ByteSize.Format(l)} ({LimitSource})" : "");
 
     public JsonObject ToJson() => new()
     {
         ["peak_bytes"] = Peak, ["runtime_bytes"] = Runtime, ["block_bytes"] = Block, ["streams_bytes"] = Streams, ["solver_bytes"] = Solver,
-        ["activations_bytes"] = Activations, ["output_adaptive_bytes"] = OutputAdaptive, ["staged_states_bytes"] = Stages, ["evaluation_bytes"] = Evaluation,
+        ["activations_bytes"] = Activations, ["output_adaptive_bytes"] = OutputAdaptive, ["output_adaptive_hessians_bytes"] = OutputAdaptiveHessians, ["staged_states_bytes"] = Stages, ["evaluation_bytes"] = Evaluation,
         ["evaluation_budget_bytes"] = EvaluationBudget, ["limit_bytes"] = Limit, ["limit_source"] = LimitSource,
     };
 
@@ -148,17 +153,18 @@ public sealed record MemoryPlan
         long widestInput = model.LinearLayout(0).SelectMany(g => g).Max(l => l.InFeatures);
         long activations = calibrated ? Math.Max(statistics, gptaq ? 2 * (forward + batchTokens * widestInput * 4) : forward) : 0;
 
-        long oac = 0;
+        long oac = 0, hbar = 0;
         if (q.Oac is not null && calibrated)
         {
-            long perBlock = model.LinearLayout(0).SelectMany(g => g).Sum(l => l.InFeatures * l.InFeatures * 4);
-            long hbar = perBlock;
-            // The later blocks' saved inputs (on disk above the in-memory cap), and per token the output
-            // gradient, the block input being differentiated and its gradient.
-            long saved = Math.Min(OutputAdaptiveHessian.InMemoryActivations, tokens * h * 4 * model.BlockCount) + 3 * tokens * h * 4;
-            // One chunk's autograd graph (short sequences are batched up to OutputAdaptiveHessian.ChunkTokens).
+            hbar = model.LinearLayout(0).SelectMany(g => g).Sum(l => l.InFeatures * l.InFeatures * 4);
+            // The later blocks' saved inputs (on disk above the in-memory cap), and per token two hidden
+            // states: the forward sweep's, then the gradient being consumed and the one being produced.
+            long saved = Math.Min(OutputAdaptiveHessian.InMemoryActivations, tokens * h * 4 * model.BlockCount) + 2 * tokens * h * 4;
+            // One chunk's autograd graph (short sequences are batched up to OutputAdaptiveHessian.ChunkTokens):
+            // the tensors a block's backward keeps per token (MLP 3f, attention and norms ~10h), the
+            // softmax's probabilities, the block's weights and their gradients' buffers; the H̄ sums.
             long chunk = OutputAdaptiveHessian.SequencesPerChunk(length) * length;
-            long graph = chunk * (3 * f + 10 * h) * 4 * 3 + 3 * Attention(chunk, length) + storedBlock * 2;
+            long graph = chunk * (3 * f + 10 * h) * 4 + Attention(chunk, length) + storedBlock * 2;
             oac = hbar + saved + graph;
         }
 
@@ -187,7 +193,7 @@ public sealed record MemoryPlan
         {
             long widest = model.LinearLayout(0).SelectMany(g => g).Max(l => l.InFeatures);
             long bytes = tokens * (h + widest) * 4;
-            long rest = RuntimeBytes + Math.Max(block + streams + Math.Max(solver, activations) + oac, evalFixed + hidden);
+            long rest = RuntimeBytes + Math.Max(block + streams + Math.Max(Math.Max(solver, activations) + hbar, oac), evalFixed + hidden);
             if (rest + bytes <= room80 / 5 * 4) stages = bytes;
         }
         long largestTemporary = Math.Max(Math.Max(batchTokens, evaluates ? evalBatch : 0) * f * 4, Math.Max(largest * 4, evaluates ? logits / 2 : 0));
@@ -195,7 +201,7 @@ public sealed record MemoryPlan
         {
             LargestForwardTemporary = largestTemporary,
             BatchActivation = Math.Max(batchTokens, evaluates ? evalBatch : 0) * h * 4,
-            Block = block, Streams = streams, Solver = solver, Activations = activations, OutputAdaptive = oac, Stages = stages,
+            Block = block, Streams = streams, Solver = solver, Activations = activations, OutputAdaptive = oac, OutputAdaptiveHessians = hbar, Stages = stages,
             Evaluation = evalFixed + hidden, EvaluationBudget = budget, Limit = limit, LimitSource = limitSource,
         };
     }

@@ -37,6 +37,10 @@ public static class NativeHeap
     /// <summary>Entering a forward pass (statistics, advancing the stream, evaluation).</summary>
     public static void Forward() => Threshold(_forward);
 
+    /// <summary>Entering a forward pass whose hidden states come in pieces smaller than a batch (the
+    /// output-adaptive Hessian's chunks): pieces of <paramref name="hiddenBytes"/> are mapped too.</summary>
+    public static void Forward(long hiddenBytes) => Threshold((int)Math.Clamp(Math.Min(hiddenBytes, _forward), 1L << 20, 1L << 30));
+
     /// <summary>Entering a group's solves.</summary>
     public static void Solving() => Threshold(_solve);
 
