@@ -33,7 +33,7 @@ static class Reliability
                 "disk-full" => DiskFull(shared, tool),
                 "cache" => Cache(shared, tool),
                 "fuzz" => Fuzz(int.Parse(Option(args, "--iterations") ?? "2000", CultureInfo.InvariantCulture)),
-                "memory" => Memory(shared, tool),
+                "memory" => Memory(shared, tool, Option(args, "--methods"), int.Parse(Option(args, "--repeat") ?? "1", CultureInfo.InvariantCulture)),
                 "memory-7b" => Memory7B(shared, tool, (Option(args, "--policies") ?? "trim,keep,glibc").Split(',')),
                 "numerics" => NumericsCost(shared, tool, int.Parse(Option(args, "--repeat") ?? "3", CultureInfo.InvariantCulture)),
                 _ => throw new ArgumentException(s),
@@ -410,7 +410,9 @@ static class Reliability
     }
 
     /// <summary>The memory plan against the measured peak of anonymous memory, per method on llama-tiny.</summary>
-    static string Memory(string shared, string tool)
+    /// <param name="only">Comma-separated method names to run (all when null).</param>
+    /// <param name="repeat">Runs per method: the row reports the largest peak and the range.</param>
+    static string Memory(string shared, string tool, string? only, int repeat)
     {
         using var work = new TempDir();
         var methods = new (string Name, string Quantize)[]
@@ -426,11 +428,18 @@ static class Reliability
             ("BiLLM", "  method: billm\n"),
             ("QuaRot + GPTQ W3 g128", "  method: gptq\n  bits: 3\n  group_size: 128\n  rotate: hadamard\n"),
         };
+        if (only is not null)
+        {
+            var names = only.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).ToHashSet(StringComparer.OrdinalIgnoreCase);
+            methods = methods.Where(m => names.Contains(m.Name)).ToArray();
+        }
+        string extra = (only is null ? "" : $" --methods \"{only}\"") + (repeat > 1 ? $" --repeat {repeat}" : "");
         var sb = new StringBuilder();
-        sb.AppendLine("## Memory plan against measured peaks (llama-tiny, every method)");
+        sb.AppendLine(only is null ? "## Memory plan against measured peaks (llama-tiny, every method)" : "## Memory plan against measured peaks (llama-tiny, again)");
         sb.AppendLine();
-        sb.AppendLine(Header("memory") + " Each row: `dotnet-quantize run --format json` in a fresh process, calibration 128 × 512 tokens, perplexity over 8 windows of 512 " +
-            "before and after; peak anonymous memory (RssAnon) sampled every 20 ms; \"plan\" is the peak the run printed before any work. Acceptance: within 10% of the plan.");
+        sb.AppendLine(Header("memory", extra) + " Each row: `dotnet-quantize run --format json` in a fresh process, calibration 128 × 512 tokens, perplexity over 8 windows of 512 " +
+            "before and after; peak anonymous memory (RssAnon) sampled every 20 ms" + (repeat > 1 ? F($", the largest of {repeat} runs (the range beside it)") : "") +
+            "; \"plan\" is the peak the run printed before any work. Acceptance: within 10% of the plan.");
         sb.AppendLine();
         sb.AppendLine("| method | plan | measured peak RssAnon | measured / plan | seconds |");
         sb.AppendLine("|---|---|---|---|---|");
@@ -441,11 +450,23 @@ static class Reliability
             File.WriteAllText(Path.Combine(dir, "quant.yaml"),
                 $"version: 1\nmodel: {Path.Combine(shared, "models", "llama-tiny")}\ncalibration:\n  data: {Path.Combine(shared, "data", "wikitext2-tokenized", "valid.tokens")}\n  samples: 128\n  sequence_length: 512\n" +
                 $"quantize:\n{quantize}output:\n  name: out\nevaluate:\n  perplexity: {{ data: {Path.Combine(shared, "data", "wikitext2", "wiki.test.gptq-joined.txt")}, sequence_length: 512, max_sequences: 8 }}\n");
-            var r = Limited.Run(1L << 40, dir, "dotnet", [tool, "run", "quant.yaml", "--format", "json"]);
-            long? plan = r.Stdout.Split('\n').Where(l => l.Contains("\"event\":\"memory\"")).Select(l => (long?)JsonDocument.Parse(l).RootElement.GetProperty("plan").GetProperty("peak_bytes").GetInt64()).FirstOrDefault();
-            string ratio = plan is long p ? F($"{r.PeakRssAnon / (double)p:F2}") : "—";
-            sb.AppendLine(F($"| {name} | {(plan is long q ? $"{q / 1048576.0:F0} MiB" : "—")} | {r.PeakRssAnon / 1048576.0:F0} MiB | {ratio} | {r.Seconds:F1} |"));
-            Console.WriteLine($"{name}: plan {plan}, peak {r.PeakRssAnon}, exit {r.ExitCode}");
+            var peaks = new List<long>();
+            long? plan = null;
+            double seconds = 0;
+            for (int k = 0; k < repeat; k++)
+            {
+                var r = Limited.Run(1L << 40, dir, "dotnet", [tool, "run", "quant.yaml", "--format", "json"]);
+                plan ??= r.Stdout.Split('\n').Where(l => l.Contains("\"event\":\"memory\"")).Select(l => (long?)JsonDocument.Parse(l).RootElement.GetProperty("plan").GetProperty("peak_bytes").GetInt64()).FirstOrDefault();
+                peaks.Add(r.PeakRssAnon);
+                seconds = Math.Max(seconds, r.Seconds);
+                Console.WriteLine($"{name}: plan {plan}, peak {r.PeakRssAnon}, exit {r.ExitCode}");
+                foreach (var produced in new[] { "out", "out-report" })
+                    if (Directory.Exists(Path.Combine(dir, produced))) Directory.Delete(Path.Combine(dir, produced), true);
+            }
+            long peak = peaks.Max();
+            string ratio = plan is long p ? F($"{peak / (double)p:F2}") : "—";
+            string range = repeat > 1 ? F($" ({peaks.Min() / 1048576.0:F0}–{peak / 1048576.0:F0})") : "";
+            sb.AppendLine(F($"| {name} | {(plan is long q ? $"{q / 1048576.0:F0} MiB" : "—")} | {peak / 1048576.0:F0} MiB{range} | {ratio} | {seconds:F1} |"));
         }
         return sb.ToString();
     }

@@ -31,6 +31,9 @@ public sealed class RunEvaluation
         {
             if (!File.Exists(ppl.Data)) throw new DotQuantException(ErrorCodes.EvalData, $"evaluation data not found: {ppl.Data}", m.Path);
             _ids = tokenizer.Encode(File.ReadAllText(ppl.Data));
+            // Tokenizing the whole text leaves tens of MB of strings and pieces behind; collected now
+            // (and the heap compacted), they are not garbage beside the evaluation's forward passes.
+            GC.Collect(2, GCCollectionMode.Forced, blocking: true, compacting: true);
             _length = ppl.SequenceLength ?? Math.Min(2048, config.MaxPositionEmbeddings);
         }
         _tasks = _spec?.Tasks is { } ts ? ts.Files.Select(f => ZeroShotTask.Load(f, null, ts.Limit)).ToList() : [];
