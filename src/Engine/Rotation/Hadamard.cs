@@ -179,11 +179,32 @@ public static class Hadamard
             if (n != _plan.Size) throw new DotQuantException(ErrorCodes.Internal, $"Hadamard transform of size {_plan.Size} applied to {n} features");
             var shape = x.shape;
             int k = _plan.BlockDiagonal ? _plan.Size / _plan.M : _plan.K;
-            // Both products as single GEMMs over all rows: X·H_M, then Aᵀ·X computed as (Xᵀ·A)ᵀ.
+            // Both products as single GEMMs over all rows: X·H_M, then Aᵀ·X computed as (Xᵀ·A)ᵀ. Each
+            // intermediate (and the views onto it, which hold its storage) is freed as soon as the next
+            // exists: the input is the MLP's widest tensor, and a scope holding them all kept four copies of
+            // it at once (the memory plan counts two).
             var y = x.reshape(-1, k, _plan.M);
-            if (_plan.M > 1) y = y.matmul(_m.to(x.dtype));
-            if (_k is not null) y = y.transpose(1, 2).matmul(_k.to(x.dtype)).transpose(1, 2);
-            return scope.MoveToOuter(y.reshape(shape));
+            if (_plan.M > 1)
+            {
+                using var hm = _m.to(x.dtype);
+                y = Replace(y, y.matmul(hm));
+            }
+            if (_k is not null)
+            {
+                using (var t = y.transpose(1, 2)) y = Replace(y, t.contiguous());
+                using (var hk = _k.to(x.dtype)) y = Replace(y, y.matmul(hk));
+                using (var t = y.transpose(1, 2)) y = Replace(y, t.reshape(shape));
+            }
+            else y = Replace(y, y.reshape(shape));
+            return scope.MoveToOuter(y);
+        }
+
+        /// <summary>The next intermediate, releasing the previous one (a view of the caller's input releases
+        /// only the view).</summary>
+        static Tensor Replace(Tensor previous, Tensor next)
+        {
+            previous.Dispose();
+            return next;
         }
 
         public void Dispose()
