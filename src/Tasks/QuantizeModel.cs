@@ -22,6 +22,10 @@ namespace DotQuant.MSBuild
         public bool RequireCache { get; set; }
         /// <summary>One quantization at a time on the machine (others wait, with a message); DotQuantExclusive.</summary>
         public bool Exclusive { get; set; } = true;
+        /// <summary>Spread the calibration over this cluster's workers (DotQuantCluster); empty: in the tool's own process.</summary>
+        public string? Cluster { get; set; }
+        /// <summary>With <see cref="Cluster"/>: the workers to wait for (DotQuantWorkers); empty: those that joined.</summary>
+        public string? Workers { get; set; }
         /// <summary>embed: true is refused above this size (DQ0190).</summary>
         public long MaxEmbedBytes { get; set; } = 1L << 30;
 
@@ -50,6 +54,11 @@ namespace DotQuant.MSBuild
             b.AppendSwitchIfNotNull("--cache-dir ", CacheDir);
             if (RequireCache) b.AppendSwitch("--require-cache");
             if (Exclusive) b.AppendSwitch("--exclusive");
+            if (!string.IsNullOrWhiteSpace(Cluster))
+            {
+                b.AppendSwitchIfNotNull("--cluster ", Cluster!.Trim());
+                if (!string.IsNullOrWhiteSpace(Workers)) b.AppendSwitchIfNotNull("--workers ", Workers!.Trim());
+            }
             // An interrupted build (Ctrl+C, a killed agent) continues after its last completed block.
             b.AppendSwitch("--resume");
             b.AppendSwitch("--format json");

@@ -16,6 +16,44 @@ public class BuildIntegrationTests(PackageFixture package)
 
     const string Quantizing = "DotQuant: quantizing as";
 
+    /// <summary>DotQuantCluster reaches the tool: a worker started from the packed tool takes the build's
+    /// shard; a worker built from this repository's tool (another DotQuant version than the package the
+    /// build uses) is refused with DQ0186 and the build fails without an output.</summary>
+    [Fact]
+    public async Task DotQuantClusterRunsOnTheWorkersAndAnotherVersionIsRefused()
+    {
+        using var app = package.CreateApp(Manifest("tiny"));
+        using var cache = new TempDir();
+        WriteCalibration(app, 10);
+        var restore = await package.Dotnet(app, cache.Path, "restore");
+        Assert.True(restore.ExitCode == 0, restore.Stdout + restore.Stderr);
+        string packed = Path.Combine(package.Packages, "dotquant.msbuild", package.Version.ToLowerInvariant(), "tools", "dotnet-quantize", "dotnet-quantize.dll");
+        Assert.True(File.Exists(packed), packed);
+
+        string cluster = $"localhost:{WorkerProcesses.FreePortPair()}";
+        using (var workers = WorkerProcesses.Start(packed, cluster, 1, threads: null))
+        {
+            var build = await package.Dotnet(app, cache.Path, "build", "-c", "Release", $"-p:DotQuantCluster={cluster}", "-p:DotQuantWorkers=1");
+            Assert.True(build.ExitCode == 0, build.Stdout + build.Stderr + workers.Logs);
+            Assert.True(File.Exists(Path.Combine(app.Path, "bin", "Release", "net10.0", "models", "tiny", "model.safetensors")));
+            Assert.Contains("shard 0:", workers.Log(0));
+        }
+
+        // The repository's own build of the tool (Debug or Release, as these tests were built).
+        string configuration = new DirectoryInfo(AppContext.BaseDirectory).Parent!.Name;
+        string repoTool = Path.Combine(SharedPaths.RepoRoot, "src", "Tool", "bin", configuration, "net10.0", "dotnet-quantize.dll");
+        Assert.True(File.Exists(repoTool), repoTool);
+        WriteCalibration(app, 12);
+        string other = $"localhost:{WorkerProcesses.FreePortPair()}";
+        using (var workers = WorkerProcesses.Start(repoTool, other, 1, threads: null))
+        {
+            var refused = await package.Dotnet(app, cache.Path, "build", "-c", "Release", $"-p:DotQuantCluster={other}", "-p:DotQuantWorkers=1");
+            Assert.NotEqual(0, refused.ExitCode);
+            Assert.Contains("DQ0186", refused.Stdout + refused.Stderr);
+            Assert.Contains("runs DotQuant", refused.Stdout + refused.Stderr);
+        }
+    }
+
     [Fact]
     public async Task FirstBuildQuantizesSecondSkipsChangedCalibrationRequantizes()
     {

@@ -104,10 +104,14 @@ public sealed class ActivationStream : IDisposable
                 foreach (var b in batches) b.Dispose();
                 throw new InvalidDataException($"{path}: batch {i} does not match the calibration set");
             }
-            batches.Add(t);
+            batches.Add(t.DetachFromDisposeScope());      // the stream outlives any scope it is loaded in
         }
         return new ActivationStream(batches, ids, storage);
     }
+
+    /// <summary>How many sequences each batch of <paramref name="sequences"/> holds, in order (a
+    /// distributed run shards on these boundaries, so every batch is the one a single process forms).</summary>
+    public static IReadOnlyList<int> BatchSizes(IReadOnlyList<long[]> sequences) => Batch(sequences).Select(b => b.Count).ToList();
 
     /// <summary>Consecutive sequences of equal length, up to ~8k tokens per batch.</summary>
     static List<List<long[]>> Batch(IReadOnlyList<long[]> sequences)

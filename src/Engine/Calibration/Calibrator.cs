@@ -83,6 +83,7 @@ public sealed class Calibrator
                     var o = Plan.OptionsFor(lin.Name)!;
                     var (q, rtnLoss) = Solve(lin, stats.H(lin), stats.D(lin), o, stats.LastUser(lin, active), factors);
                     lin.UseSolved(q);          // later groups and the stream see the quantized weight
+                    Hessians.Solved(work, lin);
                     NativeHeap.PhaseEnded();   // the solver's copies and factorization are freed
                     Report(Describe(lin, b, o, q, statSeconds + solve.Elapsed.TotalSeconds, rtnLoss));
                 }

@@ -121,7 +121,7 @@ public sealed record MemoryPlan
             Math.Max(Attention(batch, seqLen, halves) + batch * (2 * h + 2 * kv) * 4, mlpWidths * batch * f * 4);
         long forward = calibrated ? Forward(batchTokens, length) : 0;
 
-        // Per group: gathering its statistics (the H being accumulated, GPTAQ's D, and one batch's forward)
+        // Per group: gathering its statistics (the fp64 H being accumulated, GPTAQ's D, and one batch's forward)
         // or solving a linear: the H the group keeps for its other linears, the solver's own H, the
         // factorization (L and H⁻¹ at once, then U), GPTAQ's D copy and P, ResComp's C and R, act order's
         // permuted copy, and the solver's working set per weight.
@@ -147,7 +147,8 @@ public sealed record MemoryPlan
                     long factorizing = (held + 1 + 2 + extras) * nn + FactorizationBytesPerWeight * weights;
                     long columns = (held + 2 + extras) * nn + (SolverBytesPerWeight + (o.UsesResComp ? 4 : 0)) * weights;
                     solver = Math.Max(solver, Math.Max(factorizing, columns));
-                    if (calibrated) statistics = Math.Max(statistics, (gptaq ? 2 : 1) * nn + forward);
+                    // The fp64 sums of H (and D) and one batch's fp32 product being added to them.
+                    if (calibrated) statistics = Math.Max(statistics, ((gptaq ? 4 : 2) + 1) * nn + forward);
                 }
             }
         // GPTAQ advances two streams, the float one through the block's float copy: two forwards at once,

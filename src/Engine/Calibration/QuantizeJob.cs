@@ -3,6 +3,7 @@ using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json.Nodes;
 using DotQuant.Engine.Diagnostics;
+using DotQuant.Engine.Distributed;
 using DotQuant.Engine.Evaluation;
 using DotQuant.Engine.Formats;
 using DotQuant.Engine.Hessians;
@@ -43,6 +44,9 @@ public sealed record RunOptions
     public FileDigests? Digests { get; init; }
     /// <summary>Sees the finished output folder just before it is swapped into place (a cache seals it).</summary>
     public Action<string>? BeforePublish { get; init; }
+    /// <summary>Spread the calibration over these workers (<c>--cluster</c>): each keeps a shard of the
+    /// streams and returns its share of the statistics; this process solves and writes.</summary>
+    public ICalibrationCluster? Cluster { get; init; }
 }
 
 /// <summary><c>dotnet quantize run</c>: manifest → plan → streaming model → evaluation before →
@@ -93,7 +97,7 @@ public static class QuantizeJob
         if (config.Gptq is not null || File.Exists(Path.Combine(m.ModelPath, QuantizedPackage.ManifestFile)))
             throw new DotQuantException(ErrorCodes.UnsupportedModelType, "the model is already quantized; quantize the original floating-point checkpoint", m.ModelPath);
         var tokenizer = HfTokenizer.Load(m.ModelPath);
-        string fingerprint = Fingerprint(m, options.Digests);
+        string fingerprint = Fingerprint(m, options.Digests, options.Cluster?.Workers ?? 1);
         string destination = Path.Combine(outputDir, m.Output.Name);
 
         using var run = RunFolder.Open(destination, RunKey(fingerprint), options.Resume);
@@ -115,6 +119,9 @@ public static class QuantizeJob
         foreach (var w in plan.Warnings) Emit(new WarningEvent(w));
         var (limit, limitSource) = options.MaxMemory is long max ? (max, "--max-memory") : MemoryPlan.Available();
         var memory = MemoryPlan.Predict(m, plan, model, limit, limitSource);
+        // Distributed, this process holds a block and solves; the streams and their forwards are the workers'.
+        if (options.Cluster is not null && m.Quantize.Scheme.NeedsCalibration)
+            memory = memory with { Streams = 0, Activations = 0, Stages = 0 };
         Emit(new MemoryEvent(memory));
         memory.Check(m, plan, model);
         NativeHeap.Sizes(memory.BatchActivation, memory.LargestForwardTemporary + (1L << 20));
@@ -124,7 +131,10 @@ public static class QuantizeJob
         Emit(new InfoEvent("disk", disk.Summary()));
         // What a resumed run already wrote counts as written.
         DiskSpace.Require(outputDir, disk.Total - FolderBytes(run.Root), $"{m.Output.Name} and its resume files ({disk.Summary()})");
-        using var hessians = HessianSources.For(q, staged: memory.Stages > 0);
+        using var local = HessianSources.For(q, staged: memory.Stages > 0);
+        if (options.Cluster is not null && local.NeedsCalibration && local is not ISummedHessianSource)
+            throw new DotQuantException(ErrorCodes.ManifestCombination,
+                "output-adaptive Hessians (OAC) cannot be spread over workers yet: run this manifest without --cluster", m.Path);
 
         // Evaluation before (a resumed run has the figures already).
         var evaluation = new RunEvaluation(m, config, tokenizer, memory.EvaluationBudget, Emit);
@@ -137,7 +147,7 @@ public static class QuantizeJob
         }
 
         IReadOnlyList<long[]> sequences = [];
-        if (hessians.NeedsCalibration)
+        if (local.NeedsCalibration)
         {
             using var phase = PhaseClock.Measure("calibration data");
             var cal = m.Calibration!;
@@ -151,13 +161,20 @@ public static class QuantizeJob
         int first = state?.NextBlock ?? 0;
         if (first > 0) Emit(new InfoEvent("resume", $"resuming after block {first} of {model.BlockCount} ({run.Root})"));
         var storage = m.Calibration?.Bf16Stream == true ? ScalarType.BFloat16 : ScalarType.Float32;
+        using var workers = options.Cluster is { } cluster && local.NeedsCalibration
+            ? cluster.Start(new ShardJob(m.Path, File.ReadAllText(m.Path), m.ModelPath, ModelDigests(m.ModelPath, options.Digests), EngineVersion,
+                Numerics.Key(get_num_threads()), RunKey(fingerprint), ShardPlan.Split(sequences, cluster.Workers)), ct)
+            : null;
+        using var distributed = workers is null ? null : new DistributedHessian(workers, Path.Combine(run.Root, "shards"));
+        IHessianSource hessians = distributed ?? local;
         ActivationStream? stream = null;
-        if (hessians.NeedsCalibration)
+        if (hessians.NeedsCalibration && distributed is null)
         {
             using var phase = PhaseClock.Measure("calibration data");
             stream = first == 0 ? ActivationStream.Embed(model, sequences, storage) : ActivationStream.Load(run.StreamFile, "xq", sequences, storage);
             if (first > 0) hessians.Restore(run.Root, sequences, first);
         }
+        else if (distributed is not null && first > 0) hessians.Restore(run.Root, sequences, first);
         IReadOnlyList<LayerReport> reports;
         using (stream)
         {
@@ -260,7 +277,9 @@ public static class QuantizeJob
     /// <summary>SHA-256 over everything that determines the output: engine version, numerics (kernels and
     /// thread count), scheme, layer rules, output settings, evaluation settings and the content of every
     /// input file.</summary>
-    public static string Fingerprint(QuantManifest m, FileDigests? digests = null)
+    /// <param name="shards">Calibration shards of a distributed run: more than one adds the statistics in
+    /// another order (the same output up to rounding, not the same bytes), so it is part of the key.</param>
+    public static string Fingerprint(QuantManifest m, FileDigests? digests = null, int shards = 1)
     {
         digests ??= new FileDigests(null);
         var scheme = Scheme(m.Quantize);
@@ -283,7 +302,18 @@ public static class QuantizeJob
         if (m.Evaluate?.Perplexity is { } p) AddText($"{p.SequenceLength}|{p.MaxSequences}");
         if (m.Evaluate?.Tasks is { } t) AddText($"tasks|{t.Limit}|{t.Files.Count}");
         if (m.Evaluate?.RtnBaseline == true) AddText("rtn-baseline");
+        if (shards > 1 && m.Quantize.Scheme.NeedsCalibration) AddText($"shards|{shards}");
         foreach (var f in InputFiles(m)) AddFile(f);
         return "sha256:" + Convert.ToHexStringLower(hash.GetHashAndReset());
+    }
+
+    /// <summary>SHA-256 of each file of the model folder that a run reads (a worker's copy must match).</summary>
+    public static IReadOnlyDictionary<string, string> ModelDigests(string modelPath, FileDigests? digests = null)
+    {
+        digests ??= new FileDigests(null);
+        return Directory.EnumerateFiles(modelPath)
+            .Where(f => f.EndsWith(".safetensors", StringComparison.Ordinal) || f.EndsWith(".json", StringComparison.Ordinal))
+            .Order(StringComparer.Ordinal)
+            .ToDictionary(f => Path.GetFileName(f), digests.Of, StringComparer.Ordinal);
     }
 }

@@ -8,7 +8,7 @@ namespace DotQuant.Engine.Hessians;
 /// <summary>GPTAQ's statistics (spec §2.1, §4): H = (2/N)·X_q X_qᵀ from the quantized stream and
 /// D = (2/N)·(X_f − X_q) X_qᵀ, where the float stream X_f runs through the block's original weights.
 /// The source owns X_f and a float copy of the current block, and advances X_f at the block's end.</summary>
-public sealed class AsymmetricHessian : IHessianSource
+public sealed class AsymmetricHessian : ISummedHessianSource
 {
     ActivationStream? _float;
     DecoderBlock? _floatBlock;
@@ -23,20 +23,39 @@ public sealed class AsymmetricHessian : IHessianSource
 
     public GroupStatistics Group(BlockWork work, IReadOnlyList<NamedLinear> group, IReadOnlyList<NamedLinear> active)
     {
+        using var stats = Accumulate(work, group);
+        var (h, d) = stats.Finish();
+        return GroupStatistics.Shared(active, h, d);
+    }
+
+    public LayerStatistics Accumulate(BlockWork work, IReadOnlyList<NamedLinear> group)
+    {
         var floatFirst = _floatBlock!.Linears.First(l => l.Name == group[0].Name);
-        using var stats = new LayerStatistics(group[0].InFeatures, withAsymmetry: true);
+        var stats = new LayerStatistics(group[0].InFeatures, withAsymmetry: true);
+        try
+        {
+            Accumulate(work, group[0], floatFirst, stats);
+            return stats;
+        }
+        catch
+        {
+            stats.Dispose();
+            throw;
+        }
+    }
+
+    void Accumulate(BlockWork work, NamedLinear first, NamedLinear floatFirst, LayerStatistics stats)
+    {
         for (int i = 0; i < work.Stream.Count; i++)
         {
             work.Cancellation.ThrowIfCancellationRequested();
             using var scope = NewDisposeScope();
             using var xq = work.Stream.Input(i);
             using var xf = _float!.Input(i);
-            using var inputQ = InputCapture.Of(work.Block, group[0], xq, work.Contexts.For(xq.shape[1]));
-            using var inputF = InputCapture.Of(_floatBlock, floatFirst, xf, work.Contexts.For(xf.shape[1]));
+            using var inputQ = InputCapture.Of(work.Block, first, xq, work.Contexts.For(xq.shape[1]));
+            using var inputF = InputCapture.Of(_floatBlock!, floatFirst, xf, work.Contexts.For(xf.shape[1]));
             stats.Add(inputQ, inputF);
         }
-        var (h, d) = stats.Finish();
-        return GroupStatistics.Shared(active, h, d);
     }
 
     public void EndBlock(BlockWork work)

@@ -86,6 +86,18 @@ public interface IHessianSource : IDisposable
 
     /// <summary>Restores <see cref="Save"/>'s state before block <paramref name="nextBlock"/>.</summary>
     void Restore(string folder, IReadOnlyList<long[]> sequences, int nextBlock);
+
+    /// <summary><paramref name="linear"/> was solved and computes with its quantized weight from now on
+    /// (a distributed run hands the weight to its workers).</summary>
+    void Solved(BlockWork work, NamedLinear linear) { }
+}
+
+/// <summary>A source whose statistics are sums over the calibration sequences, so shards of them can be
+/// accumulated apart — a distributed run's workers — and added before the one scaling.</summary>
+public interface ISummedHessianSource : IHessianSource
+{
+    /// <summary>The unscaled sums of <paramref name="group"/>'s statistics over this stream's sequences.</summary>
+    LayerStatistics Accumulate(BlockWork work, IReadOnlyList<NamedLinear> group);
 }
 
 /// <summary>Round-to-nearest: no statistics.</summary>

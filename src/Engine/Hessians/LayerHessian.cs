@@ -11,7 +11,7 @@ namespace DotQuant.Engine.Hessians;
 /// one group further once that group is solved, and the block output comes from the last state, so
 /// every linear runs once per batch. Otherwise each group's input is recomputed from the block input
 /// (<see cref="InputCapture"/>). Both give the same bits: the forward is the stages composed.</summary>
-public sealed class LayerHessian(bool staged = false) : IHessianSource
+public sealed class LayerHessian(bool staged = false) : ISummedHessianSource
 {
     BlockState?[]? _states;
     int _stateGroup;            // the group whose input _states hold
@@ -26,7 +26,28 @@ public sealed class LayerHessian(bool staged = false) : IHessianSource
 
     public GroupStatistics Group(BlockWork work, IReadOnlyList<NamedLinear> group, IReadOnlyList<NamedLinear> active)
     {
-        using var stats = new LayerStatistics(group[0].InFeatures, withAsymmetry: false);
+        using var stats = Accumulate(work, group);
+        var (h, _) = stats.Finish();
+        return GroupStatistics.Shared(active, h, null);
+    }
+
+    public LayerStatistics Accumulate(BlockWork work, IReadOnlyList<NamedLinear> group)
+    {
+        var stats = new LayerStatistics(group[0].InFeatures, withAsymmetry: false);
+        try
+        {
+            Accumulate(work, group, stats);
+            return stats;
+        }
+        catch
+        {
+            stats.Dispose();
+            throw;
+        }
+    }
+
+    void Accumulate(BlockWork work, IReadOnlyList<NamedLinear> group, LayerStatistics stats)
+    {
         int index = IndexOf(work.Block, group);
         for (int i = 0; i < work.Stream.Count; i++)
         {
@@ -42,8 +63,6 @@ public sealed class LayerHessian(bool staged = false) : IHessianSource
             stats.Add(input);
         }
         if (_states is not null) _stateGroup = index;
-        var (h, _) = stats.Finish();
-        return GroupStatistics.Shared(active, h, null);
     }
 
     /// <summary>Batch <paramref name="i"/>'s state at group <paramref name="group"/>'s input: begun from the

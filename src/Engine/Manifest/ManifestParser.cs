@@ -20,6 +20,10 @@ public sealed class ManifestParser
     /// <summary>Layer rules' nodes, for diagnostics raised once the output format is known.</summary>
     readonly List<(LayerRule Rule, YamlNode Node)> _ruleNodes = [];
 
+    /// <summary>False for a distributed run's worker: the files are the coordinator's (the worker gets its
+    /// model folder and its shard's token ids separately), so only the manifest's settings matter.</summary>
+    bool _checkFiles = true;
+
     ManifestParser(string file)
     {
         _file = Path.GetFullPath(file);
@@ -35,9 +39,15 @@ public sealed class ManifestParser
         return Parse(File.ReadAllText(path), path);
     }
 
-    public static QuantManifest Parse(string yaml, string path)
+    /// <summary>The settings of a manifest written on another machine (a distributed run's coordinator):
+    /// its model, calibration and evaluation files need not exist here.</summary>
+    public static QuantManifest ParseSettings(string yaml, string path) => Parse(yaml, path, checkFiles: false);
+
+    public static QuantManifest Parse(string yaml, string path) => Parse(yaml, path, checkFiles: true);
+
+    static QuantManifest Parse(string yaml, string path, bool checkFiles)
     {
-        var p = new ManifestParser(path);
+        var p = new ManifestParser(path) { _checkFiles = checkFiles };
         p.Guard(yaml);
         var stream = new YamlStream();
         var parser = new Parser(new StringReader(yaml));
@@ -121,7 +131,7 @@ public sealed class ManifestParser
         if (node is YamlScalarNode)
         {
             string dir = ResolvePath(Str(node, "model"));
-            if (!Directory.Exists(dir))
+            if (_checkFiles && !Directory.Exists(dir))
                 throw Error(ErrorCodes.FileNotFound, $"model folder not found: {dir}", node);
             return (dir, null);
         }
@@ -138,7 +148,7 @@ public sealed class ManifestParser
         var m = Keys(node, "calibration", "data", "samples", "sequence_length", "seed", "stream_dtype");
         var data = m.GetValueOrDefault("data") ?? throw Error(ErrorCodes.ManifestMissing, "calibration needs 'data' (.txt, .jsonl or .ids)", node);
         string path = ResolvePath(Str(data, "calibration.data"));
-        if (!File.Exists(path))
+        if (_checkFiles && !File.Exists(path))
             throw Error(ErrorCodes.CalibrationData, $"calibration data not found: {path}", data);
         string ext = Path.GetExtension(path).ToLowerInvariant();
         if (ext is not (".txt" or ".jsonl" or ".ids" or ".tokens" or ".raw"))
@@ -438,7 +448,7 @@ public sealed class ManifestParser
             var pm = Keys(p, "evaluate.perplexity", "data", "sequence_length", "max_sequences");
             var data = pm.GetValueOrDefault("data") ?? throw Error(ErrorCodes.ManifestMissing, "evaluate.perplexity needs 'data'", p);
             string evalPath = ResolvePath(Str(data, "evaluate.perplexity.data"));
-            if (!File.Exists(evalPath))
+            if (_checkFiles && !File.Exists(evalPath))
                 throw Error(ErrorCodes.EvalData, $"evaluation data not found: {evalPath}", data);
             ppl = new PerplexitySpec(evalPath,
                 pm.TryGetValue("sequence_length", out var l) ? Positive(l, "evaluate.perplexity.sequence_length") : null,

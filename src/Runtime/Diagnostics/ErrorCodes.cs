@@ -66,5 +66,11 @@ public static class ErrorCodes
     public const string QualityGate = "DQ0170";
     public const string Feed = "DQ0196";
 
+    // Distributed runs (--cluster)
+    public const string ClusterAddress = "DQ0184";
+    public const string ClusterUnreachable = "DQ0185";
+    public const string ClusterMismatch = "DQ0186";
+    public const string ClusterWorkerLost = "DQ0187";
+
     public const string Internal = "DQ0900";
 }

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json.Nodes;
+using DotQuant.Cluster;
 using DotQuant.Engine.Calibration;
 using DotQuant.Engine.Formats;
 using DotQuant.Engine.IO;
@@ -22,8 +23,13 @@ public static class RunCommand
         var resume = new Option<bool>("--resume") { Description = "continue an interrupted run of the same inputs after its last completed block (same bytes as an uninterrupted run)" };
         var maxMemory = new Option<string?>("--max-memory") { Description = "refuse (DQ0154) when the memory plan predicts more than this (e.g. 6G, 24GiB, 4000M; default: the memory available)" };
         var exclusive = new Option<bool>("--exclusive") { Description = "one quantization at a time on this machine: wait while another --exclusive run works (what the MSBuild integration asks for)" };
+        var cluster = new Option<string?>("--cluster") { Description = "spread the calibration over the workers of this cluster: localhost, localhost:PORT or redis://HOST:PORT (see `worker`)" };
+        var workers = new Option<int?>("--workers") { Description = "with --cluster: wait for this many workers and split the calibration into as many shards (default: those that joined)" };
+        var tls = new Option<string?>("--tls-certificate") { Description = "with --cluster: the cluster's PKCS#12 certificate (see `worker --tls-certificate`)" };
+        var tlsPassword = new Option<string?>("--tls-password") { Description = "the certificate file's password (default: DOTQUANT_TLS_PASSWORD)" };
+        var clusterTimeout = new Option<double>("--cluster-timeout") { Description = "with --cluster: seconds to wait for the workers (DQ0185 after that)", DefaultValueFactory = _ => 60 };
         var format = OutputFormat.Create();
-        var cmd = new Command("run", "Quantize a model as a quant.yaml manifest describes") { manifest, output, cacheDir, requireCache, resume, maxMemory, exclusive, format };
+        var cmd = new Command("run", "Quantize a model as a quant.yaml manifest describes") { manifest, output, cacheDir, requireCache, resume, maxMemory, exclusive, cluster, workers, clusterTimeout, tls, tlsPassword, format };
         cmd.SetAction((parse, ct) =>
         {
             var m = ModelSource.Resolve(ManifestParser.Load(parse.GetValue(manifest)!), parse.GetValue(cacheDir), ct);
@@ -34,13 +40,19 @@ public static class RunCommand
             var progress = new Progress(stdout, json, quiet, interactive && !json);
             long? limit = parse.GetValue(maxMemory) is { } text ? ByteSize.Parse(text, "--max-memory") : null;
 
+            // The workers are found first: without them nothing is computed or written (DQ0185).
+            var security = parse.GetValue(cluster) is null ? null
+                : ClusterSecurity.Load(parse.GetValue(tls), parse.GetValue(tlsPassword) ?? Environment.GetEnvironmentVariable("DOTQUANT_TLS_PASSWORD"));
+            using var members = Connect(parse, cluster, workers, clusterTimeout, security, progress, ct);
+            int shards = members?.Workers ?? 1;
+
             FileDigests? digests = null;
             CacheEntry? entry = null;
             FileLock? entryLock = null;
             if (parse.GetValue(cacheDir) is { } cache)
             {
                 digests = new FileDigests(Path.GetFullPath(cache));
-                string fingerprint = QuantizeJob.Fingerprint(m, digests);
+                string fingerprint = QuantizeJob.Fingerprint(m, digests, shards);
                 digests.Save();
                 outDir = Path.Combine(Path.GetFullPath(cache), CacheKey(fingerprint));
                 entry = new CacheEntry(outDir, m.Output.Name);
@@ -77,9 +89,14 @@ public static class RunCommand
             var options = new RunOptions
             {
                 ContentAddressed = digests is not null, Resume = parse.GetValue(resume), MaxMemory = limit, Digests = digests,
-                BeforePublish = entry is null ? null : entry.Seal,
+                BeforePublish = entry is null ? null : entry.Seal, Cluster = members,
             };
             var result = QuantizeJob.Run(m, outDir, progress.Report, ct, options);
+            if (members is not null)
+            {
+                foreach (var t in members.Takeovers) progress.Report(new WarningEvent($"{DotQuant.Engine.Diagnostics.ErrorCodes.ClusterWorkerLost}: {t}"));
+                progress.Report(ClusterReport(members, result));
+            }
             if (m.Evaluate is not null)
             {
                 string report = DotQuant.Tool.Reports.RunReport.Write(m, result, PeakRssBytes());
@@ -102,6 +119,40 @@ public static class RunCommand
             }
         });
         return cmd;
+    }
+
+    static OrleansCluster? Connect(ParseResult parse, Option<string?> cluster, Option<int?> workers, Option<double> timeout, ClusterSecurity? tls, Progress progress, CancellationToken ct)
+    {
+        int? wanted = parse.GetValue(workers);
+        if (parse.GetValue(cluster) is not { } text)
+        {
+            if (wanted is not null)
+                throw new DotQuant.Engine.Diagnostics.DotQuantException(DotQuant.Engine.Diagnostics.ErrorCodes.Usage, "--workers needs --cluster");
+            return null;
+        }
+        if (wanted is < 1) throw new DotQuant.Engine.Diagnostics.DotQuantException(DotQuant.Engine.Diagnostics.ErrorCodes.Usage, "--workers must be at least 1");
+        double seconds = parse.GetValue(timeout);
+        if (seconds <= 0) throw new DotQuant.Engine.Diagnostics.DotQuantException(DotQuant.Engine.Diagnostics.ErrorCodes.Usage, "--cluster-timeout must be positive");
+        var address = ClusterAddress.Parse(text);
+        var members = OrleansCluster.Connect(address, wanted, TimeSpan.FromSeconds(seconds), tls, line => progress.Report(new InfoEvent("cluster", line)), ct);
+        foreach (var w in members.Members)
+            progress.Report(new InfoEvent("cluster", $"worker {w.Silo} on {w.Machine} (pid {w.ProcessId}, DotQuant {w.EngineVersion}, {w.Numerics})"));
+        return members;
+    }
+
+    /// <summary>Which workers took part, their tokens/s, the bytes exchanged and the time spent waiting on the slowest.</summary>
+    static InfoEvent ClusterReport(OrleansCluster members, JobResult result)
+    {
+        var t = members.Traffic;
+        int blocks = Math.Max(1, result.Layers.Select(l => l.Block).Distinct().Count() - result.ResumedBlocks);
+        // Tokens through the blocks per second of statistics work (each group's forward counts once per block).
+        var rates = t.ComputeSeconds.OrderBy(kv => kv.Key)
+            .Select(kv => $"shard {kv.Key} on {members.Members[kv.Key].Silo}: {t.Tokens[kv.Key]:N0} tokens, {kv.Value:F1} s of statistics ({(kv.Value > 0 ? t.Tokens[kv.Key] * (double)blocks / kv.Value : 0):N0} tokens/s)");
+        return new InfoEvent("cluster",
+            $"{members.Workers} workers: {string.Join("; ", rates)}; exchanged {ByteSize.Format(t.BytesReceived + t.BytesSent)} " +
+            $"({ByteSize.Format((t.BytesReceived + t.BytesSent) / blocks)} per block: statistics {ByteSize.Format(t.BytesReceived)} in, weights {ByteSize.Format(t.BytesSent)} out), " +
+            $"shard states {ByteSize.Format(t.StateBytes)}; {members.Takeovers.Count} shard{(members.Takeovers.Count == 1 ? "" : "s")} taken over; " +
+            $"waited {t.WaitingOnSlowest:F1} s on the slowest worker");
     }
 
     /// <summary>Peak resident memory of this process (VmHWM on Linux).</summary>

@@ -1,0 +1,45 @@
+namespace DotQuant.Cluster;
+
+/// <summary>One shard of a run on one worker, keyed "SILO|SHARD" and placed on that silo (a worker may hold
+/// two shards after taking over a lost one).
+/// The calls follow <see cref="DotQuant.Engine.Distributed.IShardWorkers"/>; tensors travel in chunks
+/// (<see cref="TensorChunks"/>).</summary>
+public interface IShardGrain : IGrainWithStringKey
+{
+    Task<WorkerInfo> Describe();
+
+    /// <summary>Checks the job against this worker (DQ0186), opens the model and embeds the shard.</summary>
+    Task<long> Open(ShardMessage job);
+
+    Task BeginBlock(int block);
+
+    /// <summary>Computes the group's sums over the shard and keeps them until read.</summary>
+    Task<SumsHeader> ComputeGroupSums(int block, int group);
+
+    /// <summary>Chunk <paramref name="chunk"/> of the kept H (<paramref name="tensor"/> 0) or D (1).</summary>
+    Task<byte[]> ReadSums(int tensor, int chunk);
+
+    /// <summary>Begins receiving <paramref name="linear"/>'s solved weight.</summary>
+    Task BeginWeight(int block, string linear, TensorHeader header);
+
+    Task WriteWeight(int chunk, byte[] data);
+
+    /// <summary>The received weight is complete: the linear computes with it from now on.</summary>
+    Task EndWeight();
+
+    Task Advance(int block);
+
+    /// <summary>Saves the shard's state between blocks on the worker and lists its files.</summary>
+    Task<StateFile[]> SaveState();
+
+    Task<byte[]> ReadStateFile(string name, long offset, int count);
+
+    /// <summary>Forgets a state put earlier (a new one is coming).</summary>
+    Task ClearState(string runKey);
+
+    /// <summary>Receives part of a saved state's file before <see cref="Open"/> restores from it.</summary>
+    Task PutStateFile(string runKey, string name, long offset, byte[] data);
+
+    /// <summary>Releases the shard (the run is over).</summary>
+    Task Close();
+}

@@ -1,0 +1,204 @@
+using System.Diagnostics;
+using DotQuant.Engine.Calibration;
+using DotQuant.Engine.Diagnostics;
+using DotQuant.Engine.Distributed;
+using Orleans.Runtime;
+using static TorchSharp.torch;
+
+namespace DotQuant.Cluster;
+
+/// <summary>The worker side of <see cref="IShardGrain"/>: a <see cref="ShardWorker"/> on the silo the
+/// grain's key names. The heavy calls run on a thread-pool thread (not Orleans' scheduler), one at a
+/// time: a grain is not reentrant, so the coordinator's calls to one worker are serialized.</summary>
+[Orleans.Placement.PreferLocalPlacement]
+public sealed class ShardGrain(ILocalSiloDetails silo, WorkerState state) : Grain, IShardGrain
+{
+    ShardWorker? _worker;
+    string? _runKey;
+    Tensor? _h, _d;
+    Tensor? _incoming;
+    string? _incomingLinear;
+    int _incomingBlock;
+
+    public override Task OnActivateAsync(CancellationToken ct)
+    {
+        // The coordinator places each shard on the silo its key names; an activation anywhere else (the
+        // silo died and Orleans re-placed the grain) must not pretend to hold that shard.
+        if (SiloOf(this.GetPrimaryKeyString()) != silo.SiloAddress.ToParsableString())
+            throw new ShardException(ErrorCodes.ClusterWorkerLost, $"the shard {this.GetPrimaryKeyString()} was placed on {silo.SiloAddress}: its worker is gone",
+                silo.SiloAddress.ToParsableString());
+        return Task.CompletedTask;
+    }
+
+    /// <summary>The grain key "SILO|SHARD" of shard <paramref name="shard"/> on <paramref name="silo"/>.</summary>
+    public static string Key(string silo, int shard) => $"{silo}|{shard}";
+    static string SiloOf(string key) => key[..key.LastIndexOf('|')];
+    int ShardIndex => int.Parse(this.GetPrimaryKeyString()[(this.GetPrimaryKeyString().LastIndexOf('|') + 1)..]);
+
+    string Folder(string runKey) => Path.Combine(state.Scratch, $"{runKey}-{ShardIndex}");
+
+    public Task<WorkerInfo> Describe() => Task.FromResult(state.Info(silo.SiloAddress.ToParsableString()));
+
+    public Task<long> Open(ShardMessage job) => Run(() =>
+    {
+        Release();
+        var sw = Stopwatch.StartNew();
+        string scratch = Folder(job.RunKey);
+        string? restore = job.RestoreBlock >= 0 ? Path.Combine(scratch, "restore") : null;
+        _worker = ShardWorker.Open(job.ToJob(state.Models), 0, Path.Combine(scratch, "work"), restore, Math.Max(0, job.RestoreBlock), ct: state.Stopping);
+        _runKey = job.RunKey;
+        state.Log($"shard {job.Shard}: {_worker.Sequences} sequences, {_worker.Tokens:N0} tokens" +
+                  (restore is null ? "" : $", restored at block {job.RestoreBlock}") + $"; {_worker.Memory.Summary()} ({sw.Elapsed.TotalSeconds:F1} s)");
+        return _worker.Tokens;
+    });
+
+    public Task BeginBlock(int block) => Run(() =>
+    {
+        Worker.BeginBlock(block, state.Stopping);
+        return 0;
+    });
+
+    public Task<SumsHeader> ComputeGroupSums(int block, int group) => Run(() =>
+    {
+        DisposeSums();
+        var sw = Stopwatch.StartNew();
+        var (h, d, n) = Worker.GroupSums(block, group, state.Stopping);
+        _h = h.contiguous().DetachFromDisposeScope();
+        if (!ReferenceEquals(_h, h)) h.Dispose();
+        _d = d?.contiguous().DetachFromDisposeScope();
+        if (d is not null && !ReferenceEquals(_d, d)) d.Dispose();
+        return new SumsHeader(TensorChunks.Header(_h), _d is null ? null : TensorChunks.Header(_d), n, sw.Elapsed.TotalSeconds);
+    });
+
+    public Task<byte[]> ReadSums(int tensor, int chunk)
+    {
+        var t = (tensor == 0 ? _h : _d) ?? throw new InvalidOperationException("no sums are kept");
+        var data = TensorChunks.Chunk(t, chunk);
+        // The last chunk of the last tensor read: the sums are no longer needed here.
+        if (chunk == TensorChunks.Header(t).Chunks - 1 && (tensor == 1 || _d is null)) DisposeSums();
+        return Task.FromResult(data);
+    }
+
+    public Task BeginWeight(int block, string linear, TensorHeader header)
+    {
+        _incoming?.Dispose();
+        _incoming = TensorChunks.Allocate(header).DetachFromDisposeScope();
+        _incomingLinear = linear;
+        _incomingBlock = block;
+        return Task.CompletedTask;
+    }
+
+    public Task WriteWeight(int chunk, byte[] data)
+    {
+        TensorChunks.Write(_incoming ?? throw new InvalidOperationException("no weight is being received"), chunk, data);
+        return Task.CompletedTask;
+    }
+
+    public Task EndWeight() => Run(() =>
+    {
+        using var w = _incoming ?? throw new InvalidOperationException("no weight is being received");
+        _incoming = null;
+        Worker.UseWeight(_incomingBlock, _incomingLinear!, w);
+        return 0;
+    });
+
+    public Task Advance(int block) => Run(() =>
+    {
+        Worker.Advance(block, state.Stopping);
+        return 0;
+    });
+
+    public Task<StateFile[]> SaveState() => Run(() =>
+    {
+        string folder = Path.Combine(Folder(_runKey!), "state");
+        if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
+        Worker.SaveState(folder);
+        return Directory.GetFiles(folder).Order(StringComparer.Ordinal).Select(f => new StateFile(Path.GetFileName(f), new FileInfo(f).Length)).ToArray();
+    });
+
+    public async Task<byte[]> ReadStateFile(string name, long offset, int count)
+    {
+        string path = Path.Combine(Folder(_runKey!), "state", Path.GetFileName(name));
+        await using var f = File.OpenRead(path);
+        f.Position = offset;
+        var data = new byte[Math.Min(count, Math.Max(0, f.Length - offset))];
+        await f.ReadExactlyAsync(data);
+        return data;
+    }
+
+    public Task ClearState(string runKey)
+    {
+        string folder = Path.Combine(Folder(runKey), "restore");
+        if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
+        return Task.CompletedTask;
+    }
+
+    public async Task PutStateFile(string runKey, string name, long offset, byte[] data)
+    {
+        string folder = Path.Combine(Folder(runKey), "restore");
+        Directory.CreateDirectory(folder);
+        await using var f = new FileStream(Path.Combine(folder, Path.GetFileName(name)), offset == 0 ? FileMode.Create : FileMode.Open, FileAccess.Write);
+        f.Position = offset;
+        await f.WriteAsync(data);
+    }
+
+    public Task Close()
+    {
+        Release();
+        DeactivateOnIdle();
+        return Task.CompletedTask;
+    }
+
+    public override Task OnDeactivateAsync(DeactivationReason reason, CancellationToken ct)
+    {
+        Release();
+        return Task.CompletedTask;
+    }
+
+    ShardWorker Worker => _worker ?? throw new DotQuantException(ErrorCodes.ClusterWorkerLost, "this worker holds no shard (it was restarted or closed)");
+
+    void DisposeSums()
+    {
+        _h?.Dispose();
+        _d?.Dispose();
+        _h = _d = null;
+    }
+
+    void Release()
+    {
+        DisposeSums();
+        _incoming?.Dispose();
+        _incoming = null;
+        _worker?.Dispose();
+        _worker = null;
+    }
+
+    /// <summary>Runs engine work off Orleans' scheduler, on one thread for the whole call.
+    /// A DQ diagnostic goes back to the coordinator with its code and this worker's address.</summary>
+    Task<T> Run<T>(Func<T> work) => Task.Run(() =>
+    {
+        try
+        {
+            // No dispose scope around the call: what a call creates to keep (a block, states, a restored
+            // stream) must outlive it, as in a single process; the engine scopes its own temporaries.
+            return work();
+        }
+        catch (DotQuantException e)
+        {
+            throw new ShardException(e.Code, e.Message, silo.SiloAddress.ToParsableString());
+        }
+    });
+}
+
+/// <summary>What a worker process shares with its grains: identity, scratch folder, log, stop signal.</summary>
+public sealed class WorkerState(string scratch, string? models, Action<string> log, CancellationToken stopping)
+{
+    public string Scratch => scratch;
+    /// <summary>Where this worker keeps models (a run's model folder NAME is read from here), or null for the coordinator's paths.</summary>
+    public string? Models => models;
+    public CancellationToken Stopping => stopping;
+    public void Log(string line) => log(line);
+
+    public WorkerInfo Info(string silo) => new(silo, Environment.MachineName, Environment.ProcessId, QuantizeJob.EngineVersion,
+        Numerics.Key(get_num_threads()));
+}

@@ -1,0 +1,100 @@
+using DotQuant.Engine.Torch;
+using static TorchSharp.torch;
+
+namespace DotQuant.Engine.Distributed;
+
+/// <summary>The coordinator's view of a distributed run's workers, each holding one shard of the
+/// calibration stream (<see cref="ShardPlan"/>). The calls follow the sequential driver: a block
+/// begins, each group's statistics are summed over the shards, each solved linear's weight is handed
+/// to every worker, and the streams advance where they live. A transport (Orleans, or in-process for
+/// tests) implements it; the algorithm does not change.</summary>
+public interface IShardWorkers : IDisposable
+{
+    /// <summary>The shard count (one per worker).</summary>
+    int Shards { get; }
+
+    /// <summary>Every worker loads block <paramref name="block"/> and its Hessian source prepares.
+    /// <paramref name="solvedSoFar"/> gives the block's linears solved so far with their dequantized
+    /// weights (a worker that takes over a lost shard mid-block receives them again).</summary>
+    void BeginBlock(int block, Func<IEnumerable<(string Linear, Tensor Weight)>> solvedSoFar, CancellationToken ct);
+
+    /// <summary>The unscaled fp64 sums of group <paramref name="group"/>'s statistics over all shards (see
+    /// <see cref="ShardSums"/>), and the sequences they cover.</summary>
+    (Tensor H, Tensor? D, int Sequences) GroupSums(int block, int group, CancellationToken ct);
+
+    /// <summary>Linear <paramref name="linear"/> of the current block computes with <paramref name="weight"/>
+    /// (fp32, the dequantized solved weight) on every worker from now on.</summary>
+    void UseWeight(int block, string linear, Tensor weight, CancellationToken ct);
+
+    /// <summary>Every shard's stream moves through the solved block, the block ends, and each shard's state
+    /// at the next block's input is saved into <paramref name="states"/>/shard-K on this machine (written
+    /// whole, then renamed into place).</summary>
+    void Advance(int block, string states, CancellationToken ct);
+
+    /// <summary>The shards start again from the states saved in <paramref name="states"/> (a resumed run,
+    /// at <paramref name="nextBlock"/>'s input).</summary>
+    void Restore(string states, int nextBlock, CancellationToken ct);
+}
+
+/// <summary>Where a distributed run keeps its shards' states between blocks.</summary>
+public static class ShardStates
+{
+    public static string Folder(string states, int shard) => Path.Combine(states, $"shard-{shard}");
+
+    /// <summary>Moves a state written in <paramref name="temp"/> into place, replacing an older one.</summary>
+    public static void Publish(string temp, string states, int shard)
+    {
+        string target = Folder(states, shard);
+        Directory.CreateDirectory(states);
+        if (Directory.Exists(target)) Directory.Delete(target, recursive: true);
+        Directory.Move(temp, target);
+    }
+}
+
+/// <summary>How the shards' partial sums are added: fp64 sums (<see cref="Hessians.LayerStatistics"/>) in
+/// shard order, scaled and rounded to fp32 once by the caller. A single process adds the same batches'
+/// products into one fp64 sum, so the two agree bit for bit except where an fp64 rounding falls on an fp32
+/// rounding boundary.</summary>
+public sealed class ShardSums : IDisposable
+{
+    Tensor? _h, _d;
+    int _sequences, _added;
+
+    /// <summary>Adds one shard's fp64 sums (the caller keeps and disposes its tensors).</summary>
+    public void Add(Tensor h, Tensor? d, int sequences)
+    {
+        if (h.dtype != ScalarType.Float64 || d is { dtype: not ScalarType.Float64 })
+            throw new ArgumentException("shard sums are fp64");
+        if (_h is null)
+        {
+            _h = h.clone().DetachFromDisposeScope();
+            _d = d?.clone().DetachFromDisposeScope();
+        }
+        else
+        {
+            if ((_d is null) != (d is null)) throw new InvalidOperationException("shards disagree on whether D is accumulated");
+            _h.add_(h, Scalars.One);
+            _d?.add_(d!, Scalars.One);
+        }
+        _sequences += sequences;
+        _added++;
+    }
+
+    public int Added => _added;
+
+    /// <summary>The fp64 sums over every shard, handed over.</summary>
+    public (Tensor H, Tensor? D, int Sequences) Take()
+    {
+        if (_h is null) throw new InvalidOperationException("no shard was added");
+        var result = (_h, _d, _sequences);
+        _h = _d = null;
+        return result;
+    }
+
+    public void Dispose()
+    {
+        _h?.Dispose();
+        _d?.Dispose();
+        _h = _d = null;
+    }
+}

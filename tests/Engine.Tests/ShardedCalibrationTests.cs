@@ -1,0 +1,73 @@
+using DotQuant.Engine.Calibration;
+using DotQuant.Engine.Distributed;
+using DotQuant.Engine.Manifest;
+using DotQuant.Engine.Formats;
+using DotQuant.Tests;
+using Xunit;
+
+namespace DotQuant.Engine.Tests;
+
+/// <summary>The distributed algorithm without a transport (InProcessCluster): the calibration sequences
+/// sharded on batch boundaries, each shard's statistics summed apart and added in fp64. One shard is the
+/// single process bit for bit; three agree with it up to summation order and repeat their own bytes.</summary>
+public class ShardedCalibrationTests
+{
+    // 96 × 256 tokens are three batches of 32 sequences: three shards.
+    static string Manifest(string quantize) =>
+        $"version: 1\nmodel: {SharedPaths.Stories260K}\ncalibration:\n  data: {SharedPaths.Data("wikitext2-tokenized", "valid.tokens")}\n  samples: 96\n  sequence_length: 256\n" +
+        $"quantize:\n{quantize}output:\n  name: out\nevaluate:\n  perplexity:\n    data: {SharedPaths.Data("wikitext2", "wiki.test.gptq-joined.txt")}\n    sequence_length: 256\n    max_sequences: 16\n";
+
+    [Fact]
+    public void Shards_follow_the_batches_and_cover_every_sequence_in_order()
+    {
+        var sequences = Enumerable.Range(0, 96).Select(i => Enumerable.Repeat((long)i, 256).ToArray()).ToList();
+        var plan = ShardPlan.Split(sequences, 3);
+        Assert.Equal(3, plan.Count);
+        Assert.All(plan.Shards, s => Assert.Equal(32, s.Count));
+        Assert.Equal(sequences, plan.Shards.SelectMany(s => s));
+        Assert.Equal(2, ShardPlan.Split(sequences, 2).Count);
+        Assert.Equal(3, ShardPlan.Split(sequences, 8).Count);     // never more shards than batches
+        var two = ShardPlan.Split(sequences, 2);
+        Assert.Equal([64, 32], two.Shards.Select(s => s.Count));
+    }
+
+    static JobResult Run(TempDir dir, string quantize, string folder, int? shards)
+    {
+        string manifest = dir.File(folder + ".yaml");
+        File.WriteAllText(manifest, Manifest(quantize));
+        var options = shards is int n ? new RunOptions { Cluster = new InProcessCluster(n, dir.File(folder + "-shards")) } : null;
+        return QuantizeJob.Run(ManifestParser.Load(manifest), dir.File(folder), options: options);
+    }
+
+    static byte[] Weights(JobResult r) => File.ReadAllBytes(Path.Combine(r.Output, "model.safetensors"));
+
+    [Theory]
+    [InlineData("  method: gptq\n  bits: 4\n  group_size: 16\n")]
+    [InlineData("  method: gptaq\n  bits: 2\n  group_size: 16\n  compensation_aware: true\n")]
+    [InlineData("  method: gptq\n  bits: 3\n  group_size: 16\n  rotate: hadamard\n")]
+    public void One_shard_is_the_single_process_and_three_agree_with_it(string quantize)
+    {
+        using var dir = new TempDir();
+        var single = Run(dir, quantize, "single", null);
+        var one = Run(dir, quantize, "one", 1);
+        Assert.Equal(Weights(single), Weights(one));
+
+        var three = Run(dir, quantize, "three", 3);
+        var again = Run(dir, quantize, "again", 3);
+        Assert.Equal(Weights(three), Weights(again));
+        double relative = Math.Abs(three.After!.Perplexity / single.After!.Perplexity - 1);
+        Assert.True(relative < 5e-4, $"perplexity {single.After.Perplexity} single, {three.After.Perplexity} with three shards");
+        // Per layer, the calibration losses agree (the statistics differ by summation order only).
+        foreach (var (a, b) in single.Layers.Zip(three.Layers).Where(p => p.First.Quantized))
+            Assert.True(Math.Abs(b.Loss / a.Loss - 1) < 1e-3, $"{a.Name}: loss {a.Loss} vs {b.Loss}");
+    }
+
+    [Fact]
+    public void Output_adaptive_Hessians_are_refused_for_now()
+    {
+        using var dir = new TempDir();
+        var e = Assert.Throws<DotQuant.Engine.Diagnostics.DotQuantException>(() => Run(dir, "  method: spqr\n  hessian: output_adaptive\n", "oac", 2));
+        Assert.Equal("DQ0006", e.Code);
+        Assert.False(Directory.Exists(dir.File("oac/out")));
+    }
+}
