@@ -240,6 +240,12 @@ public sealed class OrleansCluster : ICalibrationCluster, IDisposable
 
     internal int Count => _silos.Count;
 
+    /// <summary>The worker shard <paramref name="shard"/> is on now (another after a takeover).</summary>
+    public string WorkerOf(int shard)
+    {
+        lock (_silos) return _silos[shard].ToParsableString();
+    }
+
     public void Dispose()
     {
         using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(10));

@@ -147,7 +147,7 @@ public static class RunCommand
         int blocks = Math.Max(1, result.Layers.Select(l => l.Block).Distinct().Count() - result.ResumedBlocks);
         // Tokens through the blocks per second of statistics work (each group's forward counts once per block).
         var rates = t.ComputeSeconds.OrderBy(kv => kv.Key)
-            .Select(kv => $"shard {kv.Key} on {members.Members[kv.Key].Silo}: {t.Tokens[kv.Key]:N0} tokens, {kv.Value:F1} s of statistics ({(kv.Value > 0 ? t.Tokens[kv.Key] * (double)blocks / kv.Value : 0):N0} tokens/s)");
+            .Select(kv => $"shard {kv.Key} on {members.WorkerOf(kv.Key)}: {t.Tokens[kv.Key]:N0} tokens, {kv.Value:F1} s of statistics ({(kv.Value > 0 ? t.Tokens[kv.Key] * (double)blocks / kv.Value : 0):N0} tokens/s)");
         return new InfoEvent("cluster",
             $"{members.Workers} workers: {string.Join("; ", rates)}; exchanged {ByteSize.Format(t.BytesReceived + t.BytesSent)} " +
             $"({ByteSize.Format((t.BytesReceived + t.BytesSent) / blocks)} per block: statistics {ByteSize.Format(t.BytesReceived)} in, weights {ByteSize.Format(t.BytesSent)} out), " +
