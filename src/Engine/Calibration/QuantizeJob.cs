@@ -171,8 +171,8 @@ public static class QuantizeJob
         if (hessians.NeedsCalibration && distributed is null)
         {
             using var phase = PhaseClock.Measure("calibration data");
-            stream = first == 0 ? ActivationStream.Embed(model, sequences, storage) : ActivationStream.Load(run.StreamFile, "xq", sequences, storage);
-            if (first > 0) hessians.Restore(run.Root, sequences, first);
+            stream = first == 0 ? ActivationStream.Embed(model, sequences, storage) : ActivationStream.Load(run.StreamFile(first), "xq", sequences, storage);
+            if (first > 0) hessians.Restore(run.StateFolder(first), sequences, first);
         }
         else if (distributed is not null && first > 0) hessians.Restore(run.Root, sequences, first);
         IReadOnlyList<LayerReport> reports;
@@ -248,13 +248,17 @@ public static class QuantizeJob
         public void Completed(int block, ActivationStream? stream, IHessianSource hessians, IReadOnlyList<LayerReport> reports)
         {
             var writerState = writer.Commit();
-            stream?.Save(run.StreamFile, "xq");
-            hessians.Save(run.Root);
+            string folder = run.StateFolder(block + 1);
+            if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
+            Directory.CreateDirectory(folder);
+            stream?.Save(run.StreamFile(block + 1), "xq");
+            hessians.Save(folder);
             run.SaveState(new RunState
             {
                 Fingerprint = fingerprint, NextBlock = block + 1, Writer = writerState, Reports = reports.ToList(),
                 Before = before, TasksBefore = tasksBefore.ToList(),
             });
+            run.DropStatesBefore(block + 1);
         }
     }
 

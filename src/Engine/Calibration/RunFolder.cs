@@ -49,7 +49,19 @@ public sealed class RunFolder : IDisposable
     public string Root { get; }
     public string Output => Path.Combine(Root, "output");
     public string Scratch => Path.Combine(Root, "scratch");
-    public string StreamFile => Path.Combine(Root, "stream.safetensors");
+    /// <summary>The streams and the Hessian source's state at <paramref name="nextBlock"/>'s input. One folder
+    /// per resume point: overwriting a single stream file before state.json was committed let a stop
+    /// between the two resume an earlier block with a later block's stream (found by the chaos test).</summary>
+    public string StateFolder(int nextBlock) => Path.Combine(Root, $"block-{nextBlock}");
+
+    public string StreamFile(int nextBlock) => Path.Combine(StateFolder(nextBlock), "stream.safetensors");
+
+    /// <summary>Once state.json names <paramref name="nextBlock"/>, the earlier resume points' folders go.</summary>
+    public void DropStatesBefore(int nextBlock)
+    {
+        foreach (var dir in Directory.GetDirectories(Root, "block-*"))
+            if (int.TryParse(Path.GetFileName(dir)[6..], out int b) && b < nextBlock) Directory.Delete(dir, recursive: true);
+    }
     string StateFile => Path.Combine(Root, "state.json");
     /// <summary>False when another live run holds the keyed folder and this one works privately.</summary>
     public bool Resumable { get; }

@@ -106,7 +106,8 @@ public class ClusterTests(LocalCluster cluster) : IClassFixture<LocalCluster>
         var (exit, stdout) = await RunUntil(manifest, dir.File("taken-over"), "model.layers.1.self_attn.q_proj", () => workers.Kill(2), killRun: false, cluster);
         Assert.True(exit == 0, stdout + "\n" + workers.Logs);
         Assert.Contains("taken over by", stdout);
-        Assert.Contains("1 shard taken over", stdout);
+        // One takeover per failed call: the lost shard's calls in flight may each report one.
+        Assert.Matches("[1-9][0-9]* shards? taken over", stdout);
         Assert.Equal(reference.Files.Values, new Run(0, stdout, "", 0, dir.File("taken-over")).Files.Values);
     }
 
