@@ -103,7 +103,7 @@ sealed class OrleansShardWorkers(OrleansCluster cluster, ShardJob job) : IShardW
     {
         using var w = weight.contiguous();
         var header = TensorChunks.Header(w);
-        var chunks = Enumerable.Range(0, header.Chunks).Select(c => TensorChunks.Chunk(w, c)).ToArray();
+        var chunks = TensorChunks.All(w);
         All(k => { Send(k, block, linear, header, chunks, ct); return 0; }, $"receiving {linear}'s solved weight", ct);
     }
 
@@ -235,7 +235,7 @@ sealed class OrleansShardWorkers(OrleansCluster cluster, ShardJob job) : IShardW
                         using (var w = weight.contiguous())
                         {
                             var header = TensorChunks.Header(w);
-                            Send(k, _block, linear, header, Enumerable.Range(0, header.Chunks).Select(c => TensorChunks.Chunk(w, c)).ToArray(), ct);
+                            Send(k, _block, linear, header, TensorChunks.All(w), ct);
                         }
                 }
                 lock (cluster.Takeovers)

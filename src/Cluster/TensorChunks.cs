@@ -26,6 +26,9 @@ public static class TensorChunks
         return all.Slice((int)start, length).ToArray();
     }
 
+    /// <summary>Every chunk of a contiguous CPU tensor, in order.</summary>
+    public static byte[][] All(Tensor t) => Enumerable.Range(0, Header(t).Chunks).Select(c => Chunk(t, c)).ToArray();
+
     /// <summary>An empty tensor of the header's dtype and shape, filled by <see cref="Write"/>.</summary>
     public static Tensor Allocate(TensorHeader h)
     {

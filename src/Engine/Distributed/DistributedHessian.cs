@@ -27,7 +27,7 @@ public sealed class DistributedHessian(IShardWorkers workers, string states) : I
 
     public GroupStatistics Group(BlockWork work, IReadOnlyList<NamedLinear> group, IReadOnlyList<NamedLinear> active)
     {
-        int index = IndexOf(work.Block, group);
+        int index = LayerHessian.IndexOf(work.Block, group);
         var (sumH, sumD, sequences) = workers.GroupSums(work.Block.Index, index, work.Cancellation);
         var (h, d) = LayerStatistics.Scale(sumH, sumD, sequences);
         return GroupStatistics.Shared(active, h, d);
@@ -64,14 +64,6 @@ public sealed class DistributedHessian(IShardWorkers workers, string states) : I
         if (!Directory.Exists(saved))
             throw new DotQuantException(ErrorCodes.ClusterWorkerLost, $"the shards' states at block {nextBlock} are missing from {states}: run it again without --resume", folder);
         workers.Restore(saved, nextBlock, default);
-    }
-
-    static int IndexOf(DecoderBlock block, IReadOnlyList<NamedLinear> group)
-    {
-        var groups = block.LinearGroups;
-        for (int g = 0; g < groups.Count; g++)
-            if (groups[g].Count > 0 && groups[g][0].Name == group[0].Name) return g;
-        throw new DotQuantException(ErrorCodes.Internal, $"block {block.Index} has no group starting with {group[0].Name}");
     }
 
     public void Dispose() { }

@@ -108,7 +108,8 @@ public sealed class LayerHessian(bool staged = false) : ISummedHessianSource
         return true;
     }
 
-    static int IndexOf(DecoderBlock block, IReadOnlyList<NamedLinear> group)
+    /// <summary>The index of <paramref name="group"/> among the block's true-sequential groups (by its first linear).</summary>
+    internal static int IndexOf(DecoderBlock block, IReadOnlyList<NamedLinear> group)
     {
         var groups = block.LinearGroups;
         for (int g = 0; g < groups.Count; g++)

@@ -143,7 +143,6 @@ public class ClusterTests(LocalCluster cluster) : IClassFixture<LocalCluster>
     {
         using var dir = new TempDir();
         string manifest = Manifest(dir, "  method: gptq\n  bits: 4\n  group_size: 128\n");
-        var sw = Stopwatch.StartNew();
         var r = await Fixtures.RunAsync("dotnet", [WorkerProcesses.Tool, "run", manifest, "--output", dir.File("o"), "--threads", "2",
             "--cluster", cluster.Workers.Cluster, "--workers", "3"]);
         Assert.Equal(1, r.ExitCode);
