@@ -55,6 +55,17 @@ if (args.Length > 0 && args[0] == "reliability")
     Reliability.Run(shared, Path.GetFullPath(Path.Combine(benchDir, "..")), Option("--out") ?? Path.Combine(benchDir, "reliability.md"), args[1..]);
     return 0;
 }
+if (args.Length > 0 && args[0] == "scale-out")
+{
+    // Issue 23: speed-up on pinned cores, transfer, the 70B projection (bench/results.md).
+    Sections.Splice(Option("--out") ?? Path.Combine(benchDir, "results.md"), ScaleOut.Marker, ScaleOut.RunSpeed(shared, Path.GetFullPath(Path.Combine(benchDir, "..")), quick));
+    return 0;
+}
+if (args.Length > 0 && args[0] == "scale-out-agreement")
+{
+    Sections.Splice(Option("--out") ?? Path.Combine(benchDir, "results.md"), ScaleOut.AgreementMarker, ScaleOut.RunAgreement(shared, Path.GetFullPath(Path.Combine(benchDir, "..")), quick));
+    return 0;
+}
 if (args.Length > 0 && args[0] == "pins")
     return Pins.Run(shared, Option("--out") ?? Path.GetFullPath(Path.Combine(benchDir, "../tests/Engine.Tests/Golden/pipeline-pins.json")));
 if (args.Length > 0 && args[0] == "quality")

@@ -16,7 +16,7 @@ public interface IShardGrain : IGrainWithStringKey
     /// <summary>Computes the group's sums over the shard and keeps them until read.</summary>
     Task<SumsHeader> ComputeGroupSums(int block, int group);
 
-    /// <summary>Chunk <paramref name="chunk"/> of the kept H (<paramref name="tensor"/> 0) or D (1).</summary>
+    /// <summary>Chunk <paramref name="chunk"/> of the kept sums' tensor <paramref name="tensor"/> (in the header's order).</summary>
     Task<byte[]> ReadSums(int tensor, int chunk);
 
     /// <summary>Begins receiving <paramref name="linear"/>'s solved weight.</summary>

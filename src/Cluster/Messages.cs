@@ -27,6 +27,8 @@ public sealed class ShardMessage
     [Id(8)] public long[][] Sequences { get; set; } = [];
     /// <summary>Start from the state put with <see cref="IShardGrain.PutStateFile"/> at this block's input, or -1 to embed.</summary>
     [Id(9)] public int RestoreBlock { get; set; } = -1;
+    /// <summary>The number of the shard's first sequence in the run (OAC's sampled labels are seeded per sequence).</summary>
+    [Id(10)] public int FirstSequence { get; set; }
 
     public static ShardMessage Of(ShardJob job, int shard, int restoreBlock = -1) => new()
     {
@@ -34,14 +36,14 @@ public sealed class ShardMessage
         ManifestPath = job.ManifestPath, ManifestText = job.ManifestText, ModelPath = job.ModelPath,
         ModelDigests = new Dictionary<string, string>(job.ModelDigests, StringComparer.Ordinal),
         EngineVersion = job.EngineVersion, Numerics = job.Numerics, RunKey = job.RunKey, Shard = shard,
-        Sequences = job.Plan.Shards[shard].ToArray(),
+        Sequences = job.Plan.Shards[shard].ToArray(), FirstSequence = job.Plan.FirstSequence(shard),
     };
 
     /// <summary>The job as the worker's engine sees it: one shard, its own, and the model folder where this
     /// worker keeps it (<paramref name="models"/>/NAME when the worker was given a models folder).</summary>
     public ShardJob ToJob(string? models) => new(ManifestPath, ManifestText,
         models is null ? ModelPath : Path.Combine(models, Path.GetFileName(ModelPath.TrimEnd('/', '\\'))),
-        ModelDigests, EngineVersion, Numerics, RunKey, new ShardPlan([Sequences]));
+        ModelDigests, EngineVersion, Numerics, RunKey, new ShardPlan([Sequences], FirstSequence));
 }
 
 /// <summary>A file of a shard's saved state.</summary>
@@ -56,11 +58,12 @@ public sealed record TensorHeader(
     [property: Id(2)] long Bytes,
     [property: Id(3)] int Chunks);
 
-/// <summary>A group's shard sums: H (and D) as chunked tensors, and the sequences they cover.</summary>
+/// <summary>A group's shard sums (<see cref="DotQuant.Engine.Hessians.StatisticSums"/>): their names, each
+/// as a chunked tensor, and the sequences they cover.</summary>
 [GenerateSerializer, Immutable]
 public sealed record SumsHeader(
-    [property: Id(0)] TensorHeader H,
-    [property: Id(1)] TensorHeader? D,
+    [property: Id(0)] string[] Names,
+    [property: Id(1)] TensorHeader[] Tensors,
     [property: Id(2)] int Sequences,
     [property: Id(3)] double Seconds);
 

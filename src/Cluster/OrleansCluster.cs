@@ -289,6 +289,13 @@ public sealed class ClusterTraffic
     public double OpenSeconds { get; set; }
     public long BytesReceived { get; set; }
     public long BytesSent { get; set; }
+    /// <summary>Seconds reading the statistics back (after every shard computed them: transfer only).</summary>
+    public double ReceiveSeconds { get; set; }
+    /// <summary>Seconds sending the solved weights to every worker.</summary>
+    public double SendSeconds { get; set; }
+    /// <summary>Seconds the workers' statistics took on the slowest shard of each group, summed (the run's
+    /// critical path through the workers).</summary>
+    public double SlowestSeconds { get; set; }
     /// <summary>Shard states sent to the coordinator after each block (its resume point) and back on a takeover.</summary>
     public long StateBytes { get; set; }
     /// <summary>Per shard, seconds computing statistics.</summary>

@@ -1,11 +1,12 @@
 using DotQuant.Engine.Diagnostics;
 using DotQuant.Engine.Distributed;
+using DotQuant.Engine.Hessians;
 using static TorchSharp.torch;
 
 namespace DotQuant.Cluster;
 
 /// <summary><see cref="IShardWorkers"/> over Orleans. Each call goes to every shard at once; the shard sums
-/// come back in chunks and are added in shard order (<see cref="ShardSums"/>), one shard's tensors at a time.
+/// come back in chunks and are added in shard order (<see cref="StatisticSums.Add"/>), one shard's tensors at a time.
 /// A shard whose worker is gone (killed, left: Orleans' membership breaks the calls to it) is handed to
 /// another worker, which starts from the shard's state saved after the last block (or embeds it, in block
 /// 0), loads the current block, receives the weights solved so far and repeats the failed call: the run
@@ -13,6 +14,9 @@ namespace DotQuant.Cluster;
 sealed class OrleansShardWorkers(OrleansCluster cluster, ShardJob job) : IShardWorkers
 {
     const int StateChunk = TensorChunks.ChunkBytes;
+    /// <summary>Chunk calls in flight to one worker: the sender serializes the next chunk while the receiver
+    /// copies one (one call at a time left loopback at 110–370 MB/s, bench/results.md "Scale-out").</summary>
+    const int Window = 4;
     int _block = -1;
     string? _states;                 // the shards' states at the current block's input (null: embed)
     int _statesBlock;
@@ -40,7 +44,7 @@ sealed class OrleansShardWorkers(OrleansCluster cluster, ShardJob job) : IShardW
         All(k => { cluster.Call(k, g => g.BeginBlock(block), $"loading block {block}", ct); return 0; }, $"loading block {block}", ct);
     }
 
-    public (Tensor H, Tensor? D, int Sequences) GroupSums(int block, int group, CancellationToken ct)
+    public StatisticSums GroupSums(int block, int group, CancellationToken ct)
     {
         string during = $"computing block {block}'s group {group} statistics";
         var headers = All(k => cluster.Call(k, g => g.ComputeGroupSums(block, group), during, ct), during, ct);
@@ -50,32 +54,43 @@ sealed class OrleansShardWorkers(OrleansCluster cluster, ShardJob job) : IShardW
             for (int k = 0; k < headers.Length; k++)
                 traffic.ComputeSeconds[k] = traffic.ComputeSeconds.GetValueOrDefault(k) + headers[k].Seconds;
             traffic.WaitingOnSlowest += headers.Max(h => h.Seconds) - headers.Min(h => h.Seconds);
+            traffic.SlowestSeconds += headers.Max(h => h.Seconds);
         }
-        using var sums = new ShardSums();
-        for (int k = 0; k < headers.Length; k++)
+        var receiving = System.Diagnostics.Stopwatch.StartNew();
+        StatisticSums? total = null;
+        try
         {
-            int shard = k;
-            // Read back in shard order; a worker lost now computes its sums again on the one that takes over.
-            var (h, d, n) = OnShard(shard, () =>
+            for (int k = 0; k < headers.Length; k++)
             {
-                var header = headers[shard];
-                var th = Receive(shard, 0, header.H, during, ct);
-                try
+                int shard = k;
+                // Read back in shard order; a worker lost now computes its sums again on the one that takes over.
+                var sums = OnShard(shard, () =>
                 {
-                    var td = header.D is { } dh ? Receive(shard, 1, dh, during, ct) : null;
-                    return (th, td, header.Sequences);
-                }
-                catch
-                {
-                    th.Dispose();
-                    throw;
-                }
-            }, () => headers[shard] = cluster.Call(shard, g => g.ComputeGroupSums(block, group), during, ct), ct);
-            using (h)
-            using (d)
-                sums.Add(h, d, n);
+                    var header = headers[shard];
+                    var received = new List<(string, Tensor)>();
+                    try
+                    {
+                        for (int i = 0; i < header.Names.Length; i++)
+                            received.Add((header.Names[i], Receive(shard, i, header.Tensors[i], during, ct)));
+                        return new StatisticSums(received, header.Sequences);
+                    }
+                    catch
+                    {
+                        foreach (var (_, t) in received) t.Dispose();
+                        throw;
+                    }
+                }, () => headers[shard] = cluster.Call(shard, g => g.ComputeGroupSums(block, group), during, ct), ct);
+                if (total is null) total = sums;
+                else using (sums) total.Add(sums);
+            }
+            lock (traffic) traffic.ReceiveSeconds += receiving.Elapsed.TotalSeconds;
+            return total!;
         }
-        return sums.Take();
+        catch
+        {
+            total?.Dispose();
+            throw;
+        }
     }
 
     Tensor Receive(int shard, int tensor, TensorHeader header, string during, CancellationToken ct)
@@ -83,13 +98,11 @@ sealed class OrleansShardWorkers(OrleansCluster cluster, ShardJob job) : IShardW
         var t = TensorChunks.Allocate(header);
         try
         {
-            for (int c = 0; c < header.Chunks; c++)
+            cluster.Call(shard, g => Pipelined(header.Chunks, c => g.ReadSums(tensor, c), (c, data) =>
             {
-                int chunk = c;
-                var data = cluster.Call(shard, g => g.ReadSums(tensor, chunk), during, ct);
-                TensorChunks.Write(t, chunk, data);
+                TensorChunks.Write(t, c, data);
                 lock (cluster.Traffic) cluster.Traffic.BytesReceived += data.Length;
-            }
+            }), during, ct);
             return t;
         }
         catch
@@ -104,14 +117,16 @@ sealed class OrleansShardWorkers(OrleansCluster cluster, ShardJob job) : IShardW
         using var w = weight.contiguous();
         var header = TensorChunks.Header(w);
         var chunks = TensorChunks.All(w);
+        var sending = System.Diagnostics.Stopwatch.StartNew();
         All(k => { Send(k, block, linear, header, chunks, ct); return 0; }, $"receiving {linear}'s solved weight", ct);
+        lock (cluster.Traffic) cluster.Traffic.SendSeconds += sending.Elapsed.TotalSeconds;
     }
 
     void Send(int k, int block, string linear, TensorHeader header, byte[][] chunks, CancellationToken ct) =>
         cluster.Call(k, async g =>
         {
             await g.BeginWeight(block, linear, header);
-            for (int c = 0; c < chunks.Length; c++) await g.WriteWeight(c, chunks[c]);
+            await Pipelined(chunks.Length, async c => { await g.WriteWeight(c, chunks[c]); return 0; }, (_, _) => { });
             await g.EndWeight();
             lock (cluster.Traffic) cluster.Traffic.BytesSent += header.Bytes;
         }, $"receiving {linear}'s solved weight", ct);
@@ -128,13 +143,12 @@ sealed class OrleansShardWorkers(OrleansCluster cluster, ShardJob job) : IShardW
             foreach (var f in files)
             {
                 using var output = File.Create(Path.Combine(temp, Path.GetFileName(f.Name)));
-                for (long at = 0; at < f.Length; at += StateChunk)
+                int count = (int)((f.Length + StateChunk - 1) / StateChunk);
+                cluster.Call(k, g => Pipelined(count, c => g.ReadStateFile(f.Name, (long)c * StateChunk, StateChunk), (c, data) =>
                 {
-                    long offset = at;
-                    var data = cluster.Call(k, g => g.ReadStateFile(f.Name, offset, StateChunk), $"sending its state after block {block}", ct);
-                    output.Write(data);
+                    RandomAccess.Write(output.SafeFileHandle, data, (long)c * StateChunk);
                     lock (cluster.Traffic) cluster.Traffic.StateBytes += data.Length;
-                }
+                }), $"sending its state after block {block}", ct);
             }
             ShardStates.Publish(temp, states, k);
             return 0;
@@ -149,6 +163,30 @@ sealed class OrleansShardWorkers(OrleansCluster cluster, ShardJob job) : IShardW
         _states = states;
         _statesBlock = nextBlock;
         All(k => OpenShard(k, ct), "restoring its shard", ct);
+    }
+
+    /// <summary>Chunks 0…<paramref name="count"/>−1 requested <see cref="Window"/> at a time and handed to
+    /// <paramref name="received"/> in order (the worker may serve them in any order: each names its place).</summary>
+    static async Task<int> Pipelined<T>(int count, Func<int, Task<T>> request, Action<int, T> received)
+    {
+        var inFlight = new Queue<(int Chunk, Task<T> Data)>();
+        int next = 0;
+        try
+        {
+            while (next < count || inFlight.Count > 0)
+            {
+                while (next < count && inFlight.Count < Window) inFlight.Enqueue((next, request(next++)));
+                var (chunk, data) = inFlight.Dequeue();
+                received(chunk, await data);
+            }
+        }
+        catch
+        {
+            // The others' failures are the same failure; observe them so none goes unobserved.
+            foreach (var (_, t) in inFlight) _ = t.ContinueWith(x => x.Exception, TaskScheduler.Default);
+            throw;
+        }
+        return count;
     }
 
     void PutState(int k, string folder, CancellationToken ct)

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using DotQuant.Engine.Calibration;
 using DotQuant.Engine.Diagnostics;
 using DotQuant.Engine.Distributed;
+using DotQuant.Engine.Hessians;
 using Orleans.Runtime;
 using static TorchSharp.torch;
 
@@ -15,7 +16,8 @@ public sealed class ShardGrain(ILocalSiloDetails silo, WorkerState state) : Grai
 {
     ShardWorker? _worker;
     string? _runKey;
-    Tensor? _h, _d;
+    StatisticSums? _sums;
+    int _sumChunksLeft;
     Tensor? _incoming;
     string? _incomingLinear;
     int _incomingBlock;
@@ -62,20 +64,21 @@ public sealed class ShardGrain(ILocalSiloDetails silo, WorkerState state) : Grai
     {
         DisposeSums();
         var sw = Stopwatch.StartNew();
-        var (h, d, n) = Worker.GroupSums(block, group, state.Stopping);
-        _h = h.contiguous().DetachFromDisposeScope();
-        if (!ReferenceEquals(_h, h)) h.Dispose();
-        _d = d?.contiguous().DetachFromDisposeScope();
-        if (d is not null && !ReferenceEquals(_d, d)) d.Dispose();
-        return new SumsHeader(TensorChunks.Header(_h), _d is null ? null : TensorChunks.Header(_d), n, sw.Elapsed.TotalSeconds);
+        _sums = Worker.GroupSums(block, group, state.Stopping);
+        _sumChunksLeft = _sums.Tensors.Sum(s => TensorChunks.Header(s.Sum).Chunks);
+        if (_sums.Tensors.Any(s => !s.Sum.is_contiguous()))
+            throw new DotQuantException(ErrorCodes.Internal, "a shard's sums are not contiguous");
+        return new SumsHeader(_sums.Tensors.Select(s => s.Name).ToArray(), _sums.Tensors.Select(s => TensorChunks.Header(s.Sum)).ToArray(),
+            _sums.Sequences, sw.Elapsed.TotalSeconds);
     });
 
     public Task<byte[]> ReadSums(int tensor, int chunk)
     {
-        var t = (tensor == 0 ? _h : _d) ?? throw new InvalidOperationException("no sums are kept");
+        var sums = _sums ?? throw new InvalidOperationException("no sums are kept");
+        var t = sums.Tensors[tensor].Sum;
         var data = TensorChunks.Chunk(t, chunk);
-        // The last chunk of the last tensor read: the sums are no longer needed here.
-        if (chunk == TensorChunks.Header(t).Chunks - 1 && (tensor == 1 || _d is null)) DisposeSums();
+        // Every chunk read (in whatever order the coordinator's pipelined calls arrive): the sums are no longer needed here.
+        if (--_sumChunksLeft == 0) DisposeSums();
         return Task.FromResult(data);
     }
 
@@ -159,9 +162,8 @@ public sealed class ShardGrain(ILocalSiloDetails silo, WorkerState state) : Grai
 
     void DisposeSums()
     {
-        _h?.Dispose();
-        _d?.Dispose();
-        _h = _d = null;
+        _sums?.Dispose();
+        _sums = null;
     }
 
     void Release()

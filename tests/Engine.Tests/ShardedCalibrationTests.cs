@@ -45,6 +45,9 @@ public class ShardedCalibrationTests
     [InlineData("  method: gptq\n  bits: 4\n  group_size: 16\n")]
     [InlineData("  method: gptaq\n  bits: 2\n  group_size: 16\n  compensation_aware: true\n")]
     [InlineData("  method: gptq\n  bits: 3\n  group_size: 16\n  rotate: hadamard\n")]
+    [InlineData("  method: spqr\n  hessian: output_adaptive\n")]
+    [InlineData("  method: gptq\n  bits: 3\n  group_size: 16\n  hessian: output_adaptive\n  output_adaptive: { schedule: sequential_groups, labels: sampled, seed: 5 }\n")]
+    [InlineData("  method: gptq\n  bits: 2\n  group_size: 16\n  hessian: output_adaptive\n  output_adaptive: { schedule: once, fisher: token }\n")]
     public void One_shard_is_the_single_process_and_three_agree_with_it(string quantize)
     {
         using var dir = new TempDir();
@@ -63,11 +66,12 @@ public class ShardedCalibrationTests
     }
 
     [Fact]
-    public void Output_adaptive_Hessians_are_refused_for_now()
+    public void Sampled_labels_are_seeded_by_the_sequences_number_in_the_run_not_in_its_shard()
     {
-        using var dir = new TempDir();
-        var e = Assert.Throws<DotQuant.Engine.Diagnostics.DotQuantException>(() => Run(dir, "  method: spqr\n  hessian: output_adaptive\n", "oac", 2));
-        Assert.Equal("DQ0006", e.Code);
-        Assert.False(Directory.Exists(dir.File("oac/out")));
+        var sequences = Enumerable.Range(0, 96).Select(i => new long[256]).ToList();
+        var plan = ShardPlan.Split(sequences, 3);
+        Assert.Equal([0, 32, 64], Enumerable.Range(0, 3).Select(plan.FirstSequence));
+        // A worker's plan holds its own shard only, numbered as in the run.
+        Assert.Equal(64, new ShardPlan([plan.Shards[2]], plan.FirstSequence(2)).FirstSequence(0));
     }
 }

@@ -26,14 +26,15 @@ public sealed class WorkerProcesses : IDisposable
     public static string Tool => Path.Combine(AppContext.BaseDirectory, "dotnet-quantize.dll");
 
     /// <summary><paramref name="count"/> workers of <paramref name="cluster"/> running <paramref name="tool"/>;
-    /// the first is started (and on localhost becomes the primary silo) before the others.</summary>
-    public static WorkerProcesses Start(string tool, string cluster, int count, int? threads, string? models = null, string[]? extra = null)
+    /// the first is started (and on localhost becomes the primary silo) before the others. With
+    /// <paramref name="cores"/>, worker i runs on CPU cores[i] only (taskset).</summary>
+    public static WorkerProcesses Start(string tool, string cluster, int count, int? threads, string? models = null, string[]? extra = null, int[]? cores = null)
     {
         var w = new WorkerProcesses(tool, cluster);
         try
         {
-            if (!w.Add(threads, models, extra).Wait(ReadyWithin)) throw new TimeoutException($"the first worker was not ready within {ReadyWithin.TotalSeconds:F0} s: {w.Logs}");
-            if (count > 1 && !Task.WhenAll(Enumerable.Range(1, count - 1).Select(_ => w.Add(threads, models, extra))).Wait(ReadyWithin))
+            if (!w.Add(threads, models, extra, cores?[0]).Wait(ReadyWithin)) throw new TimeoutException($"the first worker was not ready within {ReadyWithin.TotalSeconds:F0} s: {w.Logs}");
+            if (count > 1 && !Task.WhenAll(Enumerable.Range(1, count - 1).Select(i => w.Add(threads, models, extra, cores?[i]))).Wait(ReadyWithin))
                 throw new TimeoutException($"the workers were not ready within {ReadyWithin.TotalSeconds:F0} s: {w.Logs}");
             return w;
         }
@@ -44,9 +45,10 @@ public sealed class WorkerProcesses : IDisposable
         }
     }
 
-    Task Add(int? threads, string? models, string[]? extra)
+    Task Add(int? threads, string? models, string[]? extra, int? core)
     {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        var psi = new ProcessStartInfo(core is null ? "dotnet" : "taskset") { RedirectStandardOutput = true, RedirectStandardError = true };
+        if (core is int c) foreach (var a in new[] { "-c", c.ToString(), "dotnet" }) psi.ArgumentList.Add(a);
         foreach (var a in new[] { _tool, "worker", "--cluster", Cluster }) psi.ArgumentList.Add(a);
         if (threads is int t) { psi.ArgumentList.Add("--threads"); psi.ArgumentList.Add(t.ToString()); }
         if (models is not null) { psi.ArgumentList.Add("--models"); psi.ArgumentList.Add(models); }

@@ -168,7 +168,9 @@ public sealed record MemoryPlan
             // softmax's probabilities, the block's weights and their gradients' buffers; the H̄ sums.
             long chunk = OutputAdaptiveHessian.SequencesPerChunk(length) * length;
             long graph = chunk * (3 * f + 10 * h) * 4 + Attention(chunk, length) + storedBlock * 2;
-            oac = hbar + saved + graph;
+            // The H̄ sums are fp64 (twice the fp32 H̄), with one chunk's fp32 product being added to them.
+            long product = model.LinearLayout(0).SelectMany(g => g).Max(l => l.InFeatures * l.InFeatures * 4);
+            oac = 2 * hbar + product + saved + graph;
         }
 
         // Evaluation: one block (the largest linear made fp32 for its product), the fp32 head, a slice of

@@ -120,8 +120,10 @@ public static class QuantizeJob
         var (limit, limitSource) = options.MaxMemory is long max ? (max, "--max-memory") : MemoryPlan.Available();
         var memory = MemoryPlan.Predict(m, plan, model, limit, limitSource);
         // Distributed, this process holds a block and solves; the streams and their forwards are the workers'.
+        // OAC's backward is theirs too: here a group's fp64 sums (the total and the shard being added, four
+        // times its fp32 H̄, within three times a block's fp32 H̄) become its H̄.
         if (options.Cluster is not null && m.Quantize.Scheme.NeedsCalibration)
-            memory = memory with { Streams = 0, Activations = 0, Stages = 0 };
+            memory = memory with { Streams = 0, Activations = 0, Stages = 0, OutputAdaptive = 3 * memory.OutputAdaptiveHessians };
         Emit(new MemoryEvent(memory));
         memory.Check(m, plan, model);
         NativeHeap.Sizes(memory.BatchActivation, memory.LargestForwardTemporary + (1L << 20));
@@ -132,9 +134,6 @@ public static class QuantizeJob
         // What a resumed run already wrote counts as written.
         DiskSpace.Require(outputDir, disk.Total - FolderBytes(run.Root), $"{m.Output.Name} and its resume files ({disk.Summary()})");
         using var local = HessianSources.For(q, staged: memory.Stages > 0);
-        if (options.Cluster is not null && local.NeedsCalibration && local is not ISummedHessianSource)
-            throw new DotQuantException(ErrorCodes.ManifestCombination,
-                "output-adaptive Hessians (OAC) cannot be spread over workers yet: run this manifest without --cluster", m.Path);
 
         // Evaluation before (a resumed run has the figures already).
         var evaluation = new RunEvaluation(m, config, tokenizer, memory.EvaluationBudget, Emit);
@@ -165,7 +164,7 @@ public static class QuantizeJob
             ? cluster.Start(new ShardJob(m.Path, File.ReadAllText(m.Path), m.ModelPath, ModelDigests(m.ModelPath, options.Digests), EngineVersion,
                 Numerics.Key(get_num_threads()), RunKey(fingerprint), ShardPlan.Split(sequences, cluster.Workers)), ct)
             : null;
-        using var distributed = workers is null ? null : new DistributedHessian(workers, Path.Combine(run.Root, "shards"));
+        using var distributed = workers is null ? null : new DistributedHessian(workers, Path.Combine(run.Root, "shards"), (ISummedHessianSource)local);
         IHessianSource hessians = distributed ?? local;
         ActivationStream? stream = null;
         if (hessians.NeedsCalibration && distributed is null)

@@ -52,16 +52,23 @@ public sealed class RunFolder : IDisposable
     /// <summary>The streams and the Hessian source's state at <paramref name="nextBlock"/>'s input. One folder
     /// per resume point: overwriting a single stream file before state.json was committed let a stop
     /// between the two resume an earlier block with a later block's stream (found by the chaos test).</summary>
-    public string StateFolder(int nextBlock) => Path.Combine(Root, $"block-{nextBlock}");
+    public string StateFolder(int nextBlock) => BlockFolder(Root, nextBlock);
+
+    /// <summary>The folder of the resume point before block <paramref name="nextBlock"/> under <paramref name="parent"/>
+    /// (the run's own, or a distributed run's shard states).</summary>
+    public static string BlockFolder(string parent, int nextBlock) => Path.Combine(parent, $"block-{nextBlock}");
+
+    /// <summary>Deletes the resume points under <paramref name="parent"/> before block <paramref name="nextBlock"/>.</summary>
+    public static void DropBlockFoldersBefore(string parent, int nextBlock)
+    {
+        foreach (var dir in Directory.GetDirectories(parent, "block-*"))
+            if (int.TryParse(Path.GetFileName(dir)[6..], out int b) && b < nextBlock) Directory.Delete(dir, recursive: true);
+    }
 
     public string StreamFile(int nextBlock) => Path.Combine(StateFolder(nextBlock), "stream.safetensors");
 
     /// <summary>Once state.json names <paramref name="nextBlock"/>, the earlier resume points' folders go.</summary>
-    public void DropStatesBefore(int nextBlock)
-    {
-        foreach (var dir in Directory.GetDirectories(Root, "block-*"))
-            if (int.TryParse(Path.GetFileName(dir)[6..], out int b) && b < nextBlock) Directory.Delete(dir, recursive: true);
-    }
+    public void DropStatesBefore(int nextBlock) => DropBlockFoldersBefore(Root, nextBlock);
     string StateFile => Path.Combine(Root, "state.json");
     /// <summary>False when another live run holds the keyed folder and this one works privately.</summary>
     public bool Resumable { get; }

@@ -6,16 +6,17 @@ using DotQuant.Engine.Models;
 namespace DotQuant.Engine.Distributed;
 
 /// <summary>The coordinator's Hessian source in a distributed run: the statistics are the workers'
-/// shard sums (<see cref="IShardWorkers.GroupSums"/>), scaled once as a single process scales its own;
+/// shard sums (<see cref="IShardWorkers.GroupSums"/>), scaled once by the manifest's own source
+/// (<paramref name="scaling"/>, which never sees a stream) as a single process scales its own;
 /// each solved linear's weight goes to every worker; the streams advance on the workers. The coordinator
 /// holds the block being solved, never a stream. After each block the shards' states are saved under
 /// <paramref name="states"/>/block-N (N the next block): the resume point of the run, and what a worker
 /// that takes over a lost shard starts from.</summary>
-public sealed class DistributedHessian(IShardWorkers workers, string states) : IHessianSource
+public sealed class DistributedHessian(IShardWorkers workers, string states, ISummedHessianSource scaling) : IHessianSource
 {
     public bool NeedsCalibration => true;
 
-    public static string BlockStates(string states, int nextBlock) => Path.Combine(states, $"block-{nextBlock}");
+    public static string BlockStates(string states, int nextBlock) => RunFolder.BlockFolder(states, nextBlock);
 
     public void BeginBlock(BlockWork work) => workers.BeginBlock(work.Block.Index, () => SolvedSoFar(work.Block), work.Cancellation);
 
@@ -28,9 +29,7 @@ public sealed class DistributedHessian(IShardWorkers workers, string states) : I
     public GroupStatistics Group(BlockWork work, IReadOnlyList<NamedLinear> group, IReadOnlyList<NamedLinear> active)
     {
         int index = LayerHessian.IndexOf(work.Block, group);
-        var (sumH, sumD, sequences) = workers.GroupSums(work.Block.Index, index, work.Cancellation);
-        var (h, d) = LayerStatistics.Scale(sumH, sumD, sequences);
-        return GroupStatistics.Shared(active, h, d);
+        return scaling.Scale(workers.GroupSums(work.Block.Index, index, work.Cancellation), active);
     }
 
     public void Solved(BlockWork work, NamedLinear linear)
@@ -42,21 +41,14 @@ public sealed class DistributedHessian(IShardWorkers workers, string states) : I
     public bool AdvanceStream(BlockWork work)
     {
         workers.Advance(work.Block.Index, BlockStates(states, work.Block.Index + 1), work.Cancellation);
-        DropOlderThan(work.Block.Index);
+        // The previous block's states stay until the resume point that names the new ones is committed.
+        RunFolder.DropBlockFoldersBefore(states, work.Block.Index);
         return true;
     }
 
     public void EndBlock(BlockWork work) { }
 
     public void Save(string folder) { }
-
-    /// <summary>States older than the previous block are no longer needed: the previous one stays until the
-    /// resume point that names the new one is committed.</summary>
-    void DropOlderThan(int block)
-    {
-        foreach (var dir in Directory.GetDirectories(states, "block-*"))
-            if (int.TryParse(Path.GetFileName(dir)[6..], out int b) && b < block) Directory.Delete(dir, recursive: true);
-    }
 
     public void Restore(string folder, IReadOnlyList<long[]> sequences, int nextBlock)
     {

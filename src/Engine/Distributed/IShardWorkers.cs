@@ -1,4 +1,4 @@
-using DotQuant.Engine.Torch;
+using DotQuant.Engine.Hessians;
 using static TorchSharp.torch;
 
 namespace DotQuant.Engine.Distributed;
@@ -18,9 +18,11 @@ public interface IShardWorkers : IDisposable
     /// weights (a worker that takes over a lost shard mid-block receives them again).</summary>
     void BeginBlock(int block, Func<IEnumerable<(string Linear, Tensor Weight)>> solvedSoFar, CancellationToken ct);
 
-    /// <summary>The unscaled fp64 sums of group <paramref name="group"/>'s statistics over all shards (see
-    /// <see cref="ShardSums"/>), and the sequences they cover.</summary>
-    (Tensor H, Tensor? D, int Sequences) GroupSums(int block, int group, CancellationToken ct);
+    /// <summary>The unscaled fp64 sums of group <paramref name="group"/>'s statistics over all shards, added
+    /// in shard order (<see cref="StatisticSums.Add"/>), and the sequences they cover. A single process adds
+    /// the same batches' fp32 products into one fp64 sum, so the two agree bit for bit except where an fp64
+    /// rounding falls on an fp32 rounding boundary.</summary>
+    StatisticSums GroupSums(int block, int group, CancellationToken ct);
 
     /// <summary>Linear <paramref name="linear"/> of the current block computes with <paramref name="weight"/>
     /// (fp32, the dequantized solved weight) on every worker from now on.</summary>
@@ -48,53 +50,5 @@ public static class ShardStates
         Directory.CreateDirectory(states);
         if (Directory.Exists(target)) Directory.Delete(target, recursive: true);
         Directory.Move(temp, target);
-    }
-}
-
-/// <summary>How the shards' partial sums are added: fp64 sums (<see cref="Hessians.LayerStatistics"/>) in
-/// shard order, scaled and rounded to fp32 once by the caller. A single process adds the same batches'
-/// products into one fp64 sum, so the two agree bit for bit except where an fp64 rounding falls on an fp32
-/// rounding boundary.</summary>
-public sealed class ShardSums : IDisposable
-{
-    Tensor? _h, _d;
-    int _sequences, _added;
-
-    /// <summary>Adds one shard's fp64 sums (the caller keeps and disposes its tensors).</summary>
-    public void Add(Tensor h, Tensor? d, int sequences)
-    {
-        if (h.dtype != ScalarType.Float64 || d is { dtype: not ScalarType.Float64 })
-            throw new ArgumentException("shard sums are fp64");
-        if (_h is null)
-        {
-            _h = h.clone().DetachFromDisposeScope();
-            _d = d?.clone().DetachFromDisposeScope();
-        }
-        else
-        {
-            if ((_d is null) != (d is null)) throw new InvalidOperationException("shards disagree on whether D is accumulated");
-            _h.add_(h, Scalars.One);
-            _d?.add_(d!, Scalars.One);
-        }
-        _sequences += sequences;
-        _added++;
-    }
-
-    public int Added => _added;
-
-    /// <summary>The fp64 sums over every shard, handed over.</summary>
-    public (Tensor H, Tensor? D, int Sequences) Take()
-    {
-        if (_h is null) throw new InvalidOperationException("no shard was added");
-        var result = (_h, _d, _sequences);
-        _h = _d = null;
-        return result;
-    }
-
-    public void Dispose()
-    {
-        _h?.Dispose();
-        _d?.Dispose();
-        _h = _d = null;
     }
 }

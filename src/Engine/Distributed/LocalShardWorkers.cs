@@ -1,3 +1,4 @@
+using DotQuant.Engine.Hessians;
 using static TorchSharp.torch;
 
 namespace DotQuant.Engine.Distributed;
@@ -13,17 +14,24 @@ public sealed class LocalShardWorkers(List<ShardWorker> workers, Func<int, strin
         foreach (var w in workers) w.BeginBlock(block, ct);
     }
 
-    public (Tensor H, Tensor? D, int Sequences) GroupSums(int block, int group, CancellationToken ct)
+    public StatisticSums GroupSums(int block, int group, CancellationToken ct)
     {
-        using var sums = new ShardSums();
-        foreach (var w in workers)
+        StatisticSums? total = null;
+        try
         {
-            var (h, d, n) = w.GroupSums(block, group, ct);
-            using (h)
-            using (d)
-                sums.Add(h, d, n);
+            foreach (var w in workers)
+            {
+                var sums = w.GroupSums(block, group, ct);
+                if (total is null) total = sums;
+                else using (sums) total.Add(sums);
+            }
+            return total!;
         }
-        return sums.Take();
+        catch
+        {
+            total?.Dispose();
+            throw;
+        }
     }
 
     public void UseWeight(int block, string linear, Tensor weight, CancellationToken ct)

@@ -5,10 +5,15 @@ namespace DotQuant.Engine.Distributed;
 /// <summary>The calibration sequences split into contiguous shards, one per worker, on the batch
 /// boundaries a single process uses: each batch then goes through the same forward as in a single
 /// process, and a shard's statistics are the single process's partial sums over its batches. Shards
-/// are balanced by tokens; the split depends only on the sequences and the shard count.</summary>
-public sealed record ShardPlan(IReadOnlyList<IReadOnlyList<long[]>> Shards)
+/// are balanced by tokens; the split depends only on the sequences and the shard count.
+/// <paramref name="First"/> numbers the first shard's first sequence in the run (a worker's plan holds
+/// its own shard only).</summary>
+public sealed record ShardPlan(IReadOnlyList<IReadOnlyList<long[]>> Shards, int First = 0)
 {
     public int Count => Shards.Count;
+
+    /// <summary>The number of shard <paramref name="shard"/>'s first sequence in the run.</summary>
+    public int FirstSequence(int shard) => First + Shards.Take(shard).Sum(s => s.Count);
 
     public static ShardPlan Split(IReadOnlyList<long[]> sequences, int shards)
     {

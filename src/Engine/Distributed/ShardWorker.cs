@@ -31,7 +31,8 @@ public sealed class ShardWorker : IDisposable
     /// <param name="scratch">A folder of the worker's own (QuaRot's rotated copy).</param>
     /// <param name="restore">A folder <see cref="SaveState"/> wrote (the shard's state at
     /// <paramref name="nextBlock"/>'s input), or null to embed the sequences (block 0).</param>
-    public ShardWorker(QuantManifest m, IReadOnlyList<long[]> sequences, string scratch, string? restore = null, int nextBlock = 0, CancellationToken ct = default)
+    /// <param name="firstSequence">The number of the shard's first sequence in the run.</param>
+    public ShardWorker(QuantManifest m, IReadOnlyList<long[]> sequences, string scratch, string? restore = null, int nextBlock = 0, int firstSequence = 0, CancellationToken ct = default)
     {
         _scratch = scratch;
         Directory.CreateDirectory(scratch);
@@ -49,9 +50,8 @@ public sealed class ShardWorker : IDisposable
             var (limit, source) = MemoryPlan.Available();
             Memory = MemoryPlan.Predict(shard, plan, _model, limit, source);
             NativeHeap.Sizes(Memory.BatchActivation, Memory.LargestForwardTemporary + (1L << 20));
-            _source = HessianSources.For(q, staged: Memory.Stages > 0) as ISummedHessianSource
-                      ?? throw new DotQuantException(ErrorCodes.ManifestValue,
-                          $"this calibration ({(q.Oac is not null ? "output-adaptive Hessians" : "no statistics")}) cannot be spread over workers yet: its statistics are not sums over sequences", m.Path);
+            _source = HessianSources.For(q, staged: Memory.Stages > 0, firstSequence) as ISummedHessianSource
+                      ?? throw new DotQuantException(ErrorCodes.ManifestValue, "round-to-nearest needs no calibration, so no workers", m.Path);
             var storage = m.Calibration!.Bf16Stream ? ScalarType.BFloat16 : ScalarType.Float32;
             NativeHeap.Forward();
             if (restore is null) _stream = ActivationStream.Embed(_model, sequences, storage);
@@ -80,7 +80,7 @@ public sealed class ShardWorker : IDisposable
         string? mismatch = Mismatch(job, digests);
         if (mismatch is not null) throw new DotQuantException(ErrorCodes.ClusterMismatch, mismatch, job.ModelPath);
         var m = ManifestParser.ParseSettings(job.ManifestText, job.ManifestPath) with { ModelPath = job.ModelPath };
-        return new ShardWorker(m, job.Plan.Shards[shard], scratch, restore, nextBlock, ct);
+        return new ShardWorker(m, job.Plan.Shards[shard], scratch, restore, nextBlock, job.Plan.FirstSequence(shard), ct);
     }
 
     /// <summary>The stream's file in a shard's saved state.</summary>
@@ -136,13 +136,13 @@ public sealed class ShardWorker : IDisposable
     }
 
     /// <summary>The unscaled sums of the block's group <paramref name="group"/> over this shard (owned by the caller).</summary>
-    public (Tensor H, Tensor? D, int Sequences) GroupSums(int block, int group, CancellationToken ct)
+    public StatisticSums GroupSums(int block, int group, CancellationToken ct)
     {
         var work = Current(block, ct);
         NativeHeap.PhaseEnded();
         NativeHeap.Forward();
-        using var stats = _source.Accumulate(work, _block!.LinearGroups[group]);
-        return stats.TakeSums();
+        var linears = _block!.LinearGroups[group];
+        return _source.Accumulate(work, linears, linears.Where(l => _planned.Contains(l.Name)).ToList());
     }
 
     public void UseWeight(int block, string linear, Tensor weight)

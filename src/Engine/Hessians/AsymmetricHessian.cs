@@ -23,12 +23,20 @@ public sealed class AsymmetricHessian : ISummedHessianSource
 
     public GroupStatistics Group(BlockWork work, IReadOnlyList<NamedLinear> group, IReadOnlyList<NamedLinear> active)
     {
-        using var stats = Accumulate(work, group);
+        using var stats = Collect(work, group);
         var (h, d) = stats.Finish();
         return GroupStatistics.Shared(active, h, d);
     }
 
-    public LayerStatistics Accumulate(BlockWork work, IReadOnlyList<NamedLinear> group)
+    public StatisticSums Accumulate(BlockWork work, IReadOnlyList<NamedLinear> group, IReadOnlyList<NamedLinear> active)
+    {
+        using var stats = Collect(work, group);
+        return stats.TakeSums();
+    }
+
+    public GroupStatistics Scale(StatisticSums sums, IReadOnlyList<NamedLinear> active) => LayerStatistics.Shared(sums, active);
+
+    LayerStatistics Collect(BlockWork work, IReadOnlyList<NamedLinear> group)
     {
         var floatFirst = _floatBlock!.Linears.First(l => l.Name == group[0].Name);
         var stats = new LayerStatistics(group[0].InFeatures, withAsymmetry: true);

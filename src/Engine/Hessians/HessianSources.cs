@@ -7,9 +7,10 @@ namespace DotQuant.Engine.Hessians;
 public static class HessianSources
 {
     /// <param name="staged">Keep the layer-wise capture's states between groups (the memory plan's call).</param>
-    public static IHessianSource For(QuantizeSpec q, bool staged = false) =>
+    /// <param name="firstSequence">The number of the stream's first sequence in the run (a shard's offset).</param>
+    public static IHessianSource For(QuantizeSpec q, bool staged = false, int firstSequence = 0) =>
         !q.Scheme.NeedsCalibration ? new NoHessian()
-        : q.Oac is { } oac ? new OutputAdaptiveSource(oac)
+        : q.Oac is { } oac ? new OutputAdaptiveSource(oac, firstSequence)
         : q.NeedsFloatStream ? new AsymmetricHessian()
         : new LayerHessian(staged);
 }

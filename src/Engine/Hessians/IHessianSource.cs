@@ -93,11 +93,16 @@ public interface IHessianSource : IDisposable
 }
 
 /// <summary>A source whose statistics are sums over the calibration sequences, so shards of them can be
-/// accumulated apart — a distributed run's workers — and added before the one scaling.</summary>
+/// accumulated apart — a distributed run's workers — and added before the one scaling. Its
+/// <see cref="IHessianSource.Group"/> is <see cref="Scale"/> of <see cref="Accumulate"/>.</summary>
 public interface ISummedHessianSource : IHessianSource
 {
-    /// <summary>The unscaled sums of <paramref name="group"/>'s statistics over this stream's sequences.</summary>
-    LayerStatistics Accumulate(BlockWork work, IReadOnlyList<NamedLinear> group);
+    /// <summary>The unscaled fp64 sums of <paramref name="group"/>'s statistics (of its <paramref name="active"/>
+    /// linears) over this stream's sequences.</summary>
+    StatisticSums Accumulate(BlockWork work, IReadOnlyList<NamedLinear> group, IReadOnlyList<NamedLinear> active);
+
+    /// <summary>The statistics the solvers use, from sums over every sequence (consumed).</summary>
+    GroupStatistics Scale(StatisticSums sums, IReadOnlyList<NamedLinear> active);
 }
 
 /// <summary>Round-to-nearest: no statistics.</summary>

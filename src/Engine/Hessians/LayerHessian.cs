@@ -26,12 +26,20 @@ public sealed class LayerHessian(bool staged = false) : ISummedHessianSource
 
     public GroupStatistics Group(BlockWork work, IReadOnlyList<NamedLinear> group, IReadOnlyList<NamedLinear> active)
     {
-        using var stats = Accumulate(work, group);
+        using var stats = Collect(work, group);
         var (h, _) = stats.Finish();
         return GroupStatistics.Shared(active, h, null);
     }
 
-    public LayerStatistics Accumulate(BlockWork work, IReadOnlyList<NamedLinear> group)
+    public StatisticSums Accumulate(BlockWork work, IReadOnlyList<NamedLinear> group, IReadOnlyList<NamedLinear> active)
+    {
+        using var stats = Collect(work, group);
+        return stats.TakeSums();
+    }
+
+    public GroupStatistics Scale(StatisticSums sums, IReadOnlyList<NamedLinear> active) => LayerStatistics.Shared(sums, active);
+
+    LayerStatistics Collect(BlockWork work, IReadOnlyList<NamedLinear> group)
     {
         var stats = new LayerStatistics(group[0].InFeatures, withAsymmetry: false);
         try

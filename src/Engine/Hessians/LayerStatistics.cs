@@ -48,7 +48,7 @@ public sealed class LayerStatistics : IDisposable
     }
 
     /// <summary>sum += product (fp32 into fp64, exact widening), a block of rows at a time.</summary>
-    static void Accumulate(Tensor sum, Tensor product)
+    internal static void Accumulate(Tensor sum, Tensor product)
     {
         long n = sum.shape[0], rows = Math.Max(1, RowBytes / (sum.shape[1] * 8));
         for (long r = 0; r < n; r += rows)
@@ -66,19 +66,30 @@ public sealed class LayerStatistics : IDisposable
     /// (the caller owns them): an 11008² H is not copied.</summary>
     public (Tensor H, Tensor? D) Finish()
     {
-        var (h, d, sequences) = TakeSums();
-        return Scale(h, d, sequences);
+        if (_h is null) throw new InvalidOperationException("the statistics were already handed over");
+        var (h, d) = (_h, _d);
+        _h = _d = null;
+        return Scale(h, d, _sequences);
     }
 
-    /// <summary>The unscaled fp64 sums and the sequence count, handed over (a worker's share of a
-    /// distributed run: the coordinator adds every worker's sums and scales once, as <see cref="Finish"/> does).</summary>
-    public (Tensor H, Tensor? D, int Sequences) TakeSums()
+    /// <summary>The unscaled fp64 sums ("H", and "D" with asymmetry) and the sequence count, handed over (a
+    /// worker's share of a distributed run: the coordinator adds every worker's sums and scales once, as
+    /// <see cref="Finish"/> does, with <see cref="Shared"/>).</summary>
+    public StatisticSums TakeSums()
     {
         if (_h is null) throw new InvalidOperationException("the statistics were already handed over");
-        var result = (_h, _d, _sequences);
-        _h = null;
-        _d = null;
-        return result;
+        var sums = _d is null ? new[] { ("H", _h) } : [("H", _h), ("D", _d)];
+        _h = _d = null;
+        return new StatisticSums(sums, _sequences);
+    }
+
+    /// <summary>A group's statistics from summed shards: H (and D) scaled once and shared by the
+    /// <paramref name="active"/> linears. The sums are consumed.</summary>
+    public static GroupStatistics Shared(StatisticSums sums, IReadOnlyList<NamedLinear> active)
+    {
+        var h = sums.Take("H") ?? throw new InvalidOperationException("the sums hold no H");
+        var (h32, d32) = Scale(h, sums.Take("D"), sums.Sequences);
+        return GroupStatistics.Shared(active, h32, d32);
     }
 
     /// <summary>fp64 sums over <paramref name="sequences"/> sequences scaled by 2/N and rounded to fp32

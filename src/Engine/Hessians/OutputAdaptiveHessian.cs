@@ -64,8 +64,9 @@ public sealed record OacOptions
 /// Sequences go through the model in chunks (up to <see cref="ChunkTokens"/> tokens): the chunk's loss
 /// is the sum of its sequences' losses, so one backward gives every sequence its own output gradients
 /// Δ_s (a transformer mixes no information across sequences). Each target linear's input X_s and Δ_s
-/// are captured and G_s = Δ_sᵀ X_s is formed by a batched matmul, then folded into an fp32 accumulator
-/// (G_sᵀ G_s over the chunk in one product), so no per-sample gradient outlives its chunk and the
+/// are captured and G_s = Δ_sᵀ X_s is formed by a batched matmul, then folded into an fp64 accumulator
+/// (G_sᵀ G_s over the chunk in one fp32 product; the sum rounded to fp32 once, so sums over shards of the
+/// sequences add up to the whole stream's), so no per-sample gradient outlives its chunk and the
 /// weights need no gradient at all. Rows are aggregated (the m row Hessians averaged), which keeps the
 /// per-sequence token coupling X_s Δ_sᵀΔ_s X_sᵀ — unlike a K-FAC factorisation. (One sequence at a time
 /// through autograd's W.grad gives the same H̄ to fp32 rounding: test.)
@@ -101,8 +102,51 @@ public static class OutputAdaptiveHessian
         IReadOnlySet<string> targets, OacOptions o, ForwardContexts contexts, string? scratch, CancellationToken ct = default,
         Action<int, Dictionary<string, Tensor>>? blockDone = null)
     {
-        var layout = Enumerable.Range(from, model.BlockCount - from).ToDictionary(b => b, b => model.LinearLayout(b).SelectMany(g => g).ToList());
+        var outFeatures = Enumerable.Range(from, model.BlockCount - from).SelectMany(b => model.LinearLayout(b).SelectMany(g => g))
+            .ToDictionary(l => l.Name, l => l.OutFeatures, StringComparer.Ordinal);
         var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        try
+        {
+            Sums(model, from, working, stream, targets, o, contexts, scratch, 0, (b, sums) =>
+            {
+                using (sums)
+                {
+                    var finished = sums.Tensors.Select(s => s.Name).ToList()
+                        .ToDictionary(n => n, n => Scale(sums.Take(n)!, sums.Sequences, outFeatures[n]), StringComparer.Ordinal);
+                    if (blockDone is not null) blockDone(b, finished);
+                    else foreach (var (k, v) in finished) result[k] = v;
+                }
+            }, ct);
+        }
+        catch
+        {
+            foreach (var t in result.Values) t.Dispose();
+            throw;
+        }
+        return result;
+    }
+
+    /// <summary>H̄ = sum / (N·m), rounded to fp32 once; the fp64 sum is consumed.</summary>
+    public static Tensor Scale(Tensor sum, int sequences, long outFeatures)
+    {
+        using (sum)
+        {
+            Scalars.Use((double)Math.Max(1, sequences) * outFeatures, s => sum.div_(s));
+            return sum.to(ScalarType.Float32).DetachFromDisposeScope();
+        }
+    }
+
+    /// <summary>The unscaled fp64 sums Σ_s G_sᵀG_s of every target linear in blocks ≥ <paramref name="from"/>
+    /// over <paramref name="stream"/>'s sequences, handed to <paramref name="blockDone"/> per block (top block
+    /// first, as the backward sweep leaves it). Each chunk's product is formed in fp32 and added into fp64,
+    /// so sums over shards of the sequences (on batch boundaries) add up to the whole stream's.</summary>
+    /// <param name="firstSequence">The number of the stream's first sequence in the run (a shard's offset):
+    /// sampled labels are seeded per sequence.</param>
+    public static void Sums(DecoderModel model, int from, DecoderBlock? working, ActivationStream stream,
+        IReadOnlySet<string> targets, OacOptions o, ForwardContexts contexts, string? scratch, int firstSequence,
+        Action<int, StatisticSums> blockDone, CancellationToken ct = default)
+    {
+        var layout = Enumerable.Range(from, model.BlockCount - from).ToDictionary(b => b, b => model.LinearLayout(b).SelectMany(g => g).ToList());
         var sums = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         // Chunks of consecutive sequences of one stream batch; First numbers the chunk's first sequence
         // over the whole stream (the sampled labels' seed).
@@ -113,7 +157,7 @@ public static class OutputAdaptiveHessian
             int rows = stream.Ids[i].Length, per = SequencesPerChunk(stream.Ids[i][0].Length);
             for (int s = 0; s < rows; s += per)
             {
-                chunks.Add((i, s, Math.Min(per, rows - s), sequenceCount + s));
+                chunks.Add((i, s, Math.Min(per, rows - s), firstSequence + sequenceCount + s));
             }
             sequenceCount += rows;
         }
@@ -178,7 +222,7 @@ public static class OutputAdaptiveHessian
                 using var lease = b == from && working is not null ? new BlockLease(working, false) : new BlockLease(model.LoadBlock(b), true);
                 var inputs = saved.Take(b);
                 var mine = lease.Block.Linears.Where(l => targets.Contains(l.Name)).ToList();
-                foreach (var l in mine) sums[l.Name] = zeros(l.InFeatures, l.InFeatures).DetachFromDisposeScope();
+                foreach (var l in mine) sums[l.Name] = zeros([l.InFeatures, l.InFeatures], ScalarType.Float64).DetachFromDisposeScope();
                 var observedIn = new Dictionary<NamedLinear, Tensor>();
                 var observedOut = new Dictionary<NamedLinear, Tensor>();
                 foreach (var l in mine)
@@ -214,20 +258,19 @@ public static class OutputAdaptiveHessian
                     foreach (var l in mine) l.OutputObserver = null;
                     foreach (var t in inputs) t.Dispose();
                 }
-                var finished = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+                var finished = new List<(string, Tensor)>();
                 foreach (var l in mine)
                 {
                     sums.Remove(l.Name, out var sum);
-                    finished[l.Name] = Scalars.Use((double)Math.Max(1, sequenceCount) * l.OutFeatures, s => sum!.div_(s));
+                    finished.Add((l.Name, sum!));
                 }
                 NativeHeap.PhaseEnded();
-                if (blockDone is not null) blockDone(b, finished);
-                else foreach (var (k, v) in finished) result[k] = v;
+                blockDone(b, new StatisticSums(finished, sequenceCount));
             }
         }
         catch
         {
-            foreach (var t in sums.Values.Concat(result.Values)) t.Dispose();
+            foreach (var t in sums.Values) t.Dispose();
             throw;
         }
         finally
@@ -236,7 +279,6 @@ public static class OutputAdaptiveHessian
             foreach (var t in g) t?.Dispose();
             NativeHeap.Forward();
         }
-        return result;
     }
 
     /// <summary>Σ_s CE_s over the chunk's sequences, each CE_s the mean over its next-token predictions
@@ -272,11 +314,11 @@ public static class OutputAdaptiveHessian
         switch (fisher)
         {
             case FisherSample.Token:
-                using (var term = TokenTerm(x.reshape(-1, n), delta.reshape(-1, m))) sum.add_(term, Scalars.One);
+                using (var term = TokenTerm(x.reshape(-1, n), delta.reshape(-1, m))) LayerStatistics.Accumulate(sum, term);
                 return;
             case FisherSample.SequenceExplicit:
                 for (long s = 0; s < c; s++)
-                    using (var term = SequenceTerm(x[s], delta[s])) sum.add_(term.mul_(Scalars.Of((double)m)), Scalars.One);
+                    using (var term = SequenceTerm(x[s], delta[s])) LayerStatistics.Accumulate(sum, term.mul_(Scalars.Of((double)m)));
                 return;
             default:
                 // G_s = Δ_sᵀ X_s for a few sequences at a time, then Σ_s G_sᵀ G_s as one product.
@@ -329,8 +371,13 @@ public static class OutputAdaptiveHessian
         }
     }
 
-    /// <summary>sum += Gᵀ G (fp32): the row-aggregated Fisher terms of the sequences whose G_s are G's rows.</summary>
-    public static void Accumulate(Tensor sum, Tensor grad) => sum.addmm_(grad.t().to(sum.dtype), grad.to(sum.dtype), 1, 1);
+    /// <summary>sum += Gᵀ G: the row-aggregated Fisher terms of the sequences whose G_s are G's rows (the
+    /// product in G's dtype, added into the fp64 sum).</summary>
+    public static void Accumulate(Tensor sum, Tensor grad)
+    {
+        using var product = grad.t().matmul(grad);
+        LayerStatistics.Accumulate(sum, product);
+    }
 
     /// <summary>Σ_t ‖δ_t‖² x_t x_tᵀ for one sequence (X [T, n], Δ [T, m]): the token Fisher's term.</summary>
     public static Tensor TokenTerm(Tensor x, Tensor delta)

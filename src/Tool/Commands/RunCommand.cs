@@ -141,19 +141,34 @@ public static class RunCommand
     }
 
     /// <summary>Which workers took part, their tokens/s, the bytes exchanged and the time spent waiting on the slowest.</summary>
-    static InfoEvent ClusterReport(OrleansCluster members, JobResult result)
+    static ClusterReportEvent ClusterReport(OrleansCluster members, JobResult result)
     {
         var t = members.Traffic;
         int blocks = Math.Max(1, result.Layers.Select(l => l.Block).Distinct().Count() - result.ResumedBlocks);
         // Tokens through the blocks per second of statistics work (each group's forward counts once per block).
         var rates = t.ComputeSeconds.OrderBy(kv => kv.Key)
             .Select(kv => $"shard {kv.Key} on {members.WorkerOf(kv.Key)}: {t.Tokens[kv.Key]:N0} tokens, {kv.Value:F1} s of statistics ({(kv.Value > 0 ? t.Tokens[kv.Key] * (double)blocks / kv.Value : 0):N0} tokens/s)");
-        return new InfoEvent("cluster",
+        var figures = new JsonObject
+        {
+            ["workers"] = members.Workers, ["blocks"] = blocks,
+            ["shards"] = new JsonArray(t.ComputeSeconds.OrderBy(kv => kv.Key).Select(kv => (JsonNode)new JsonObject
+            {
+                ["shard"] = kv.Key, ["worker"] = members.WorkerOf(kv.Key), ["tokens"] = t.Tokens[kv.Key], ["statistics_seconds"] = Math.Round(kv.Value, 3),
+            }).ToArray()),
+            ["statistics_bytes"] = t.BytesReceived, ["statistics_transfer_seconds"] = Math.Round(t.ReceiveSeconds, 3),
+            ["weights_bytes"] = t.BytesSent, ["weights_transfer_seconds"] = Math.Round(t.SendSeconds, 3),
+            ["state_bytes"] = t.StateBytes, ["takeovers"] = members.Takeovers.Count,
+            ["slowest_statistics_seconds"] = Math.Round(t.SlowestSeconds, 3), ["waiting_on_slowest_seconds"] = Math.Round(t.WaitingOnSlowest, 3),
+        };
+        return new ClusterReportEvent(figures,
             $"{members.Workers} workers: {string.Join("; ", rates)}; exchanged {ByteSize.Format(t.BytesReceived + t.BytesSent)} " +
-            $"({ByteSize.Format((t.BytesReceived + t.BytesSent) / blocks)} per block: statistics {ByteSize.Format(t.BytesReceived)} in, weights {ByteSize.Format(t.BytesSent)} out), " +
+            $"({ByteSize.Format((t.BytesReceived + t.BytesSent) / blocks)} per block: statistics {ByteSize.Format(t.BytesReceived)} in {t.ReceiveSeconds:F1} s ({Rate(t.BytesReceived, t.ReceiveSeconds)}), " +
+            $"weights {ByteSize.Format(t.BytesSent)} out in {t.SendSeconds:F1} s ({Rate(t.BytesSent, t.SendSeconds)})), " +
             $"shard states {ByteSize.Format(t.StateBytes)}; {members.Takeovers.Count} shard{(members.Takeovers.Count == 1 ? "" : "s")} taken over; " +
-            $"waited {t.WaitingOnSlowest:F1} s on the slowest worker");
+            $"waited {t.WaitingOnSlowest:F1} s on the slowest worker ({t.SlowestSeconds:F1} s of statistics on the slowest shards)");
     }
+
+    static string Rate(long bytes, double seconds) => seconds > 0 ? $"{ByteSize.Format((long)(bytes / seconds))}/s" : "-";
 
     /// <summary>Peak resident memory of this process (VmHWM on Linux).</summary>
     static long PeakRssBytes()
@@ -222,6 +237,9 @@ public static class RunCommand
                         break;
                     case MemoryEvent mem:
                         o["plan"] = mem.Plan.ToJson();
+                        break;
+                    case ClusterReportEvent c:
+                        o["cluster"] = c.Figures.DeepClone();
                         break;
                 }
                 OutputFormat.WriteJson(stdout, o);
@@ -304,3 +322,6 @@ public static class RunCommand
         _ => "",
     };
 }
+
+/// <summary>The cluster's report at the end of a distributed run, with its figures for JSON consumers.</summary>
+sealed record ClusterReportEvent(JsonObject Figures, string Text) : RunEvent("cluster", Text);

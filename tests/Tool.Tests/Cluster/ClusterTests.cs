@@ -50,6 +50,7 @@ public class ClusterTests(LocalCluster cluster) : IClassFixture<LocalCluster>
         { "  method: gptq\n  bits: 4\n  group_size: 128\n", "output:\n  name: out\n" },
         { "  method: gptaq\n  bits: 2\n  group_size: 128\n  compensation_aware: true\n", "output:\n  name: out\n" },
         { "  method: rtn\n  bits: 4\n  group_size: 128\n", "output:\n  name: out\n" },
+        { "  method: spqr\n  hessian: output_adaptive\n", "output:\n  name: out\n" },
         { "  method: gptq\n  bits: 3\n  group_size: 128\n  rotate: hadamard\n", "output:\n  name: out\n" },
         { "  method: gptq\n", "output:\n  name: out\n  format: gguf\n  gguf: { type: q4_k_m }\n" },
         { "  method: gptq\n  bits: 4\n  group_size: 32\n", "output:\n  name: out\n  format: onnx\n" },
