@@ -47,7 +47,6 @@ public class ShardedCalibrationTests
     [InlineData("  method: gptq\n  bits: 3\n  group_size: 16\n  rotate: hadamard\n")]
     [InlineData("  method: spqr\n  hessian: output_adaptive\n")]
     [InlineData("  method: gptq\n  bits: 3\n  group_size: 16\n  hessian: output_adaptive\n  output_adaptive: { schedule: sequential_groups, labels: sampled, seed: 5 }\n")]
-    [InlineData("  method: gptq\n  bits: 2\n  group_size: 16\n  hessian: output_adaptive\n  output_adaptive: { schedule: once, fisher: token }\n")]
     public void One_shard_is_the_single_process_and_three_agree_with_it(string quantize)
     {
         using var dir = new TempDir();
