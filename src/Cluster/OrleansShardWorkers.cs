@@ -57,40 +57,25 @@ sealed class OrleansShardWorkers(OrleansCluster cluster, ShardJob job) : IShardW
             traffic.SlowestSeconds += headers.Max(h => h.Seconds);
         }
         var receiving = System.Diagnostics.Stopwatch.StartNew();
-        StatisticSums? total = null;
-        try
+        // Read back in shard order; a worker lost now computes its sums again on the one that takes over.
+        var total = StatisticSums.InShardOrder(headers.Length, shard => OnShard(shard, () =>
         {
-            for (int k = 0; k < headers.Length; k++)
+            var header = headers[shard];
+            var received = new List<(string, Tensor)>();
+            try
             {
-                int shard = k;
-                // Read back in shard order; a worker lost now computes its sums again on the one that takes over.
-                var sums = OnShard(shard, () =>
-                {
-                    var header = headers[shard];
-                    var received = new List<(string, Tensor)>();
-                    try
-                    {
-                        for (int i = 0; i < header.Names.Length; i++)
-                            received.Add((header.Names[i], Receive(shard, i, header.Tensors[i], during, ct)));
-                        return new StatisticSums(received, header.Sequences);
-                    }
-                    catch
-                    {
-                        foreach (var (_, t) in received) t.Dispose();
-                        throw;
-                    }
-                }, () => headers[shard] = cluster.Call(shard, g => g.ComputeGroupSums(block, group), during, ct), ct);
-                if (total is null) total = sums;
-                else using (sums) total.Add(sums);
+                for (int i = 0; i < header.Names.Length; i++)
+                    received.Add((header.Names[i], Receive(shard, i, header.Tensors[i], during, ct)));
+                return new StatisticSums(received, header.Sequences);
             }
-            lock (traffic) traffic.ReceiveSeconds += receiving.Elapsed.TotalSeconds;
-            return total!;
-        }
-        catch
-        {
-            total?.Dispose();
-            throw;
-        }
+            catch
+            {
+                foreach (var (_, t) in received) t.Dispose();
+                throw;
+            }
+        }, () => headers[shard] = cluster.Call(shard, g => g.ComputeGroupSums(block, group), during, ct), ct));
+        lock (traffic) traffic.ReceiveSeconds += receiving.Elapsed.TotalSeconds;
+        return total;
     }
 
     Tensor Receive(int shard, int tensor, TensorHeader header, string during, CancellationToken ct)

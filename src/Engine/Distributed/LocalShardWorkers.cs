@@ -14,25 +14,8 @@ public sealed class LocalShardWorkers(List<ShardWorker> workers, Func<int, strin
         foreach (var w in workers) w.BeginBlock(block, ct);
     }
 
-    public StatisticSums GroupSums(int block, int group, CancellationToken ct)
-    {
-        StatisticSums? total = null;
-        try
-        {
-            foreach (var w in workers)
-            {
-                var sums = w.GroupSums(block, group, ct);
-                if (total is null) total = sums;
-                else using (sums) total.Add(sums);
-            }
-            return total!;
-        }
-        catch
-        {
-            total?.Dispose();
-            throw;
-        }
-    }
+    public StatisticSums GroupSums(int block, int group, CancellationToken ct) =>
+        StatisticSums.InShardOrder(workers.Count, k => workers[k].GroupSums(block, group, ct));
 
     public void UseWeight(int block, string linear, Tensor weight, CancellationToken ct)
     {

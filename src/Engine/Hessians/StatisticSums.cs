@@ -37,6 +37,28 @@ public sealed class StatisticSums : IDisposable
         Sequences += other.Sequences;
     }
 
+    /// <summary>The sums of shards 0…<paramref name="count"/>−1, each given by <paramref name="shard"/> and added in
+    /// shard order (the order that makes a rerun with the same shard count repeat its bytes).</summary>
+    public static StatisticSums InShardOrder(int count, Func<int, StatisticSums> shard)
+    {
+        StatisticSums? total = null;
+        try
+        {
+            for (int k = 0; k < count; k++)
+            {
+                var sums = shard(k);
+                if (total is null) total = sums;
+                else using (sums) total.Add(sums);
+            }
+            return total ?? throw new ArgumentOutOfRangeException(nameof(count), "no shard to add");
+        }
+        catch
+        {
+            total?.Dispose();
+            throw;
+        }
+    }
+
     /// <summary>Hands the sum named <paramref name="name"/> over to the caller (null when there is none).</summary>
     public Tensor? Take(string name)
     {
