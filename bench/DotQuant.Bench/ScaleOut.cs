@@ -113,26 +113,31 @@ static class ScaleOut
         sb.AppendLine();
 
         // Transfer, per block, as the coordinator measured it on loopback.
-        sb.AppendLine("| workers | statistics in per block | weights out per block | shard states per block | statistics MB/s | weights MB/s |");
-        sb.AppendLine("|---|---|---|---|---|---|");
+        sb.AppendLine("| workers | statistics in per block | solved linears out per block | solves on the workers: statistics out and results back, per block | shard states per block | statistics MB/s | solved linears MB/s | solves on the workers s |");
+        sb.AppendLine("|---|---|---|---|---|---|---|---|");
         foreach (var (workers, run) in runs)
         {
             var c = run.Cluster!;
             double Mb(string key) => (long)c[key]! / 1e6 / layers;
             sb.AppendLine(string.Create(CultureInfo.InvariantCulture,
-                $"| {workers} | {Mb("statistics_bytes"):F0} MB | {Mb("weights_bytes"):F0} MB | {Mb("state_bytes"):F0} MB | {Rate(c, "statistics"):F0} | {Rate(c, "weights"):F0} |"));
+                $"| {workers} | {Mb("statistics_bytes"):F0} MB | {Mb("weights_bytes"):F0} MB | {Mb("solve_bytes"):F0} MB | {Mb("state_bytes"):F0} MB | {Rate(c, "statistics"):F0} | {Rate(c, "weights"):F0} | {(double)c["solve_seconds"]!:F1} |"));
         }
         static double Rate(JsonObject c, string what) => (long)c[what + "_bytes"]! / 1e6 / Math.Max(1e-9, (double)c[what + "_transfer_seconds"]!);
         sb.AppendLine();
-        sb.AppendLine("Statistics are fp64 sums (8 bytes per H element, per worker per group), weights the solved fp32 weights (per worker), shard");
-        sb.AppendLine("states the streams each worker saves to the coordinator after a block (its resume point). MB/s counts Orleans' chunked");
-        sb.AppendLine("grain calls on loopback, serialization included, with a worker on the coordinator's core.");
+        sb.AppendLine("Statistics are fp64 sums (8 bytes per element, per worker per group; a symmetric H travels as its upper triangle), solved linears their");
+        sb.AppendLine("wire form (4-bit codes, scales and zeros: the bytes each worker rebuilds the coordinator's weight from, per worker), the solves on the");
+        sb.AppendLine("workers the scaled fp32 H of q/k/v and gate/up sent to the workers that solve them and the solved linears read back (o and down,");
+        sb.AppendLine("alone in their groups, are solved on the coordinator), shard states the streams each worker saves to the coordinator after a");
+        sb.AppendLine("block (its resume point). MB/s counts Orleans' chunked grain calls on loopback, serialization included, with a worker on the");
+        sb.AppendLine("coordinator's core.");
         sb.AppendLine();
 
         // Cost model from the single process's per-block compute and solve on one core and the measured throughput.
         double compute1 = Compute(single) / layers;       // s per block, one core
         double solve1 = (single.Phase("solve") + single.Phase("factorization")) / layers;
         double measured = (long)two.Cluster!["statistics_bytes"]! / Math.Max(1e-9, (double)two.Cluster!["statistics_transfer_seconds"]!);
+        // Bytes per weight of a solved linear on the wire, as measured (codes, scales, zeros, group indices).
+        double wireBytesPerWeight = (long)two.Cluster!["weights_bytes"]! / 2.0 / layers / (WeightBytes(Synthetic) / 4);
         const double lineRate = 1.25e9;
         double computeRate = CalibrationFlops(Synthetic, tokens, Length) / compute1;
         double solveRate = SolveFlops(Synthetic) / solve1;
@@ -143,7 +148,9 @@ static class ScaleOut
         sb.AppendLine(string.Create(CultureInfo.InvariantCulture,
             $"Measured here on one core (the single process): the forwards and XᵀX ran at {computeRate / 1e9:F1} GFLOP/s and the GPTQ solves at {solveRate / 1e9:F1} GFLOP/s " +
             $"(FLOPs counted from the shapes: 2·params·T for the forward, 4·T·L·h for attention, 2·T·n² per group's XᵀX; 2·m·n² + 4/3·n³ per solve). " +
-            $"Assumed: a 16-core machine does 16× one core's rate; all transfer goes through the coordinator's link (statistics from every worker, weights to every worker, " +
+            $"Assumed: a 16-core machine does 16× one core's rate; q/k/v and gate/up solved on two workers at once, o and down on the coordinator; " +
+            $"all transfer goes through the coordinator's link (statistics from every worker, solved linears to every worker at {wireBytesPerWeight:F2} bytes per weight as measured, " +
+            $"the H of the spread solves out and their results back, " +
             $"the shard states once), at the rate measured here on loopback ({measured / 1e6:F0} MB/s: Orleans' serialization on one core each side) or at 10 GbE's line rate " +
             $"(1250 MB/s, if serialization keeps up); nothing overlaps."));
         sb.AppendLine();
@@ -154,8 +161,8 @@ static class ScaleOut
         foreach (int machines in new[] { 1, 8, 32 })
         {
             double compute = CalibrationFlops(Llama70B, tokens70, length70) / (computeRate * cores * machines);
-            double solve = SolveFlops(Llama70B) / (solveRate * cores);
-            double bytes = machines == 1 ? 0 : machines * (StatisticsBytes(Llama70B) + WeightBytes(Llama70B)) + tokens70 * Llama70B.Hidden * 4.0;
+            double solve = (machines == 1 ? SolveFlops(Llama70B) : SpreadSolveFlops(Llama70B)) / (solveRate * cores);
+            double bytes = machines == 1 ? 0 : machines * (StatisticsBytes(Llama70B) + WeightBytes(Llama70B) / 4 * wireBytesPerWeight) + SolveBytes(Llama70B) + tokens70 * Llama70B.Hidden * 4.0;
             if (machines == 1) compute1Machine = compute + solve;
             double atMeasured = compute + solve + bytes / Math.Min(measured, lineRate), atLine = compute + solve + bytes / lineRate;
             projected.Add((machines, atMeasured, atLine));
@@ -170,10 +177,10 @@ static class ScaleOut
             return best.Machines == projected[^1].Machines ? $"more machines still pay at {best.Machines}" : $"{best.Machines} machines are the fastest of these";
         }
         sb.AppendLine(string.Create(CultureInfo.InvariantCulture,
-            $"Per block and worker the 70B run sends {StatisticsBytes(Llama70B) / 1e9:F1} GB of fp64 statistics and receives {WeightBytes(Llama70B) / 1e9:F1} GB of fp32 weights; " +
+            $"Per block and worker the 70B run sends {StatisticsBytes(Llama70B) / 1e9:F1} GB of fp64 statistics (upper triangles) and receives {WeightBytes(Llama70B) / 4 * wireBytesPerWeight / 1e9:F2} GB of solved linears; " +
             $"the states are {tokens70 * Llama70B.Hidden * 4.0 / 1e9:F1} GB per block in all. At the measured rate {Verdict(p => p.Measured)}; at line rate {Verdict(p => p.Line)}. " +
             $"Through one coordinator the transfer grows with the workers while the compute shrinks. What would move that bound (not built): summing the statistics " +
-            $"in a tree among the workers, broadcasting the solved weights as codes and scales (4-bit codes are 1/8 of fp32) or from worker to worker, keeping the shard states on shared storage."));
+            $"in a tree among the workers (or in fp32 where the agreement allows), keeping the shard states on shared storage, splitting down_proj's solve by rows."));
         return sb.ToString();
     }
 
@@ -193,8 +200,19 @@ static class ScaleOut
         return linears.Select(l => 2 * l.M * l.N * l.N + 4.0 / 3 * l.N * l.N * l.N).Sum();
     }
 
-    /// <summary>One worker's fp64 sums per block: q/k/v, o, gate/up share an input of width h; down's is f.</summary>
-    static double StatisticsBytes(BigModel.Shape s) => 8.0 * (3.0 * s.Hidden * s.Hidden + (double)s.Intermediate * s.Intermediate);
+    /// <summary>One worker's fp64 sums per block: q/k/v, o, gate/up share an input of width h; down's is f; each symmetric, sent as its upper triangle.</summary>
+    static double StatisticsBytes(BigModel.Shape s) => 8.0 * (3.0 * s.Hidden * (s.Hidden + 1) / 2 + (double)s.Intermediate * (s.Intermediate + 1) / 2);
+
+    /// <summary>Per block, spread over two workers: q alone against k and v (each worker factors H once), gate against up; o and down alone.</summary>
+    static double SpreadSolveFlops(BigModel.Shape s)
+    {
+        double h = s.Hidden, f = s.Intermediate, kv = (double)s.KvHeads * (s.Hidden / s.Heads), factor = 4.0 / 3 * h * h * h;
+        double qkv = Math.Max(2 * h * h * h + factor, 2 * 2 * kv * h * h + factor);
+        return qkv + (2 * h * h * h + factor) + (2 * f * h * h + factor) + (2 * h * f * f + 4.0 / 3 * f * f * f);
+    }
+
+    /// <summary>Per block: the fp32 H of q/k/v and gate/up to each of two solving workers (the solved linears come back at wire size, counted with the broadcast).</summary>
+    static double SolveBytes(BigModel.Shape s) => 2 * 2 * 4.0 * s.Hidden * s.Hidden;
 
     static double WeightBytes(BigModel.Shape s)
     {
@@ -248,7 +266,7 @@ static class ScaleOut
             var c = r3.Cluster!;
             sb.AppendLine(string.Create(CultureInfo.InvariantCulture,
                 $"| {label} | {p1:F4} / {p2:F4} / {p3:F4} | {worst * 100:F4}% | {bytes} | {((long)c["statistics_bytes"]! + (long)c["weights_bytes"]!) / 1048576.0 / blocks:F0} MiB " +
-                $"(statistics {(long)c["statistics_bytes"]! / 1048576.0 / blocks:F0} MiB in, weights {(long)c["weights_bytes"]! / 1048576.0 / blocks:F0} MiB out) + states {(long)c["state_bytes"]! / 1048576.0 / blocks:F0} MiB |"));
+                $"(statistics {(long)c["statistics_bytes"]! / 1048576.0 / blocks:F0} MiB in, solved linears {(long)c["weights_bytes"]! / 1048576.0 / blocks:F0} MiB out, solves on the workers {(long)c["solve_bytes"]! / 1048576.0 / blocks:F0} MiB) + states {(long)c["state_bytes"]! / 1048576.0 / blocks:F0} MiB |"));
         }
         Directory.Delete(root, true);
         return sb.ToString();

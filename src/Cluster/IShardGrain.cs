@@ -19,13 +19,19 @@ public interface IShardGrain : IGrainWithStringKey
     /// <summary>Chunk <paramref name="chunk"/> of the kept sums' tensor <paramref name="tensor"/> (in the header's order).</summary>
     Task<byte[]> ReadSums(int tensor, int chunk);
 
-    /// <summary>Begins receiving <paramref name="linear"/>'s solved weight.</summary>
-    Task BeginWeight(int block, string linear, TensorHeader header);
+    /// <summary>Begins receiving tensor <paramref name="index"/> of the next <see cref="UseSolved"/> or <see cref="Solve"/>.</summary>
+    Task PutTensor(int index, TensorHeader header);
 
-    Task WriteWeight(int chunk, byte[] data);
+    Task PutChunk(int index, int chunk, byte[] data);
 
-    /// <summary>The received weight is complete: the linear computes with it from now on.</summary>
-    Task EndWeight();
+    /// <summary>The tensors put are <paramref name="linear"/>'s wire form: the linear computes with it from now on.</summary>
+    Task UseSolved(int block, string linear, WireHeader wire);
+
+    /// <summary>Solves linears of the block from the tensors put (the scaled statistics) and keeps the results until read.</summary>
+    Task<SolvedHeader[]> Solve(int block, SolveCall call);
+
+    /// <summary>Chunk <paramref name="chunk"/> of tensor <paramref name="tensor"/> of solved linear <paramref name="linear"/>.</summary>
+    Task<byte[]> ReadSolved(int linear, int tensor, int chunk);
 
     Task Advance(int block);
 

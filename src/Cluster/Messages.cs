@@ -59,13 +59,41 @@ public sealed record TensorHeader(
     [property: Id(3)] int Chunks);
 
 /// <summary>A group's shard sums (<see cref="DotQuant.Engine.Hessians.StatisticSums"/>): their names, each
-/// as a chunked tensor, and the sequences they cover.</summary>
+/// as a chunked tensor, and the sequences they cover. <see cref="Symmetric"/>[i] &gt; 0: tensor i is the
+/// upper triangle of a symmetric matrix of that side (<see cref="SymmetricPacking"/>).</summary>
 [GenerateSerializer, Immutable]
 public sealed record SumsHeader(
     [property: Id(0)] string[] Names,
     [property: Id(1)] TensorHeader[] Tensors,
     [property: Id(2)] int Sequences,
-    [property: Id(3)] double Seconds);
+    [property: Id(3)] double Seconds,
+    [property: Id(4)] long[] Symmetric);
+
+/// <summary>A solved linear's wire form (<see cref="DotQuant.Engine.Quantizers.WireLinear"/>): kind, fields
+/// (JSON) and its tensors, each chunked.</summary>
+[GenerateSerializer, Immutable]
+public sealed record WireHeader(
+    [property: Id(0)] string Kind,
+    [property: Id(1)] string Fields,
+    [property: Id(2)] string[] Names,
+    [property: Id(3)] TensorHeader[] Tensors);
+
+/// <summary>The linears a worker solves, in order, each naming its H (and D; −1: none) among the tensors put before.</summary>
+[GenerateSerializer, Immutable]
+public sealed record SolveCall(
+    [property: Id(0)] string[] Linears,
+    [property: Id(1)] int[] H,
+    [property: Id(2)] int[] D,
+    [property: Id(3)] bool RtnBaseline);
+
+/// <summary>One linear a worker solved, kept there until read.</summary>
+[GenerateSerializer, Immutable]
+public sealed record SolvedHeader(
+    [property: Id(0)] string Linear,
+    [property: Id(1)] WireHeader Wire,
+    [property: Id(2)] double RtnLoss,
+    [property: Id(3)] double Seconds,
+    [property: Id(4)] string[] Warnings);
 
 /// <summary>A DQ diagnostic raised on a worker, carried to the coordinator with its code.</summary>
 [GenerateSerializer]

@@ -41,6 +41,7 @@ public sealed class OrleansCluster : ICalibrationCluster, IDisposable
     /// once at least one has.</summary>
     public static OrleansCluster Connect(ClusterAddress address, int? workers, TimeSpan timeout, ClusterSecurity? tls, Action<string> log, CancellationToken ct)
     {
+        ClusterTimings.ThreadPool();
         var deadline = Stopwatch.StartNew();
         var client = Host.CreateDefaultBuilder()
             .ConfigureLogging(l => l.ClearProviders().SetMinimumLevel(LogLevel.None))
@@ -291,8 +292,12 @@ public sealed class ClusterTraffic
     public long BytesSent { get; set; }
     /// <summary>Seconds reading the statistics back (after every shard computed them: transfer only).</summary>
     public double ReceiveSeconds { get; set; }
-    /// <summary>Seconds sending the solved weights to every worker.</summary>
+    /// <summary>Seconds sending the solved linears (codes and grids) to every worker.</summary>
     public double SendSeconds { get; set; }
+    /// <summary>Scaled statistics sent to the workers that solve a group's linears, and the solved linears read back.</summary>
+    public long SolveBytes { get; set; }
+    /// <summary>Seconds of the solves spread over the workers (transfer included), summed over groups.</summary>
+    public double SolveSeconds { get; set; }
     /// <summary>Seconds the workers' statistics took on the slowest shard of each group, summed (the run's
     /// critical path through the workers).</summary>
     public double SlowestSeconds { get; set; }

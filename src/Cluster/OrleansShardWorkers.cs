@@ -1,6 +1,8 @@
 using DotQuant.Engine.Diagnostics;
 using DotQuant.Engine.Distributed;
+using DotQuant.Engine.Calibration;
 using DotQuant.Engine.Hessians;
+using DotQuant.Engine.Quantizers;
 using static TorchSharp.torch;
 
 namespace DotQuant.Cluster;
@@ -20,7 +22,7 @@ sealed class OrleansShardWorkers(OrleansCluster cluster, ShardJob job) : IShardW
     int _block = -1;
     string? _states;                 // the shards' states at the current block's input (null: embed)
     int _statesBlock;
-    Func<IEnumerable<(string Linear, Tensor Weight)>> _solvedSoFar = () => [];
+    Func<IEnumerable<(string Linear, SolvedLinear Solved)>> _solvedSoFar = () => [];
 
     public int Shards => cluster.Count;
 
@@ -37,7 +39,7 @@ sealed class OrleansShardWorkers(OrleansCluster cluster, ShardJob job) : IShardW
         return cluster.Call(k, g => g.Open(ShardMessage.Of(job, k, _statesBlock)), "restoring its shard", ct);
     }
 
-    public void BeginBlock(int block, Func<IEnumerable<(string Linear, Tensor Weight)>> solvedSoFar, CancellationToken ct)
+    public void BeginBlock(int block, Func<IEnumerable<(string Linear, SolvedLinear Solved)>> solvedSoFar, CancellationToken ct)
     {
         _block = block;
         _solvedSoFar = solvedSoFar;
@@ -57,6 +59,9 @@ sealed class OrleansShardWorkers(OrleansCluster cluster, ShardJob job) : IShardW
             traffic.SlowestSeconds += headers.Max(h => h.Seconds);
         }
         var receiving = System.Diagnostics.Stopwatch.StartNew();
+        // A sum every shard sent as its upper triangle is added packed (the same element-wise additions)
+        // and unpacked once; one sent whole anywhere is unpacked on arrival.
+        var side = headers[0].Symmetric.Select((n, i) => headers.All(h => h.Symmetric[i] == n) ? n : 0).ToArray();
         // Read back in shard order; a worker lost now computes its sums again on the one that takes over.
         var total = StatisticSums.InShardOrder(headers.Length, shard => OnShard(shard, () =>
         {
@@ -65,7 +70,14 @@ sealed class OrleansShardWorkers(OrleansCluster cluster, ShardJob job) : IShardW
             try
             {
                 for (int i = 0; i < header.Names.Length; i++)
-                    received.Add((header.Names[i], Receive(shard, i, header.Tensors[i], during, ct)));
+                {
+                    var t = Receive(shard, i, header.Tensors[i], during, ct);
+                    received.Add((header.Names[i], t));
+                    if (header.Symmetric[i] > 0 && side[i] == 0)
+                        received[^1] = (header.Names[i], Unpacked(t, header.Symmetric[i]));
+                    else if (header.Symmetric[i] != side[i])
+                        throw new DotQuantException(ErrorCodes.Internal, $"shard {shard} sent {header.Names[i]} {(header.Symmetric[i] > 0 ? "packed" : "whole")} on a second computation");
+                }
                 return new StatisticSums(received, header.Sequences);
             }
             catch
@@ -74,8 +86,27 @@ sealed class OrleansShardWorkers(OrleansCluster cluster, ShardJob job) : IShardW
                 throw;
             }
         }, () => headers[shard] = cluster.Call(shard, g => g.ComputeGroupSums(block, group), during, ct), ct));
+        try
+        {
+            if (side.Any(n => n > 0))
+                total = new StatisticSums(headers[0].Names.Select((name, i) =>
+                {
+                    var t = total.Take(name)!;
+                    return (name, side[i] > 0 ? Unpacked(t, side[i]) : t);
+                }).ToList(), total.Sequences);
+        }
+        catch
+        {
+            total.Dispose();
+            throw;
+        }
         lock (traffic) traffic.ReceiveSeconds += receiving.Elapsed.TotalSeconds;
         return total;
+    }
+
+    static Tensor Unpacked(Tensor packed, long side)
+    {
+        using (packed) return SymmetricPacking.Unpack(packed, side);
     }
 
     Tensor Receive(int shard, int tensor, TensorHeader header, string during, CancellationToken ct)
@@ -97,24 +128,96 @@ sealed class OrleansShardWorkers(OrleansCluster cluster, ShardJob job) : IShardW
         }
     }
 
-    public void UseWeight(int block, string linear, Tensor weight, CancellationToken ct)
+    public void UseSolved(int block, string linear, SolvedLinear solved, CancellationToken ct)
     {
-        using var w = weight.contiguous();
-        var header = TensorChunks.Header(w);
-        var chunks = TensorChunks.All(w);
+        using var wire = SolvedLinearWire.Encode(solved);
+        var header = ShardGrain.Header(wire);
+        var chunks = wire.Tensors.Select(t => TensorChunks.All(t.Tensor)).ToArray();
         var sending = System.Diagnostics.Stopwatch.StartNew();
         All(k => { Send(k, block, linear, header, chunks, ct); return 0; }, $"receiving {linear}'s solved weight", ct);
         lock (cluster.Traffic) cluster.Traffic.SendSeconds += sending.Elapsed.TotalSeconds;
     }
 
-    void Send(int k, int block, string linear, TensorHeader header, byte[][] chunks, CancellationToken ct) =>
+    void Send(int k, int block, string linear, WireHeader header, byte[][][] chunks, CancellationToken ct) =>
         cluster.Call(k, async g =>
         {
-            await g.BeginWeight(block, linear, header);
-            await Pipelined(chunks.Length, async c => { await g.WriteWeight(c, chunks[c]); return 0; }, (_, _) => { });
-            await g.EndWeight();
-            lock (cluster.Traffic) cluster.Traffic.BytesSent += header.Bytes;
+            await Put(g, header.Tensors, chunks);
+            await g.UseSolved(block, linear, header);
+            lock (cluster.Traffic) cluster.Traffic.BytesSent += header.Tensors.Sum(t => t.Bytes);
         }, $"receiving {linear}'s solved weight", ct);
+
+    /// <summary>Puts tensors 0…n−1 on a worker for its next call, their chunks pipelined.</summary>
+    static async Task Put(IShardGrain g, TensorHeader[] headers, byte[][][] chunks)
+    {
+        for (int i = 0; i < headers.Length; i++)
+        {
+            int index = i;
+            await g.PutTensor(index, headers[index]);
+            await Pipelined(chunks[index].Length, async c => { await g.PutChunk(index, c, chunks[index][c]); return 0; }, (_, _) => { });
+        }
+    }
+
+    public IReadOnlyList<LinearSolution>[] Solve(int block, SolveRequest?[] requests, CancellationToken ct)
+    {
+        string during = $"solving block {block}'s linears";
+        var sent = requests.Select(r => r?.Statistics.Select(t =>
+        {
+            using var c = t.contiguous();
+            return (Header: TensorChunks.Header(c), Chunks: TensorChunks.All(c));
+        }).ToArray()).ToArray();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var results = All(k => requests[k] is not { } r ? [] : SolveOn(k, block, r, sent[k]!, during, ct), during, ct);
+        lock (cluster.Traffic) cluster.Traffic.SolveSeconds += clock.Elapsed.TotalSeconds;
+        return results;
+    }
+
+    IReadOnlyList<LinearSolution> SolveOn(int k, int block, SolveRequest r, (TensorHeader Header, byte[][] Chunks)[] statistics, string during, CancellationToken ct)
+    {
+        var call = new SolveCall(r.Tasks.Select(t => t.Linear).ToArray(), r.Tasks.Select(t => t.H).ToArray(), r.Tasks.Select(t => t.D).ToArray(), r.RtnBaseline);
+        var headers = cluster.Call(k, async g =>
+        {
+            await Put(g, statistics.Select(s => s.Header).ToArray(), statistics.Select(s => s.Chunks).ToArray());
+            lock (cluster.Traffic) cluster.Traffic.SolveBytes += statistics.Sum(s => s.Header.Bytes);
+            return await g.Solve(block, call);
+        }, during, ct);
+        var solved = new List<LinearSolution>();
+        try
+        {
+            for (int i = 0; i < headers.Length; i++)
+            {
+                var h = headers[i];
+                var tensors = new List<(string, Tensor)>();
+                try
+                {
+                    for (int j = 0; j < h.Wire.Names.Length; j++)
+                    {
+                        int linear = i, tensor = j;
+                        var header = h.Wire.Tensors[j];
+                        var t = TensorChunks.Allocate(header);
+                        tensors.Add((h.Wire.Names[j], t));
+                        cluster.Call(k, g => Pipelined(header.Chunks, c => g.ReadSolved(linear, tensor, c), (c, data) =>
+                        {
+                            TensorChunks.Write(t, c, data);
+                            lock (cluster.Traffic) cluster.Traffic.SolveBytes += data.Length;
+                        }), during, ct);
+                    }
+                    using var wire = new WireLinear(h.Wire.Kind, (System.Text.Json.Nodes.JsonObject)System.Text.Json.Nodes.JsonNode.Parse(h.Wire.Fields)!, tensors);
+                    tensors = [];
+                    solved.Add(new LinearSolution(SolvedLinearWire.Decode(wire), h.RtnLoss, h.Seconds, h.Warnings));
+                }
+                finally
+                {
+                    foreach (var (_, t) in tensors) t.Dispose();
+                }
+            }
+            return solved;
+        }
+        catch
+        {
+            foreach (var s in solved) s.Q.Dispose();
+            throw;
+        }
+    }
 
     public void Advance(int block, string states, CancellationToken ct)
     {
@@ -253,13 +356,9 @@ sealed class OrleansShardWorkers(OrleansCluster cluster, ShardJob job) : IShardW
                 if (_block >= 0)
                 {
                     cluster.Call(k, g => g.BeginBlock(_block), $"loading block {_block}", ct);
-                    foreach (var (linear, weight) in _solvedSoFar())
-                        using (weight)
-                        using (var w = weight.contiguous())
-                        {
-                            var header = TensorChunks.Header(w);
-                            Send(k, _block, linear, header, TensorChunks.All(w), ct);
-                        }
+                    foreach (var (linear, solved) in _solvedSoFar())
+                        using (var wire = SolvedLinearWire.Encode(solved))
+                            Send(k, _block, linear, ShardGrain.Header(wire), wire.Tensors.Select(t => TensorChunks.All(t.Tensor)).ToArray(), ct);
                 }
                 lock (cluster.Takeovers)
                     cluster.Takeovers.Add($"{lost.Message}; shard {k} taken over by {member.Silo}" + (_block >= 0 ? $" in block {_block}" : "") + $" ({clock.Elapsed.TotalSeconds:F1} s)");

@@ -3,6 +3,7 @@ using DotQuant.Engine.Calibration;
 using DotQuant.Engine.Diagnostics;
 using DotQuant.Engine.Distributed;
 using DotQuant.Engine.Hessians;
+using DotQuant.Engine.Quantizers;
 using Orleans.Runtime;
 using static TorchSharp.torch;
 
@@ -18,9 +19,9 @@ public sealed class ShardGrain(ILocalSiloDetails silo, WorkerState state) : Grai
     string? _runKey;
     StatisticSums? _sums;
     int _sumChunksLeft;
-    Tensor? _incoming;
-    string? _incomingLinear;
-    int _incomingBlock;
+    readonly SortedDictionary<int, Tensor> _inbox = [];
+    List<WireLinear>? _outbox;
+    int _outboxChunksLeft;
 
     public override Task OnActivateAsync(CancellationToken ct)
     {
@@ -64,12 +65,35 @@ public sealed class ShardGrain(ILocalSiloDetails silo, WorkerState state) : Grai
     {
         DisposeSums();
         var sw = Stopwatch.StartNew();
-        _sums = Worker.GroupSums(block, group, state.Stopping);
+        using var computed = Worker.GroupSums(block, group, state.Stopping);
+        double seconds = sw.Elapsed.TotalSeconds;
+        var names = computed.Tensors.Select(s => s.Name).ToArray();
+        var sides = new long[names.Length];
+        var sent = new List<(string, Tensor)>();
+        try
+        {
+            for (int i = 0; i < names.Length; i++)
+            {
+                var t = computed.Take(names[i])!;
+                if (!t.is_contiguous()) throw new DotQuantException(ErrorCodes.Internal, "a shard's sums are not contiguous");
+                if (SymmetricPacking.Applies(t))
+                {
+                    sides[i] = t.shape[0];
+                    var whole = t;
+                    t = SymmetricPacking.Pack(whole);
+                    whole.Dispose();
+                }
+                sent.Add((names[i], t));
+            }
+        }
+        catch
+        {
+            foreach (var (_, t) in sent) t.Dispose();
+            throw;
+        }
+        _sums = new StatisticSums(sent, computed.Sequences);
         _sumChunksLeft = _sums.Tensors.Sum(s => TensorChunks.Header(s.Sum).Chunks);
-        if (_sums.Tensors.Any(s => !s.Sum.is_contiguous()))
-            throw new DotQuantException(ErrorCodes.Internal, "a shard's sums are not contiguous");
-        return new SumsHeader(_sums.Tensors.Select(s => s.Name).ToArray(), _sums.Tensors.Select(s => TensorChunks.Header(s.Sum)).ToArray(),
-            _sums.Sequences, sw.Elapsed.TotalSeconds);
+        return new SumsHeader(names, _sums.Tensors.Select(s => TensorChunks.Header(s.Sum)).ToArray(), _sums.Sequences, seconds, sides);
     });
 
     public Task<byte[]> ReadSums(int tensor, int chunk)
@@ -82,28 +106,83 @@ public sealed class ShardGrain(ILocalSiloDetails silo, WorkerState state) : Grai
         return Task.FromResult(data);
     }
 
-    public Task BeginWeight(int block, string linear, TensorHeader header)
+    public Task PutTensor(int index, TensorHeader header)
     {
-        _incoming?.Dispose();
-        _incoming = TensorChunks.Allocate(header).DetachFromDisposeScope();
-        _incomingLinear = linear;
-        _incomingBlock = block;
+        if (_inbox.Remove(index, out var old)) old.Dispose();
+        _inbox[index] = TensorChunks.Allocate(header).DetachFromDisposeScope();
         return Task.CompletedTask;
     }
 
-    public Task WriteWeight(int chunk, byte[] data)
+    public Task PutChunk(int index, int chunk, byte[] data)
     {
-        TensorChunks.Write(_incoming ?? throw new InvalidOperationException("no weight is being received"), chunk, data);
+        TensorChunks.Write(_inbox.GetValueOrDefault(index) ?? throw new InvalidOperationException($"no tensor {index} is being received"), chunk, data);
         return Task.CompletedTask;
     }
 
-    public Task EndWeight() => Run(() =>
+    /// <summary>The tensors put so far, 0…count−1, handed over (the inbox is empty after).</summary>
+    List<Tensor> TakeInbox(int count)
     {
-        using var w = _incoming ?? throw new InvalidOperationException("no weight is being received");
-        _incoming = null;
-        Worker.UseWeight(_incomingBlock, _incomingLinear!, w);
+        bool complete = _inbox.Keys.SequenceEqual(Enumerable.Range(0, count));
+        var taken = _inbox.Values.ToList();
+        _inbox.Clear();
+        if (!complete)
+        {
+            foreach (var t in taken) t.Dispose();
+            throw new InvalidOperationException($"{taken.Count} tensors were put, {count} expected");
+        }
+        return taken;
+    }
+
+    public Task UseSolved(int block, string linear, WireHeader wire) => Run(() =>
+    {
+        var tensors = TakeInbox(wire.Names.Length);
+        using var w = new WireLinear(wire.Kind, (System.Text.Json.Nodes.JsonObject)System.Text.Json.Nodes.JsonNode.Parse(wire.Fields)!,
+            wire.Names.Zip(tensors).ToList());
+        Worker.UseSolved(block, linear, SolvedLinearWire.Decode(w));
         return 0;
     });
+
+    public Task<SolvedHeader[]> Solve(int block, SolveCall call) => Run(() =>
+    {
+        DisposeOutbox();
+        int count = call.H.Concat(call.D).DefaultIfEmpty(-1).Max() + 1;
+        var statistics = TakeInbox(count);
+        var tasks = call.Linears.Select((l, i) => new SolveTask(l, call.H[i], call.D[i])).ToList();
+        var clock = Stopwatch.StartNew();
+        var solved = Worker.Solve(block, statistics, tasks, call.RtnBaseline, state.Stopping);
+        double solving = clock.Elapsed.TotalSeconds;
+        _outbox = [];
+        var headers = new List<SolvedHeader>();
+        foreach (var (task, s) in tasks.Zip(solved))
+        {
+            using (s.Q)
+            {
+                var wire = SolvedLinearWire.Encode(s.Q);
+                _outbox.Add(wire);
+                headers.Add(new SolvedHeader(task.Linear, Header(wire), s.RtnLoss, s.Seconds, s.Warnings.ToArray()));
+            }
+        }
+        _outboxChunksLeft = headers.Sum(h => h.Wire.Tensors.Sum(t => t.Chunks));
+        state.Log($"block {block}: solved {string.Join(", ", tasks.Select(t => t.Linear))} in {solving:F2} s ({string.Join(", ", solved.Select(x => x.Seconds.ToString("F2")))}), encoded in {clock.Elapsed.TotalSeconds - solving:F2} s");
+        return headers.ToArray();
+    });
+
+    public static WireHeader Header(WireLinear w) =>
+        new(w.Kind, w.Fields.ToJsonString(), w.Tensors.Select(t => t.Name).ToArray(), w.Tensors.Select(t => TensorChunks.Header(t.Tensor)).ToArray());
+
+    public Task<byte[]> ReadSolved(int linear, int tensor, int chunk)
+    {
+        var outbox = _outbox ?? throw new InvalidOperationException("no solved linears are kept");
+        var data = TensorChunks.Chunk(outbox[linear].Tensors[tensor].Tensor, chunk);
+        if (--_outboxChunksLeft == 0) DisposeOutbox();
+        return Task.FromResult(data);
+    }
+
+    void DisposeOutbox()
+    {
+        foreach (var w in _outbox ?? []) w.Dispose();
+        _outbox = null;
+    }
 
     public Task Advance(int block) => Run(() =>
     {
@@ -169,8 +248,9 @@ public sealed class ShardGrain(ILocalSiloDetails silo, WorkerState state) : Grai
     void Release()
     {
         DisposeSums();
-        _incoming?.Dispose();
-        _incoming = null;
+        DisposeOutbox();
+        foreach (var t in _inbox.Values) t.Dispose();
+        _inbox.Clear();
         _worker?.Dispose();
         _worker = null;
     }

@@ -13,9 +13,9 @@ namespace DotQuant.Engine.Tests;
 public class ShardedCalibrationTests
 {
     // 96 × 256 tokens are three batches of 32 sequences: three shards.
-    static string Manifest(string quantize) =>
+    static string Manifest(string quantize, string output = "") =>
         $"version: 1\nmodel: {SharedPaths.Stories260K}\ncalibration:\n  data: {SharedPaths.Data("wikitext2-tokenized", "valid.tokens")}\n  samples: 96\n  sequence_length: 256\n" +
-        $"quantize:\n{quantize}output:\n  name: out\nevaluate:\n  perplexity:\n    data: {SharedPaths.Data("wikitext2", "wiki.test.gptq-joined.txt")}\n    sequence_length: 256\n    max_sequences: 16\n";
+        $"quantize:\n{quantize}output:\n  name: out\n{output}evaluate:\n  perplexity:\n    data: {SharedPaths.Data("wikitext2", "wiki.test.gptq-joined.txt")}\n    sequence_length: 256\n    max_sequences: 16\n";
 
     [Fact]
     public void Shards_follow_the_batches_and_cover_every_sequence_in_order()
@@ -31,11 +31,12 @@ public class ShardedCalibrationTests
         Assert.Equal([64, 32], two.Shards.Select(s => s.Count));
     }
 
-    static JobResult Run(TempDir dir, string quantize, string folder, int? shards)
+    static JobResult Run(TempDir dir, string quantize, string folder, int? shards, string output = "", bool solveOnCoordinator = false, InProcessCluster? cluster = null)
     {
         string manifest = dir.File(folder + ".yaml");
-        File.WriteAllText(manifest, Manifest(quantize));
-        var options = shards is int n ? new RunOptions { Cluster = new InProcessCluster(n, dir.File(folder + "-shards")) } : null;
+        File.WriteAllText(manifest, Manifest(quantize, output));
+        cluster ??= shards is int n ? new InProcessCluster(n, dir.File(folder + "-shards")) : null;
+        var options = cluster is not null ? new RunOptions { Cluster = cluster, SolveOnCoordinator = solveOnCoordinator } : null;
         return QuantizeJob.Run(ManifestParser.Load(manifest), dir.File(folder), options: options);
     }
 
@@ -62,6 +63,32 @@ public class ShardedCalibrationTests
         // Per layer, the calibration losses agree (the statistics differ by summation order only).
         foreach (var (a, b) in single.Layers.Zip(three.Layers).Where(p => p.First.Quantized))
             Assert.True(Math.Abs(b.Loss / a.Loss - 1) < 1e-3, $"{a.Name}: loss {a.Loss} vs {b.Loss}");
+    }
+
+    /// <summary>A group's solves spread over the shards' workers (statistics out, solved linears back in
+    /// their wire form, then to every worker) write what solving them all on the coordinator writes, for
+    /// every kind of solved linear.</summary>
+    [Theory]
+    [InlineData("  method: gptq\n  bits: 4\n  group_size: 16\n  act_order: true\n", "")]
+    [InlineData("  method: gptaq\n  bits: 2\n  group_size: 16\n  compensation_aware: true\n", "")]
+    [InlineData("  method: spqr\n  hessian: output_adaptive\n  output_adaptive: { schedule: once }\n", "")]
+    [InlineData("  method: billm\n", "")]
+    [InlineData("  method: gptq\n", "  format: gguf\n  gguf: { type: q4_0 }\n")]
+    public void Solves_spread_over_the_workers_write_the_bytes_of_solves_on_the_coordinator(string quantize, string output)
+    {
+        using var dir = new TempDir();
+        var coordinator = new InProcessCluster(3, dir.File("here-shards"));
+        var workers = new InProcessCluster(3, dir.File("spread-shards"));
+        var here = Run(dir, quantize, "here", 3, output, solveOnCoordinator: true, cluster: coordinator);
+        var spread = Run(dir, quantize, "spread", 3, output, cluster: workers);
+        Assert.All(coordinator.SolvedOnWorkers, n => Assert.Equal(0, n));
+        // q/k/v and gate/up are spread (longest first); o and down, alone in their groups, stay on the coordinator.
+        Assert.All(workers.SolvedOnWorkers, n => Assert.True(n > 0, $"solved on the workers: {string.Join(", ", workers.SolvedOnWorkers)}"));
+        var files = Directory.GetFiles(here.Output).Select(Path.GetFileName).Where(f => f!.EndsWith(".safetensors") || f.EndsWith(".gguf")).ToList();
+        Assert.NotEmpty(files);
+        foreach (var f in files)
+            Assert.Equal(File.ReadAllBytes(Path.Combine(here.Output, f!)), File.ReadAllBytes(Path.Combine(spread.Output, f!)));
+        Assert.Equal(here.Layers.Select(l => l.Loss), spread.Layers.Select(l => l.Loss));
     }
 
     [Fact]

@@ -99,4 +99,40 @@ public class GridSolverTests
             }
         }
     }
+
+    /// <summary>A solved linear's wire form (how a distributed run moves it between processes) rebuilds the
+    /// same weight and the same file bytes, whatever the kind: integer grids with act order, GGUF legacy and
+    /// k-quant rows.</summary>
+    [Theory]
+    [InlineData(null)]
+    [InlineData(GgmlType.Q4_0)]
+    [InlineData(GgmlType.Q4_K)]
+    [InlineData(GgmlType.Q6_K)]
+    public void A_solved_linear_crosses_the_wire_bit_for_bit(GgmlType? type)
+    {
+        var (w, h) = Problem();
+        using (w) using (h)
+        {
+            var o = type is { } t ? new SolverOptions { GgufType = t, GroupSize = GgmlTypeInfo.Of(t).BlockSize }
+                                  : new SolverOptions { Bits = 3, GroupSize = 32, ActOrder = true };
+            using var solved = ColumnSolver.Solve(w, h, null, o);
+            using var wire = SolvedLinearWire.Encode(solved);
+            using var back = SolvedLinearWire.Decode(wire);
+            Assert.Equal(solved.GetType() == typeof(QuantizedLinear) ? typeof(QuantizedLinear) : typeof(EncodedRowsLinear), back.GetType());
+            using var a = solved.Dequantize();
+            using var b = back.Dequantize();
+            Assert.Equal(a.data<float>().ToArray(), b.data<float>().ToArray());
+            Assert.Equal(BitConverter.DoubleToInt64Bits(solved.Loss), BitConverter.DoubleToInt64Bits(back.Loss));
+            Assert.Equal(solved.DampUsed, back.DampUsed);
+            var pa = new Dictionary<string, Tensor>();
+            var pb = new Dictionary<string, Tensor>();
+            solved.Pack(pa, "x");
+            back.Pack(pb, "x");
+            Assert.Equal(pa.Keys.Order(), pb.Keys.Order());
+            foreach (var k in pa.Keys) Assert.True(pa[k].bytes.SequenceEqual(pb[k].bytes), k);
+            foreach (var x in pa.Values.Concat(pb.Values)) x.Dispose();
+            // A quarter of fp32's bytes or less.
+            Assert.True(wire.Tensors.Sum(x => x.Tensor.NumberOfElements * x.Tensor.ElementSize) * 4 <= a.NumberOfElements * 4);
+        }
+    }
 }

@@ -33,6 +33,10 @@ public sealed class Calibrator
     public CancellationToken Cancellation { get; init; }
     /// <summary>Measure round-to-nearest's loss next to each solved linear's (evaluate.rtn_baseline).</summary>
     public bool RtnBaseline { get; init; }
+    /// <summary>Solves a group's linears elsewhere (a distributed run's workers); null: all here.</summary>
+    public ISolvePlacement? Placement { get; init; }
+
+    static readonly IReadOnlyDictionary<string, LinearSolution> NoSolutions = new Dictionary<string, LinearSolution>();
 
     /// <param name="stream">X_q at the input of <paramref name="firstBlock"/> (null for round-to-nearest).</param>
     /// <param name="reports">Reports of the blocks before <paramref name="firstBlock"/> (a resumed run).</param>
@@ -76,16 +80,34 @@ public sealed class Calibrator
                 NativeHeap.Solving();
                 using var factors = new FactorCache();
                 double statSeconds = sw.Elapsed.TotalSeconds / active.Count;
-                foreach (var lin in active)
+                IReadOnlyDictionary<string, LinearSolution> elsewhere;
+                using (PhaseClock.Measure("solve"))
+                    elsewhere = Placement?.SolveElsewhere(work, active, stats, RtnBaseline) ?? NoSolutions;
+                try
                 {
-                    Cancellation.ThrowIfCancellationRequested();
-                    var solve = Stopwatch.StartNew();
-                    var o = Plan.OptionsFor(lin.Name)!;
-                    var (q, rtnLoss) = Solve(lin, stats.H(lin), stats.D(lin), o, stats.LastUser(lin, active), factors);
-                    lin.UseSolved(q);          // later groups and the stream see the quantized weight
-                    Hessians.Solved(work, lin);
-                    NativeHeap.PhaseEnded();   // the solver's copies and factorization are freed
-                    Report(Describe(lin, b, o, q, statSeconds + solve.Elapsed.TotalSeconds, rtnLoss));
+                    foreach (var lin in active)
+                    {
+                        Cancellation.ThrowIfCancellationRequested();
+                        var o = Plan.OptionsFor(lin.Name)!;
+                        LinearSolution s;
+                        if (elsewhere.TryGetValue(lin.Name, out var solvedThere))
+                        {
+                            s = solvedThere;
+                            foreach (var w in s.Warnings) Events?.Invoke(new WarningEvent(w));
+                        }
+                        else s = LinearSolve.Run(lin, stats.H(lin), stats.D(lin), o, stats.LastUser(lin, active), factors, RtnBaseline,
+                            w => Events?.Invoke(new WarningEvent(w)), Cancellation);
+                        lin.UseSolved(s.Q);          // later groups and the stream see the quantized weight
+                        Hessians.Solved(work, lin);
+                        NativeHeap.PhaseEnded();   // the solver's copies and factorization are freed
+                        Report(Describe(lin, b, o, s.Q, statSeconds + s.Seconds, s.RtnLoss));
+                    }
+                }
+                catch
+                {
+                    foreach (var (name, s) in elsewhere)
+                        if (!ReferenceEquals(active.First(l => l.Name == name).Solved, s.Q)) s.Q.Dispose();
+                    throw;
                 }
             }
             NativeHeap.Forward();
@@ -108,19 +130,6 @@ public sealed class Calibrator
             all.Add(r);
             if (r.Quantized) Events?.Invoke(new LayerEvent(r, ++done, total));
         }
-    }
-
-    (SolvedLinear Q, double RtnLoss) Solve(NamedLinear lin, Tensor? h, Tensor? d, SolverOptions o, bool lastUser, FactorCache factors)
-    {
-        using var w0 = lin.Weight.to(ScalarType.Float32);
-        // Measured before the solver may consume H; its damping is applied once the solver chose it.
-        RtnObjective? rtn = null;
-        if (RtnBaseline && h is not null && Solvers.RtnBaseline(o) is { } ro)
-            using (PhaseClock.Measure("rtn baseline"))
-                rtn = RtnObjective.Of(w0, h, ro);
-        using var phase = PhaseClock.Measure("solve");
-        var q = Solvers.Solve(w0, h, d, o, lin.Name, w => Events?.Invoke(new WarningEvent(w)), Cancellation, consumeH: lastUser, factors: factors);
-        return (q, rtn?.At(q.DampUsed) ?? double.NaN);
     }
 
     /// <summary>The block's tensors in name order: solved linears packed, everything else as stored.</summary>

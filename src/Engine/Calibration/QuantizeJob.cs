@@ -45,8 +45,12 @@ public sealed record RunOptions
     /// <summary>Sees the finished output folder just before it is swapped into place (a cache seals it).</summary>
     public Action<string>? BeforePublish { get; init; }
     /// <summary>Spread the calibration over these workers (<c>--cluster</c>): each keeps a shard of the
-    /// streams and returns its share of the statistics; this process solves and writes.</summary>
+    /// streams and returns its share of the statistics; a group's solves are spread over them
+    /// (<see cref="DistributedSolves"/>); this process writes.</summary>
     public ICalibrationCluster? Cluster { get; init; }
+    /// <summary>With <see cref="Cluster"/>: solve every linear on this process instead (the same bytes;
+    /// tests and the scale-out benchmark compare the two).</summary>
+    public bool SolveOnCoordinator { get; init; }
 }
 
 /// <summary><c>dotnet quantize run</c>: manifest → plan → streaming model → evaluation before →
@@ -181,6 +185,7 @@ public static class QuantizeJob
             {
                 Model = model, Plan = plan, Hessians = hessians, Writer = writer, Scratch = run.Scratch, Events = onEvent, Cancellation = ct,
                 RtnBaseline = m.Evaluate?.RtnBaseline == true,
+                Placement = workers is null || options.SolveOnCoordinator ? null : new DistributedSolves(workers),
                 Checkpoint = run.Resumable ? new ResumePoint(run, writer, fingerprint, before, tasksBefore) : null,
             };
             reports = calibrator.Run(stream, first, state?.Reports);

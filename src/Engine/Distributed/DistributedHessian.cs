@@ -8,7 +8,7 @@ namespace DotQuant.Engine.Distributed;
 /// <summary>The coordinator's Hessian source in a distributed run: the statistics are the workers'
 /// shard sums (<see cref="IShardWorkers.GroupSums"/>), scaled once by the manifest's own source
 /// (<paramref name="scaling"/>, which never sees a stream) as a single process scales its own;
-/// each solved linear's weight goes to every worker; the streams advance on the workers. The coordinator
+/// each solved linear goes to every worker (codes and grids); the streams advance on the workers. The coordinator
 /// holds the block being solved, never a stream. After each block the shards' states are saved under
 /// <paramref name="states"/>/block-N (N the next block): the resume point of the run, and what a worker
 /// that takes over a lost shard starts from.</summary>
@@ -20,10 +20,10 @@ public sealed class DistributedHessian(IShardWorkers workers, string states, ISu
 
     public void BeginBlock(BlockWork work) => workers.BeginBlock(work.Block.Index, () => SolvedSoFar(work.Block), work.Cancellation);
 
-    static IEnumerable<(string, TorchSharp.torch.Tensor)> SolvedSoFar(DecoderBlock block)
+    static IEnumerable<(string, Quantizers.SolvedLinear)> SolvedSoFar(DecoderBlock block)
     {
         foreach (var l in block.Linears)
-            if (l.Solved is not null) yield return (l.Name, l.Solved.Dequantize());
+            if (l.Solved is not null) yield return (l.Name, l.Solved);
     }
 
     public GroupStatistics Group(BlockWork work, IReadOnlyList<NamedLinear> group, IReadOnlyList<NamedLinear> active)
@@ -34,8 +34,7 @@ public sealed class DistributedHessian(IShardWorkers workers, string states, ISu
 
     public void Solved(BlockWork work, NamedLinear linear)
     {
-        using var weight = linear.Solved!.Dequantize();
-        workers.UseWeight(work.Block.Index, linear.Name, weight, work.Cancellation);
+        workers.UseSolved(work.Block.Index, linear.Name, linear.Solved!, work.Cancellation);
     }
 
     public bool AdvanceStream(BlockWork work)

@@ -7,6 +7,9 @@ public sealed class InProcessCluster(int workers, string scratch) : ICalibration
 {
     public int Workers => workers;
 
+    /// <summary>Linears solved on the shards' workers so far, per shard.</summary>
+    public int[] SolvedOnWorkers { get; private set; } = [];
+
     public IShardWorkers Start(ShardJob job, CancellationToken ct)
     {
         ShardWorker Open(int k, string? restore, int nextBlock) => ShardWorker.Open(job, k, Path.Combine(scratch, $"shard-{k}"), restore, nextBlock, ct: ct);
@@ -21,6 +24,7 @@ public sealed class InProcessCluster(int workers, string scratch) : ICalibration
             foreach (var w in started) w.Dispose();
             throw;
         }
-        return new LocalShardWorkers(started, Open);
+        SolvedOnWorkers = new int[started.Count];
+        return new LocalShardWorkers(started, Open, SolvedOnWorkers);
     }
 }

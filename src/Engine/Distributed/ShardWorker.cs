@@ -4,6 +4,7 @@ using DotQuant.Engine.Hessians;
 using DotQuant.Engine.IO;
 using DotQuant.Engine.Manifest;
 using DotQuant.Engine.Models;
+using DotQuant.Engine.Quantizers;
 using DotQuant.Engine.Rotation;
 using DotQuant.Engine.Torch;
 using static TorchSharp.torch;
@@ -22,6 +23,7 @@ public sealed class ShardWorker : IDisposable
     readonly ActivationStream _stream;
     readonly ForwardContexts _contexts;
     readonly HashSet<string> _planned;
+    readonly RunPlan _plan;
     readonly string _scratch;
     DecoderBlock? _block;
     BlockWork? _work;
@@ -44,7 +46,7 @@ public sealed class ShardWorker : IDisposable
             if (q.Rotation is { } rotation)
                 _rotated = QuaRot.Apply(config, _checkpoint, rotation, Path.Combine(scratch, "rotated"), ct);
             _model = ModelLoader.Open(_rotated?.Config ?? config, _rotated is null ? _checkpoint : _rotated);
-            var plan = RunPlan.Create(q, m.Output, _model);
+            var plan = _plan = RunPlan.Create(q, m.Output, _model);
             _planned = plan.Linears.Where(l => l.Options is not null).Select(l => l.Linear.Name).ToHashSet(StringComparer.Ordinal);
             var shard = m with { Calibration = m.Calibration! with { Samples = sequences.Count }, Evaluate = null };
             var (limit, source) = MemoryPlan.Available();
@@ -145,13 +147,53 @@ public sealed class ShardWorker : IDisposable
         return _source.Accumulate(work, linears, linears.Where(l => _planned.Contains(l.Name)).ToList());
     }
 
-    public void UseWeight(int block, string linear, Tensor weight)
+    /// <summary>Linear <paramref name="linear"/> computes with <paramref name="solved"/>'s weight from now on
+    /// (<paramref name="solved"/> is consumed). Dequantized once, as fp32: the values a single process
+    /// rebuilds for every product, without rebuilding them for each of the shard's batches.</summary>
+    public void UseSolved(int block, string linear, SolvedLinear solved)
     {
-        Current(block, default);
-        var target = _block!.Linears.FirstOrDefault(l => l.Name == linear)
-                     ?? throw new DotQuantException(ErrorCodes.Internal, $"block {block} has no linear {linear}");
-        target.SetWeight(weight.to(ScalarType.Float32).DetachFromDisposeScope());
+        using (solved)
+        {
+            Current(block, default);
+            Linear(block, linear).SetWeight(solved.Dequantize());
+        }
     }
+
+    /// <summary>Solves <paramref name="tasks"/> in order from <paramref name="statistics"/> (owned here: a
+    /// statistic's last user may consume it), as the coordinator would (<see cref="LinearSolve"/>).</summary>
+    public IReadOnlyList<LinearSolution> Solve(int block, IReadOnlyList<Tensor> statistics, IReadOnlyList<SolveTask> tasks, bool rtnBaseline, CancellationToken ct)
+    {
+        var results = new List<LinearSolution>();
+        try
+        {
+            var work = Current(block, ct);
+            NativeHeap.PhaseEnded();
+            NativeHeap.Solving();
+            using var factors = new FactorCache();
+            for (int i = 0; i < tasks.Count; i++)
+            {
+                var t = tasks[i];
+                var o = _plan.OptionsFor(t.Linear) ?? throw new DotQuantException(ErrorCodes.Internal, $"{t.Linear} is not planned for quantization on this worker");
+                bool lastUser = t.H >= 0 && tasks.Skip(i + 1).All(x => x.H != t.H);
+                results.Add(LinearSolve.Run(Linear(block, t.Linear), t.H >= 0 ? statistics[t.H] : null, t.D >= 0 ? statistics[t.D] : null, o, lastUser, factors,
+                    rtnBaseline, null, work.Cancellation));
+                NativeHeap.PhaseEnded();
+            }
+            return results;
+        }
+        catch
+        {
+            foreach (var r in results) r.Q.Dispose();
+            throw;
+        }
+        finally
+        {
+            foreach (var t in statistics) t.Dispose();
+        }
+    }
+
+    NamedLinear Linear(int block, string linear) => _block!.Linears.FirstOrDefault(l => l.Name == linear)
+                                                   ?? throw new DotQuantException(ErrorCodes.Internal, $"block {block} has no linear {linear}");
 
     public void Advance(int block, CancellationToken ct)
     {

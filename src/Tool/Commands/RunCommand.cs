@@ -157,13 +157,15 @@ public static class RunCommand
             }).ToArray()),
             ["statistics_bytes"] = t.BytesReceived, ["statistics_transfer_seconds"] = Math.Round(t.ReceiveSeconds, 3),
             ["weights_bytes"] = t.BytesSent, ["weights_transfer_seconds"] = Math.Round(t.SendSeconds, 3),
+            ["solve_bytes"] = t.SolveBytes, ["solve_seconds"] = Math.Round(t.SolveSeconds, 3),
             ["state_bytes"] = t.StateBytes, ["takeovers"] = members.Takeovers.Count,
             ["slowest_statistics_seconds"] = Math.Round(t.SlowestSeconds, 3), ["waiting_on_slowest_seconds"] = Math.Round(t.WaitingOnSlowest, 3),
         };
         return new ClusterReportEvent(figures,
             $"{members.Workers} workers: {string.Join("; ", rates)}; exchanged {ByteSize.Format(t.BytesReceived + t.BytesSent)} " +
             $"({ByteSize.Format((t.BytesReceived + t.BytesSent) / blocks)} per block: statistics {ByteSize.Format(t.BytesReceived)} in {t.ReceiveSeconds:F1} s ({Rate(t.BytesReceived, t.ReceiveSeconds)}), " +
-            $"weights {ByteSize.Format(t.BytesSent)} out in {t.SendSeconds:F1} s ({Rate(t.BytesSent, t.SendSeconds)})), " +
+            $"solved linears {ByteSize.Format(t.BytesSent)} out in {t.SendSeconds:F1} s ({Rate(t.BytesSent, t.SendSeconds)})), " +
+            $"solves on the workers {t.SolveSeconds:F1} s ({ByteSize.Format(t.SolveBytes)} of statistics out and solved linears back), " +
             $"shard states {ByteSize.Format(t.StateBytes)}; {members.Takeovers.Count} shard{(members.Takeovers.Count == 1 ? "" : "s")} taken over; " +
             $"waited {t.WaitingOnSlowest:F1} s on the slowest worker ({t.SlowestSeconds:F1} s of statistics on the slowest shards)");
     }
