@@ -70,8 +70,10 @@ static class ScaleOut
         if (Environment.ProcessorCount < 2) throw new InvalidOperationException("scale-out pins two workers to two cores: this machine has one");
         string root = Path.Combine(Path.GetTempPath(), "dotquant-scale-out");
         Directory.CreateDirectory(root);
-        // 128 sequences (the papers' count) of 512: eight batches, two shards of four.
-        int layers = quick ? 2 : 4, samples = quick ? 32 : 128;
+        // 256 sequences of 512 (131,072 tokens, half the papers' 128 × 2048): sixteen batches, two shards of eight.
+        // At 128 × 512 the serial part (the coordinator's solves, load, write, transfer: about 60 s) held two
+        // workers to 1.65× over one (2026-12-07, before the spread solves and the smaller transfers).
+        int layers = quick ? 2 : 4, samples = quick ? 32 : 256;
         string model = BigModel.Write(Path.Combine(root, $"model-{layers}"), Synthetic, layers, shared);
         string data = Path.Combine(shared, "data", "wikitext2-tokenized", "valid.tokens");
         string manifest = Manifest(root, "speed", model, data, samples, "  method: gptq\n  bits: 4\n  group_size: 128\n", null);
