@@ -127,11 +127,11 @@ static class ScaleOut
         static double Rate(JsonObject c, string what) => (long)c[what + "_bytes"]! / 1e6 / Math.Max(1e-9, (double)c[what + "_transfer_seconds"]!);
         sb.AppendLine();
         sb.AppendLine("Statistics are fp64 sums (8 bytes per element, per worker per group; a symmetric H travels as its upper triangle), solved linears their");
-        sb.AppendLine("wire form (4-bit codes, scales and zeros: the bytes each worker rebuilds the coordinator's weight from, per worker), the solves on the");
-        sb.AppendLine("workers the scaled fp32 H of q/k/v and gate/up sent to the workers that solve them and the solved linears read back (o and down,");
-        sb.AppendLine("alone in their groups, are solved on the coordinator), shard states the streams each worker saves to the coordinator after a");
-        sb.AppendLine("block (its resume point). MB/s counts Orleans' chunked grain calls on loopback, serialization included, with a worker on the");
-        sb.AppendLine("coordinator's core.");
+        sb.AppendLine("wire form (a byte per 4-bit code with the groups' scales and zeros: what each worker rebuilds the coordinator's weight from, per worker),");
+        sb.AppendLine("the solves on the workers gate/up's scaled fp32 H sent to the two workers that solve them and the solved linears read back (q/k/v,");
+        sb.AppendLine("whose spread would save under a quarter, o and down are solved on the coordinator), shard states the streams each worker saves to");
+        sb.AppendLine("the coordinator after a block (its resume point). MB/s counts Orleans' chunked grain calls on loopback, serialization and the");
+        sb.AppendLine("receiver's unpacking included, with a worker on the coordinator's core.");
         sb.AppendLine();
 
         // Cost model from the single process's per-block compute and solve on one core and the measured throughput.
@@ -150,7 +150,7 @@ static class ScaleOut
         sb.AppendLine(string.Create(CultureInfo.InvariantCulture,
             $"Measured here on one core (the single process): the forwards and XᵀX ran at {computeRate / 1e9:F1} GFLOP/s and the GPTQ solves at {solveRate / 1e9:F1} GFLOP/s " +
             $"(FLOPs counted from the shapes: 2·params·T for the forward, 4·T·L·h for attention, 2·T·n² per group's XᵀX; 2·m·n² + 4/3·n³ per solve). " +
-            $"Assumed: a 16-core machine does 16× one core's rate; q/k/v and gate/up solved on two workers at once, o and down on the coordinator; " +
+            $"Assumed: a 16-core machine does 16× one core's rate; gate and up solved on two workers at once, q/k/v, o and down on the coordinator (as DistributedSolves places them); " +
             $"all transfer goes through the coordinator's link (statistics from every worker, solved linears to every worker at {wireBytesPerWeight:F2} bytes per weight as measured, " +
             $"the H of the spread solves out and their results back, " +
             $"the shard states once), at the rate measured here on loopback ({measured / 1e6:F0} MB/s: Orleans' serialization on one core each side) or at 10 GbE's line rate " +
@@ -205,16 +205,17 @@ static class ScaleOut
     /// <summary>One worker's fp64 sums per block: q/k/v, o, gate/up share an input of width h; down's is f; each symmetric, sent as its upper triangle.</summary>
     static double StatisticsBytes(BigModel.Shape s) => 8.0 * (3.0 * s.Hidden * (s.Hidden + 1) / 2 + (double)s.Intermediate * (s.Intermediate + 1) / 2);
 
-    /// <summary>Per block, spread over two workers: q alone against k and v (each worker factors H once), gate against up; o and down alone.</summary>
+    /// <summary>Per block as DistributedSolves places it: gate against up on two workers; q/k/v on the coordinator
+    /// (with GQA, q against k and v would save under a quarter of the group's FLOPs), o and down alone.</summary>
     static double SpreadSolveFlops(BigModel.Shape s)
     {
         double h = s.Hidden, f = s.Intermediate, kv = (double)s.KvHeads * (s.Hidden / s.Heads), factor = 4.0 / 3 * h * h * h;
-        double qkv = Math.Max(2 * h * h * h + factor, 2 * 2 * kv * h * h + factor);
+        double qkv = 2 * h * h * h + 2 * 2 * kv * h * h + factor;
         return qkv + (2 * h * h * h + factor) + (2 * f * h * h + factor) + (2 * h * f * f + 4.0 / 3 * f * f * f);
     }
 
-    /// <summary>Per block: the fp32 H of q/k/v and gate/up to each of two solving workers (the solved linears come back at wire size, counted with the broadcast).</summary>
-    static double SolveBytes(BigModel.Shape s) => 2 * 2 * 4.0 * s.Hidden * s.Hidden;
+    /// <summary>Per block: gate/up's fp32 H to each of the two solving workers (the solved linears come back at wire size, counted with the broadcast).</summary>
+    static double SolveBytes(BigModel.Shape s) => 2 * 4.0 * s.Hidden * s.Hidden;
 
     static double WeightBytes(BigModel.Shape s)
     {
