@@ -71,7 +71,8 @@ sealed class OrleansShardWorkers(OrleansCluster cluster, ShardJob job) : IShardW
             {
                 for (int i = 0; i < header.Names.Length; i++)
                 {
-                    var t = Receive(shard, i, header.Tensors[i], during, ct);
+                    int tensor = i;
+                    var t = Receive(shard, header.Tensors[i], (g, c) => g.ReadSums(tensor, c), n => cluster.Traffic.BytesReceived += n, during, ct);
                     received.Add((header.Names[i], t));
                     if (header.Symmetric[i] > 0 && side[i] == 0)
                         received[^1] = (header.Names[i], Unpacked(t, header.Symmetric[i]));
@@ -109,15 +110,17 @@ sealed class OrleansShardWorkers(OrleansCluster cluster, ShardJob job) : IShardW
         using (packed) return SymmetricPacking.Unpack(packed, side);
     }
 
-    Tensor Receive(int shard, int tensor, TensorHeader header, string during, CancellationToken ct)
+    /// <summary>A tensor kept on shard <paramref name="shard"/>'s worker, its chunks read with <paramref name="read"/>
+    /// (pipelined) and counted with <paramref name="counted"/> (under the traffic lock).</summary>
+    Tensor Receive(int shard, TensorHeader header, Func<IShardGrain, int, Task<byte[]>> read, Action<long> counted, string during, CancellationToken ct)
     {
         var t = TensorChunks.Allocate(header);
         try
         {
-            cluster.Call(shard, g => Pipelined(header.Chunks, c => g.ReadSums(tensor, c), (c, data) =>
+            cluster.Call(shard, g => Pipelined(header.Chunks, c => read(g, c), (c, data) =>
             {
                 TensorChunks.Write(t, c, data);
-                lock (cluster.Traffic) cluster.Traffic.BytesReceived += data.Length;
+                lock (cluster.Traffic) counted(data.Length);
             }), during, ct);
             return t;
         }
@@ -131,8 +134,8 @@ sealed class OrleansShardWorkers(OrleansCluster cluster, ShardJob job) : IShardW
     public void UseSolved(int block, string linear, SolvedLinear solved, CancellationToken ct)
     {
         using var wire = SolvedLinearWire.Encode(solved);
-        var header = ShardGrain.Header(wire);
-        var chunks = wire.Tensors.Select(t => TensorChunks.All(t.Tensor)).ToArray();
+        var header = WireMessages.Header(wire);
+        var chunks = WireMessages.Chunks(wire);
         var sending = System.Diagnostics.Stopwatch.StartNew();
         All(k => { Send(k, block, linear, header, chunks, ct); return 0; }, $"receiving {linear}'s solved weight", ct);
         lock (cluster.Traffic) cluster.Traffic.SendSeconds += sending.Elapsed.TotalSeconds;
@@ -186,29 +189,22 @@ sealed class OrleansShardWorkers(OrleansCluster cluster, ShardJob job) : IShardW
             for (int i = 0; i < headers.Length; i++)
             {
                 var h = headers[i];
-                var tensors = new List<(string, Tensor)>();
+                var tensors = new List<Tensor>();
                 try
                 {
                     for (int j = 0; j < h.Wire.Names.Length; j++)
                     {
                         int linear = i, tensor = j;
-                        var header = h.Wire.Tensors[j];
-                        var t = TensorChunks.Allocate(header);
-                        tensors.Add((h.Wire.Names[j], t));
-                        cluster.Call(k, g => Pipelined(header.Chunks, c => g.ReadSolved(linear, tensor, c), (c, data) =>
-                        {
-                            TensorChunks.Write(t, c, data);
-                            lock (cluster.Traffic) cluster.Traffic.SolveBytes += data.Length;
-                        }), during, ct);
+                        tensors.Add(Receive(k, h.Wire.Tensors[j], (g, c) => g.ReadSolved(linear, tensor, c), n => cluster.Traffic.SolveBytes += n, during, ct));
                     }
-                    using var wire = new WireLinear(h.Wire.Kind, (System.Text.Json.Nodes.JsonObject)System.Text.Json.Nodes.JsonNode.Parse(h.Wire.Fields)!, tensors);
-                    tensors = [];
-                    solved.Add(new LinearSolution(SolvedLinearWire.Decode(wire), h.RtnLoss, h.Seconds, h.Warnings));
                 }
-                finally
+                catch
                 {
-                    foreach (var (_, t) in tensors) t.Dispose();
+                    foreach (var t in tensors) t.Dispose();
+                    throw;
                 }
+                using var wire = WireMessages.Open(h.Wire, tensors);
+                solved.Add(new LinearSolution(SolvedLinearWire.Decode(wire), h.RtnLoss, h.Seconds, h.Warnings));
             }
             return solved;
         }
@@ -358,7 +354,7 @@ sealed class OrleansShardWorkers(OrleansCluster cluster, ShardJob job) : IShardW
                     cluster.Call(k, g => g.BeginBlock(_block), $"loading block {_block}", ct);
                     foreach (var (linear, solved) in _solvedSoFar())
                         using (var wire = SolvedLinearWire.Encode(solved))
-                            Send(k, _block, linear, ShardGrain.Header(wire), wire.Tensors.Select(t => TensorChunks.All(t.Tensor)).ToArray(), ct);
+                            Send(k, _block, linear, WireMessages.Header(wire), WireMessages.Chunks(wire), ct);
                 }
                 lock (cluster.Takeovers)
                     cluster.Takeovers.Add($"{lost.Message}; shard {k} taken over by {member.Silo}" + (_block >= 0 ? $" in block {_block}" : "") + $" ({clock.Elapsed.TotalSeconds:F1} s)");

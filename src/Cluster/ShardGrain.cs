@@ -135,9 +135,7 @@ public sealed class ShardGrain(ILocalSiloDetails silo, WorkerState state) : Grai
 
     public Task UseSolved(int block, string linear, WireHeader wire) => Run(() =>
     {
-        var tensors = TakeInbox(wire.Names.Length);
-        using var w = new WireLinear(wire.Kind, (System.Text.Json.Nodes.JsonObject)System.Text.Json.Nodes.JsonNode.Parse(wire.Fields)!,
-            wire.Names.Zip(tensors).ToList());
+        using var w = WireMessages.Open(wire, TakeInbox(wire.Names.Length));
         Worker.UseSolved(block, linear, SolvedLinearWire.Decode(w));
         return 0;
     });
@@ -159,16 +157,13 @@ public sealed class ShardGrain(ILocalSiloDetails silo, WorkerState state) : Grai
             {
                 var wire = SolvedLinearWire.Encode(s.Q);
                 _outbox.Add(wire);
-                headers.Add(new SolvedHeader(task.Linear, Header(wire), s.RtnLoss, s.Seconds, s.Warnings.ToArray()));
+                headers.Add(new SolvedHeader(task.Linear, WireMessages.Header(wire), s.RtnLoss, s.Seconds, s.Warnings.ToArray()));
             }
         }
         _outboxChunksLeft = headers.Sum(h => h.Wire.Tensors.Sum(t => t.Chunks));
         state.Log($"block {block}: solved {string.Join(", ", tasks.Select(t => t.Linear))} in {solving:F2} s ({string.Join(", ", solved.Select(x => x.Seconds.ToString("F2")))}), encoded in {clock.Elapsed.TotalSeconds - solving:F2} s");
         return headers.ToArray();
     });
-
-    public static WireHeader Header(WireLinear w) =>
-        new(w.Kind, w.Fields.ToJsonString(), w.Tensors.Select(t => t.Name).ToArray(), w.Tensors.Select(t => TensorChunks.Header(t.Tensor)).ToArray());
 
     public Task<byte[]> ReadSolved(int linear, int tensor, int chunk)
     {

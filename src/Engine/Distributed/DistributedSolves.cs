@@ -58,37 +58,22 @@ public sealed class DistributedSolves(IShardWorkers workers) : ISolvePlacement
         return total;
     }
 
-    /// <summary>Longest-processing-time first: a GPTQ-type solve costs about 2·m·n² for its updates plus
-    /// 4/3·n³ for H's factorizations, which a worker does once for the linears sharing that H.</summary>
+    /// <summary>Longest-processing-time first: each linear goes to the worker whose <see cref="Cost"/> it
+    /// raises least (a worker already holding the linear's H does not factor it again); ties to the lower shard.</summary>
     public static List<NamedLinear>[] Assign(IReadOnlyList<NamedLinear> active, GroupStatistics stats, int shards)
     {
         var assigned = Enumerable.Range(0, shards).Select(_ => new List<NamedLinear>()).ToArray();
-        var load = new double[shards];
-        foreach (var lin in active.OrderByDescending(l => (double)l.OutFeatures * l.InFeatures))   // stable: ties keep the group's order
+        var longestFirst = Enumerable.Range(0, active.Count).OrderByDescending(i => (double)active[i].OutFeatures * active[i].InFeatures);   // stable: ties keep the group's order
+        var position = new Dictionary<NamedLinear, int>(ReferenceEqualityComparer.Instance);
+        foreach (int i in longestFirst)
         {
-            double n = lin.InFeatures, update = 2.0 * lin.OutFeatures * n * n, factor = 4.0 / 3.0 * n * n * n;
-            var h = stats.H(lin);
-            int best = 0;
-            double bestEnd = double.MaxValue;
-            for (int k = 0; k < shards; k++)
-            {
-                bool factored = h is not null && assigned[k].Any(l => ReferenceEquals(stats.H(l), h));
-                double end = load[k] + update + (factored || h is null ? 0 : factor);
-                if (end < bestEnd) (best, bestEnd) = (k, end);
-            }
-            assigned[best].Add(lin);
-            load[best] = bestEnd;
+            var lin = active[i];
+            position[lin] = i;
+            assigned[Enumerable.Range(0, shards).MinBy(k => Cost([.. assigned[k], lin], stats))].Add(lin);
         }
         // Each worker solves its linears in the group's order (the order a single process uses).
-        foreach (var list in assigned) list.Sort((a, b) => Index(active, a).CompareTo(Index(active, b)));
+        foreach (var list in assigned) list.Sort((a, b) => position[a].CompareTo(position[b]));
         return assigned;
-    }
-
-    static int Index(IReadOnlyList<NamedLinear> active, NamedLinear l)
-    {
-        for (int i = 0; i < active.Count; i++)
-            if (ReferenceEquals(active[i], l)) return i;
-        return -1;
     }
 
     static SolveRequest Request(List<NamedLinear> linears, GroupStatistics stats, bool rtnBaseline)
