@@ -40,6 +40,7 @@ public static class Cli
         root.Subcommands.Add(EvalCommand.Create(stdout));
         root.Subcommands.Add(InspectCommand.Create(stdout));
         root.Subcommands.Add(TokenizeCommand.Create(stdout));
+        root.Subcommands.Add(ImatrixCommand.Create(stdout));
         root.Subcommands.Add(WorkerCommand.Create(stdout));
 
         var parse = root.Parse(args);

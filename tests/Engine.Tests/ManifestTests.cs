@@ -84,6 +84,11 @@ public class ManifestTests
     [InlineData("  method: gptq\n  rotation: { seed: 1 }\n", "DQ0006")]
     [InlineData("  method: gptq\n  rotate: givens\n", "DQ0004")]
     [InlineData("  method: gptq\n  symmetric: maybe\n", "DQ0003")]
+    [InlineData("  method: gptq\n  hessian: imatrix\n  imatrix: m.gguf\n", "DQ0119")]
+    [InlineData("  method: rtn\n  hessian: imatrix\n", "DQ0004")]
+    [InlineData("  method: rtn\n  imatrix: m.gguf\n", "DQ0006")]
+    [InlineData("  method: rtn\n  hessian: imatrix\n  imatrix: /nonexistent/m.gguf\n", "DQ0100")]
+    [InlineData("  method: rtn\n  hessian: diagonal\n", "DQ0004")]
     public void BadValuesAndImpossibleCombinations(string quantize, string code)
     {
         var e = Fails(Valid(quantize));

@@ -7,6 +7,7 @@ using DotQuant.Engine.Distributed;
 using DotQuant.Engine.Evaluation;
 using DotQuant.Engine.Formats;
 using DotQuant.Engine.Hessians;
+using DotQuant.Engine.Imatrix;
 using DotQuant.Engine.IO;
 using DotQuant.Engine.Manifest;
 using DotQuant.Engine.Models;
@@ -137,7 +138,7 @@ public static class QuantizeJob
         Emit(new InfoEvent("disk", disk.Summary()));
         // What a resumed run already wrote counts as written.
         DiskSpace.Require(outputDir, disk.Total - FolderBytes(run.Root), $"{m.Output.Name} and its resume files ({disk.Summary()})");
-        using var local = HessianSources.For(q, staged: memory.Stages > 0);
+        using var local = q.Imatrix is { } imatrixFile ? new ImatrixHessian(imatrixFile, config, weights) : HessianSources.For(q, staged: memory.Stages > 0);
 
         // Evaluation before (a resumed run has the figures already).
         var evaluation = new RunEvaluation(m, config, tokenizer, memory.EvaluationBudget, Emit);
@@ -277,6 +278,7 @@ public static class QuantizeJob
             .Where(f => f.EndsWith(".safetensors", StringComparison.Ordinal) || f.EndsWith(".json", StringComparison.Ordinal))
             .Order(StringComparer.Ordinal).ToList();
         if (m.Calibration is { } c) files.Add(c.Data);
+        if (m.Quantize.Imatrix is { } imatrix) files.Add(imatrix);
         if (m.Evaluate?.Perplexity is { } p) files.Add(p.Data);
         if (m.Evaluate?.Tasks is { } t) files.AddRange(t.Files);
         return files;

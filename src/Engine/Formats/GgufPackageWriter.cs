@@ -3,6 +3,8 @@ using DotQuant.Engine.Calibration;
 using DotQuant.Engine.Gguf;
 using DotQuant.Engine.Gguf.Blocks;
 using DotQuant.Engine.Gguf.Grids;
+using DotQuant.Engine.Imatrix;
+using DotQuant.Engine.Diagnostics;
 using DotQuant.Engine.Manifest;
 using DotQuant.Engine.Models;
 using DotQuant.Engine.Quantizers;
@@ -22,12 +24,18 @@ public sealed class GgufPackageWriter : PackageWriter
     readonly Dictionary<string, GgufTensorSpec> _specs = new(StringComparer.Ordinal);
     readonly GgufWriter _writer;
     readonly string _path;
+    /// <summary>hessian: imatrix — tensors outside the blocks with an entry (output.weight, collected with
+    /// --process-output) are quantized with it, as llama-quantize does.</summary>
+    readonly ImportanceMatrix? _imatrix;
+    readonly string? _imatrixPath;
 
     public GgufPackageWriter(QuantManifest m, RunPlan plan, DecoderModel model, string folder, string scratch, JsonNode? state) : base(folder)
     {
         var recipe = m.Output.Gguf!;
         _layout = GgufPackageLayout.For(model.Config, model.Weights, recipe);
         _path = Path.Combine(folder, m.Output.GgufFileName!);
+        _imatrixPath = m.Quantize.Imatrix;
+        _imatrix = _imatrixPath is null ? null : ImportanceMatrix.Load(_imatrixPath);
         var constants = GgufArchitectures.Constants(model.Config);
         var specs = constants.Select(k => new GgufTensorSpec(k.Name, k.Dims, GgmlType.F32)).ToList();
         foreach (var source in ArrivalOrder(model))
@@ -61,7 +69,11 @@ public sealed class GgufPackageWriter : PackageWriter
     {
         if (_layout.Ignores(name)) return;
         var spec = _specs[name];
-        GgufFloatExport.WriteTensor(_writer, source, _layout.Require(name), BlockCodec.For(spec.Type));
+        var mapping = _layout.Require(name);
+        var importance = mapping.IsMatrix ? _imatrix?.Importance(mapping.Name) : null;
+        if (importance is not null && importance.Length != mapping.Shape[1])
+            throw new DotQuantException(ErrorCodes.ImatrixMismatch, $"{mapping.Name} has {importance.Length} importance values for {mapping.Shape[1]} columns", _imatrixPath);
+        GgufFloatExport.WriteTensor(_writer, source, mapping, BlockCodec.For(spec.Type), importance);
     }
 
     public override void AddLinear(string prefix, SolvedLinear q)

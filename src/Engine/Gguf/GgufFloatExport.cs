@@ -53,8 +53,9 @@ public static class GgufFloatExport
             writer.Write(k.Name, System.Runtime.InteropServices.MemoryMarshal.AsBytes(k.Values.AsSpan()));
     }
 
-    /// <summary>Writes one tensor through a codec, rows permuted by the mapping, a slab at a time.</summary>
-    public static void WriteTensor(GgufWriter writer, IWeightSource ckpt, GgufTensorMapping m, BlockCodec codec)
+    /// <summary>Writes one tensor through a codec, rows permuted by the mapping, a slab at a time; with an
+    /// <paramref name="importance"/> per input column, through the codec's importance-weighted quantizer.</summary>
+    public static void WriteTensor(GgufWriter writer, IWeightSource ckpt, GgufTensorMapping m, BlockCodec codec, float[]? importance = null)
     {
         if (!m.IsMatrix)
         {
@@ -77,14 +78,14 @@ public static class GgufFloatExport
                 ? tensor(order.Skip((int)first).Take((int)count).Select(r => (long)r).ToArray())
                 : Scalars.Range(first, first + count, ScalarType.Int64);
             var block = ckpt.LoadRows(m.Source, ids).to(ScalarType.Float32).contiguous();
-            Encode(writer, codec, block.data<float>().ToArray(), (int)rowLength, (int)count);
+            Encode(writer, codec, block.data<float>().ToArray(), (int)rowLength, (int)count, importance);
         }
     }
 
-    static void Encode(GgufWriter writer, BlockCodec codec, float[] values, int rowLength, int rows)
+    static void Encode(GgufWriter writer, BlockCodec codec, float[] values, int rowLength, int rows, float[]? importance = null)
     {
         if (values.Any(v => !float.IsFinite(v)))
             throw new DotQuantException(ErrorCodes.NonFinite, $"{writer.Expecting?.Name}: the checkpoint holds NaN or Inf");
-        writer.Append(codec.QuantizeRows(values.AsSpan(0, rowLength * rows), rowLength));
+        writer.Append(codec.QuantizeRows(values.AsSpan(0, rowLength * rows), rowLength, importance));
     }
 }

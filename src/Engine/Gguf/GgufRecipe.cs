@@ -19,6 +19,10 @@ public enum GgufTensorRole { TokenEmbedding, PositionEmbedding, Output, Attentio
 /// divide). Names follow llama-quantize, including its aliases q3_k/q4_k/q5_k for the _m mixes.</summary>
 public sealed record GgufRecipe(string Name, LlamaFileType FileType, GgmlType Base)
 {
+    /// <summary>Quantized with an importance matrix: llama-quantize then guards the first eighth of the
+    /// ffn_down layers of q4_0/q5_0 files with q4_1/q5_1.</summary>
+    public bool WithImportance { get; init; }
+
     static readonly GgufRecipe[] All =
     [
         new("f32", LlamaFileType.AllF32, GgmlType.F32),
@@ -124,6 +128,8 @@ public sealed record GgufRecipe(string Name, LlamaFileType FileType, GgmlType Ba
                     LlamaFileType.MostlyQ3_K_M => layer < n / 16 ? GgmlType.Q5_K : GgmlType.Q4_K,
                     LlamaFileType.MostlyQ4_K_M or LlamaFileType.MostlyQ5_K_M when MoreBits(layer) => GgmlType.Q6_K,
                     LlamaFileType.MostlyQ4_K_S when layer < n / 8 => GgmlType.Q5_K,
+                    LlamaFileType.MostlyQ4_0 when WithImportance && layer < n / 8 => GgmlType.Q4_1,
+                    LlamaFileType.MostlyQ5_0 when WithImportance && layer < n / 8 => GgmlType.Q5_1,
                     _ => t,
                 };
             case GgufTensorRole.PositionEmbedding:

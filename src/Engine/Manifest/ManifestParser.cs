@@ -165,7 +165,7 @@ public sealed class ManifestParser
     {
         var m = Keys(node, "quantize", "method", "hessian", "compensation_aware", "rotate", "bits", "group_size", "symmetric",
             "act_order", "static_groups", "damp", "mse_clip", "outliers", "layers", "grid", "block_size", "alpha", "alpha2", "rescomp_mode",
-            "output_adaptive", "rotation", "billm");
+            "output_adaptive", "rotation", "billm", "imatrix");
         _quantizeKeys = m;
         var method = m.TryGetValue("method", out var methodNode)
             ? Enum(methodNode, "quantize.method", ("none", QuantMethod.None), ("rtn", QuantMethod.Rtn), ("gptq", QuantMethod.Gptq), ("gptaq", QuantMethod.Gptaq), ("spqr", QuantMethod.SpQR), ("billm", QuantMethod.BiLLM))
@@ -178,11 +178,26 @@ public sealed class ManifestParser
                 throw Error(ErrorCodes.ManifestCombination, $"{key} has no effect with method '{scheme.Name}' {why}", n);
         var q = new QuantizeSpec();
 
-        if (m.TryGetValue("hessian", out var hess) && Enum(hess, "quantize.hessian", ("layer", false), ("output_adaptive", true)))
+        var hessian = m.TryGetValue("hessian", out var hess) ? Enum(hess, "quantize.hessian", ("layer", "layer"), ("output_adaptive", "output_adaptive"), ("imatrix", "imatrix")) : "layer";
+        if (hessian == "output_adaptive")
         {
-            if (scheme.OutputAdaptiveRefusal is { } refusal) throw Error(ErrorCodes.ManifestCombination, refusal, hess);
+            if (scheme.OutputAdaptiveRefusal is { } refusal) throw Error(ErrorCodes.ManifestCombination, refusal, hess!);
             q = q with { Oac = new OacOptions() };
         }
+        if (hessian == "imatrix")
+        {
+            // llama.cpp's importance weighs the grid search of round-to-nearest; the solvers collect their own Hessians.
+            if (scheme is not RtnScheme)
+                throw Error(ErrorCodes.ImatrixMismatch, $"hessian: imatrix weighs round-to-nearest's scale search (llama-quantize --imatrix); use method: rtn, not {scheme.Name} (which collects its own Hessian from calibration data)", hess!);
+            if (!m.TryGetValue("imatrix", out var im))
+                throw Error(ErrorCodes.ManifestValue, "hessian: imatrix needs quantize.imatrix: the importance matrix file (llama-imatrix's, or `dotnet quantize imatrix`'s)", hess!);
+            string imPath = ResolvePath(Str(im, "quantize.imatrix"));
+            if (_checkFiles && !File.Exists(imPath))
+                throw Error(ErrorCodes.FileNotFound, $"importance matrix not found: {imPath}", im);
+            q = q with { Imatrix = imPath };
+        }
+        else if (m.TryGetValue("imatrix", out var stray))
+            throw Error(ErrorCodes.ManifestCombination, "quantize.imatrix needs hessian: imatrix", stray);
         if (m.TryGetValue("output_adaptive", out var oacNode))
         {
             if (q.Oac is null) throw Error(ErrorCodes.ManifestCombination, "output_adaptive settings need hessian: output_adaptive", oacNode);
@@ -323,8 +338,10 @@ public sealed class ManifestParser
         if (name.Length == 0 || name.IndexOfAny(Path.GetInvalidFileNameChars()) >= 0 || name is "." or "..")
             throw Error(ErrorCodes.ManifestValue, $"output.name '{name}' is not a valid folder name", n!);
         Gguf.GgufRecipe? recipe = null;
-        if (format == OutputFormat.Gguf) recipe = ReadGguf(m.GetValueOrDefault("gguf"), q, f!);
+        if (format == OutputFormat.Gguf) recipe = ReadGguf(m.GetValueOrDefault("gguf"), q, f!) with { WithImportance = q.Imatrix is not null };
         else CheckNotGguf(q, m.GetValueOrDefault("gguf") ?? root, m.GetValueOrDefault("gguf"));
+        if (q.Imatrix is not null && format != OutputFormat.Gguf)
+            throw Error(ErrorCodes.ImatrixMismatch, "hessian: imatrix weighs llama.cpp's block grids; it needs format: gguf", f ?? root);
         if (format == OutputFormat.Gptq)
         {
             if (q.Method is QuantMethod.SpQR or QuantMethod.BiLLM)

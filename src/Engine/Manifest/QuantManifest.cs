@@ -37,6 +37,8 @@ public sealed record QuantizeSpec
     public QuantScheme Scheme { get; init; } = new GptqScheme();
     /// <summary>Set when hessian: output_adaptive.</summary>
     public OacOptions? Oac { get; init; }
+    /// <summary>The importance matrix file when hessian: imatrix (llama.cpp's GGUF imatrix or legacy .dat).</summary>
+    public string? Imatrix { get; init; }
     /// <summary>Set when rotate: hadamard.</summary>
     public RotationOptions? Rotation { get; init; }
     public IReadOnlyList<LayerRule> Layers { get; init; } = [];
@@ -66,7 +68,8 @@ public sealed record QuantizeSpec
     public JsonObject ToJson()
     {
         var j = Scheme.ToJson();
-        j["hessian"] = Oac is null ? "layer" : "output_adaptive";
+        j["hessian"] = Imatrix is not null ? "imatrix" : Oac is null ? "layer" : "output_adaptive";
+        if (Imatrix is not null) j["imatrix"] = Path.GetFileName(Imatrix);
         if (Oac is { } oac) j["output_adaptive"] = oac.ToJson();
         if (Rotation is { } rot) j["rotation"] = rot.ToJson();
         return j;

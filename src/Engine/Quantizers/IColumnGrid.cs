@@ -35,4 +35,8 @@ public interface IGridFamily
     /// <summary>The solved linear from codes [m, n] (uint8, original column order), the group grids in
     /// group order and the group of each input column. Takes ownership of nothing.</summary>
     SolvedLinear Assemble(Tensor codes, IReadOnlyList<IColumnGrid> grids, Tensor gIdx, SolverOptions o, double loss, double damp);
+
+    /// <summary>Round-to-nearest with a diagonal importance per input column (llama.cpp's imatrix): the
+    /// grid family's own weighted scale search, or null when it has none.</summary>
+    SolvedLinear? RoundWithImportance(Tensor w, float[] importance) => null;
 }

@@ -6,8 +6,16 @@ namespace DotQuant.Engine.Quantizers;
 /// statistics: the baseline every calibrator must beat.</summary>
 public static class RtnSolver
 {
-    public static SolvedLinear Solve(Tensor w0, SolverOptions o)
+    /// <param name="importance">A diagonal importance per input column (an importance matrix's), used by
+    /// grids that have an importance-weighted search (llama.cpp's); null rounds without one.</param>
+    public static SolvedLinear Solve(Tensor w0, SolverOptions o, Tensor? importance = null)
     {
+        if (importance is not null)
+        {
+            using var imp = importance.to(ScalarType.Float32).contiguous();
+            return o.Grid.RoundWithImportance(w0, imp.data<float>().ToArray())
+                ?? throw new InvalidOperationException("round-to-nearest with an importance matrix needs a grid with a weighted search (a GGUF type)");
+        }
         using var scope = NewDisposeScope();
         var W = w0.to(o.DType);
         long n = W.shape[1];

@@ -11,7 +11,8 @@ public static class Solvers
     public static SolvedLinear Solve(Tensor w0, Tensor? h, Tensor? d, SolverOptions o, string layer, Action<string>? warn = null,
         CancellationToken ct = default, bool consumeH = false, FactorCache? factors = null) => o.Kind switch
     {
-        SolverKind.Rtn => RtnSolver.Solve(w0, o),
+        // A one-dimensional H is a diagonal importance (an importance matrix), which round-to-nearest weighs its grid search with.
+        SolverKind.Rtn => RtnSolver.Solve(w0, o, h is { } imp && imp.dim() == 1 ? imp : null),
         SolverKind.Gptq => ColumnSolver.Solve(w0, Required(h, layer), d, o, layer, warn, ct, consumeH, factors),
         SolverKind.SpQR => SpqrSolver.Solve(w0, Required(h, layer), o.Spqr ?? new SpqrOptions(), layer, warn, ct),
         SolverKind.BiLLM => BillmSolver.Solve(w0, Required(h, layer), o.Billm ?? new BillmOptions(), layer, warn, ct),

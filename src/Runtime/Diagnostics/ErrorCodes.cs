@@ -35,6 +35,8 @@ public static class ErrorCodes
     public const string GgufUnsupported = "DQ0115";
     public const string GgufWrite = "DQ0116";
     public const string OnnxModel = "DQ0117";
+    public const string ImatrixFile = "DQ0118";
+    public const string ImatrixMismatch = "DQ0119";
 
     // Model configuration and weights
     public const string ConfigMissing = "DQ0120";

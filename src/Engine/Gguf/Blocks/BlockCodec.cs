@@ -14,6 +14,14 @@ public abstract class BlockCodec
 
     public abstract void Dequantize(ReadOnlySpan<byte> source, Span<float> row);
 
+    /// <summary>Quantizes one row as llama-quantize does with an importance matrix (quantize_row_*_impl with
+    /// quant_weights): <paramref name="importance"/> holds imp_j = Σx_j²/T per column of the row. Types
+    /// llama.cpp quantizes without weights (floats, Q8_0) ignore it; empty means no importance.</summary>
+    public virtual void Quantize(ReadOnlySpan<float> row, Span<byte> destination, ReadOnlySpan<float> importance) => Quantize(row, destination);
+
+    /// <summary>Whether <see cref="Quantize(ReadOnlySpan{float}, Span{byte}, ReadOnlySpan{float})"/> uses the importance.</summary>
+    public virtual bool UsesImportance => false;
+
     /// <summary>Consecutive rows of <paramref name="rowLength"/> elements, each quantized as one row.</summary>
     public byte[] QuantizeRows(ReadOnlySpan<float> values, int rowLength)
     {
@@ -21,6 +29,18 @@ public abstract class BlockCodec
         var bytes = new byte[(long)rowBytes * rows];
         for (int r = 0; r < rows; r++)
             Quantize(values.Slice(r * rowLength, rowLength), bytes.AsSpan(r * rowBytes, rowBytes));
+        return bytes;
+    }
+
+    /// <summary>Consecutive rows, each quantized with the same per-column <paramref name="importance"/>.</summary>
+    public byte[] QuantizeRows(ReadOnlySpan<float> values, int rowLength, ReadOnlySpan<float> importance)
+    {
+        if (!importance.IsEmpty && importance.Length != rowLength)
+            throw new ArgumentException($"{Type}: {importance.Length} importance values for rows of {rowLength}");
+        int rowBytes = (int)Info.RowBytes(rowLength), rows = values.Length / rowLength;
+        var bytes = new byte[(long)rowBytes * rows];
+        for (int r = 0; r < rows; r++)
+            Quantize(values.Slice(r * rowLength, rowLength), bytes.AsSpan(r * rowBytes, rowBytes), importance);
         return bytes;
     }
 

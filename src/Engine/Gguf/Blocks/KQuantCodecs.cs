@@ -35,9 +35,19 @@ public abstract class KQuantCodec : BlockCodec
         ? (byte)Math.Clamp(KQuantSearch.NearestInt((x + m) / d), 0, MaxCode)
         : (byte)(Math.Clamp(KQuantSearch.NearestInt(x / d), -Offset, MaxCode - Offset) + Offset);
 
-    public override void Quantize(ReadOnlySpan<float> row, Span<byte> destination)
+    /// <summary>llama.cpp's importance-weighted search for one super-block (quantize_row_*_K_impl with
+    /// quant_weights): <paramref name="importance"/> holds imp_j of its 256 columns.</summary>
+    public abstract void Search(ReadOnlySpan<float> x, ReadOnlySpan<float> importance, Span<byte> header, Span<byte> codes);
+
+    public override bool UsesImportance => true;
+
+    public override void Quantize(ReadOnlySpan<float> row, Span<byte> destination) => Quantize(row, destination, default);
+
+    public override void Quantize(ReadOnlySpan<float> row, Span<byte> destination, ReadOnlySpan<float> importance)
     {
         CheckLengths(row.Length, destination.Length);
+        if (!importance.IsEmpty && importance.Length != row.Length)
+            throw new ArgumentException($"{Type}: {importance.Length} importance values for a row of {row.Length}");
         Span<byte> header = stackalloc byte[HeaderBytes];
         Span<byte> codes = stackalloc byte[QK];
         Span<float> d = stackalloc float[SubBlocks], m = stackalloc float[SubBlocks];
@@ -45,7 +55,8 @@ public abstract class KQuantCodec : BlockCodec
         for (int b = 0; b < row.Length / QK; b++)
         {
             var x = row.Slice(b * QK, QK);
-            Search(x, header, codes);
+            if (importance.IsEmpty) Search(x, header, codes);
+            else Search(x, importance.Slice(b * QK, QK), header, codes);
             SubScales(header, d, m);
             for (int j = 0; j < SubBlocks; j++)
             {
@@ -128,6 +139,33 @@ public abstract class KQuantCodec : BlockCodec
         PackScaleMins(ls, lm, header.Slice(4, 12));
     }
 
+    /// <summary>Q4_K/Q5_K's weighted search (quantize_row_q4_K_impl / q5_K_impl): affine fits per sub-block
+    /// of 32 with ω = imp·√(σ² + x²), σ² = 2·mean(x²) over the super-block, then the sub-block scales and
+    /// mins quantized to 6 bits with the summed weights (make_qp_quants).</summary>
+    protected static void SearchScaleMins(ReadOnlySpan<float> x, ReadOnlySpan<float> importance, Span<byte> header, Span<byte> codes, int nmax)
+    {
+        Span<float> weights = stackalloc float[32], scales = stackalloc float[8], mins = stackalloc float[8], sw = stackalloc float[8];
+        float sumX2 = 0;
+        for (int l = 0; l < QK; l++) sumX2 += x[l] * x[l];
+        float sigma2 = 2 * sumX2 / QK;
+        for (int j = 0; j < 8; j++)
+        {
+            var xs = x.Slice(32 * j, 32);
+            KQuantSearch.ImportanceWeights(xs, importance.Slice(32 * j, 32), sigma2, weights);
+            float sumW = 0;
+            for (int l = 0; l < 32; l++) sumW += weights[l];
+            sw[j] = sumW;
+            scales[j] = KQuantSearch.Qkx2(xs, weights, nmax, codes.Slice(32 * j, 32), out mins[j], -0.9f, 0.05f, 36, false);
+        }
+        Span<byte> ls = stackalloc byte[8], lm = stackalloc byte[8];
+        float dBlock = KQuantSearch.Qp(scales, 63, ls, sw);
+        float mBlock = KQuantSearch.Qp(mins, 63, lm, sw);
+        // Q5_K's impl clamps the codes to 63, Q4_K's does not; Qp never returns more than nmax = 63, so both agree.
+        PackScaleMins(ls, lm, header.Slice(4, 12));
+        WriteHalf(header, dBlock);
+        WriteHalf(header[2..], mBlock);
+    }
+
     /// <summary>Q4_K/Q5_K header [d, dmin, scales[12]]: d·sc and dmin·m per sub-block of 32.</summary>
     protected static void ScaleMinSubScales(ReadOnlySpan<byte> header, Span<float> d, Span<float> m)
     {
@@ -181,6 +219,30 @@ public sealed class Q2_KCodec : KQuantCodec
             WriteHalf(header[18..], maxMin / q4scale);
         }
         else WriteHalf(header[18..], 0f);
+    }
+
+    /// <summary>quantize_row_q2_K_impl: σ² = mean(x²) over the super-block.</summary>
+    public override void Search(ReadOnlySpan<float> x, ReadOnlySpan<float> importance, Span<byte> header, Span<byte> codes)
+    {
+        Span<float> weights = stackalloc float[16], scales = stackalloc float[16], mins = stackalloc float[16], sw = stackalloc float[16];
+        float sumX2 = 0;
+        for (int j = 0; j < QK; j++) sumX2 += x[j] * x[j];
+        float sigma2 = sumX2 / QK;
+        for (int j = 0; j < 16; j++)
+        {
+            var xs = x.Slice(16 * j, 16);
+            KQuantSearch.ImportanceWeights(xs, importance.Slice(16 * j, 16), sigma2, weights);
+            float sumW = 0;
+            for (int l = 0; l < 16; l++) sumW += weights[l];
+            sw[j] = sumW;
+            scales[j] = KQuantSearch.Qkx2(xs, weights, 3, codes.Slice(16 * j, 16), out mins[j], -0.9f, 0.05f, 36, false);
+        }
+        Span<byte> ls = stackalloc byte[16], lm = stackalloc byte[16];
+        float dm = KQuantSearch.Qp(scales, 15, ls, sw);
+        float mm = KQuantSearch.Qp(mins, 15, lm, sw);
+        for (int j = 0; j < 16; j++) header[j] = unchecked((byte)(ls[j] | lm[j] << 4));
+        WriteHalf(header[16..], dm);
+        WriteHalf(header[18..], mm);
     }
 
     public override void SubScales(ReadOnlySpan<byte> header, Span<float> d, Span<float> m)
@@ -252,6 +314,38 @@ public sealed class Q3_KCodec : KQuantCodec
             WriteHalf(header[12..], 1 / iscale);
         }
         else WriteHalf(header[12..], 0f);
+    }
+
+    /// <summary>quantize_row_q3_K_impl: σ² = 2·mean(x²) over the super-block; the sub-block scales are
+    /// quantized by the same weighted symmetric search, their weights summed.</summary>
+    public override void Search(ReadOnlySpan<float> x, ReadOnlySpan<float> importance, Span<byte> header, Span<byte> codes)
+    {
+        Span<float> weights = stackalloc float[16], scales = stackalloc float[16], sw = stackalloc float[16];
+        float sumX2 = 0;
+        for (int j = 0; j < QK; j++) sumX2 += x[j] * x[j];
+        float sigma2 = 2 * sumX2 / QK;
+        for (int j = 0; j < 16; j++)
+        {
+            var xs = x.Slice(16 * j, 16);
+            KQuantSearch.ImportanceWeights(xs, importance.Slice(16 * j, 16), sigma2, weights);
+            float sumW = 0;
+            for (int l = 0; l < 16; l++) sumW += weights[l];
+            sw[j] = sumW;
+            scales[j] = KQuantSearch.Qx(xs, 4, codes.Slice(16 * j, 16), weights);
+        }
+        var sc = header[..12];
+        sc.Clear();
+        Span<byte> ls = stackalloc byte[16];
+        float dBlock = KQuantSearch.Qx(scales, 32, ls, sw);
+        for (int j = 0; j < 16; j++)
+        {
+            int l = ls[j];
+            if (j < 8) sc[j] = (byte)(l & 0xF);
+            else sc[j - 8] |= (byte)((l & 0xF) << 4);
+            l >>= 4;
+            sc[j % 4 + 8] |= (byte)(l << (2 * (j / 4)));
+        }
+        WriteHalf(header[12..], dBlock);
     }
 
     public override void SubScales(ReadOnlySpan<byte> header, Span<float> d, Span<float> m)
@@ -333,6 +427,9 @@ public sealed class Q4_KCodec : KQuantCodec
     public override void Search(ReadOnlySpan<float> x, Span<byte> header, Span<byte> codes) =>
         SearchScaleMins(x, header, codes, 15, -1f, 0.1f, 20);
 
+    public override void Search(ReadOnlySpan<float> x, ReadOnlySpan<float> importance, Span<byte> header, Span<byte> codes) =>
+        SearchScaleMins(x, importance, header, codes, 15);
+
     public override void SubScales(ReadOnlySpan<byte> header, Span<float> d, Span<float> m) => ScaleMinSubScales(header, d, m);
 
     public override void Pack(ReadOnlySpan<byte> header, ReadOnlySpan<byte> codes, Span<byte> block)
@@ -375,6 +472,9 @@ public sealed class Q5_KCodec : KQuantCodec
 
     public override void Search(ReadOnlySpan<float> x, Span<byte> header, Span<byte> codes) =>
         SearchScaleMins(x, header, codes, 31, -0.5f, 0.1f, 15);
+
+    public override void Search(ReadOnlySpan<float> x, ReadOnlySpan<float> importance, Span<byte> header, Span<byte> codes) =>
+        SearchScaleMins(x, importance, header, codes, 31);
 
     public override void SubScales(ReadOnlySpan<byte> header, Span<float> d, Span<float> m) => ScaleMinSubScales(header, d, m);
 
@@ -432,10 +532,14 @@ public sealed class Q6_KCodec : KQuantCodec
     /// <summary>[scales[16] (int8), d].</summary>
     public override int HeaderBytes => 18;
 
-    public override void Search(ReadOnlySpan<float> x, Span<byte> header, Span<byte> codes)
+    public override void Search(ReadOnlySpan<float> x, Span<byte> header, Span<byte> codes) => Search(x, default, header, codes);
+
+    /// <summary>quantize_row_q6_K_impl: the importance itself weighs each sub-block's search (no σ² term).</summary>
+    public override void Search(ReadOnlySpan<float> x, ReadOnlySpan<float> importance, Span<byte> header, Span<byte> codes)
     {
         Span<float> scales = stackalloc float[16];
-        for (int j = 0; j < 16; j++) scales[j] = KQuantSearch.Qx(x.Slice(16 * j, 16), 32, codes.Slice(16 * j, 16));
+        for (int j = 0; j < 16; j++)
+            scales[j] = KQuantSearch.Qx(x.Slice(16 * j, 16), 32, codes.Slice(16 * j, 16), importance.IsEmpty ? default : importance.Slice(16 * j, 16));
         float maxScale = SignedAbsMax(scales);
         if (MathF.Abs(maxScale) < KQuantSearch.GroupMaxEps)
         {

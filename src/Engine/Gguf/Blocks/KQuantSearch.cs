@@ -12,9 +12,11 @@ static class KQuantSearch
     /// <summary>nearest_int: fval + 1.5·2²³ in float arithmetic, i.e. round half to even.</summary>
     public static int NearestInt(float x) => (int)MathF.Round(x, MidpointRounding.ToEven);
 
-    /// <summary>Symmetric search with weights x² (rmse_type 1, no importance): codes l + nmax in [0, 2·nmax).</summary>
-    public static float Qx(ReadOnlySpan<float> x, int nmax, Span<byte> L)
+    /// <summary>Symmetric search (make_qx_quants, rmse_type 1): weights x², or <paramref name="qw"/> when
+    /// given (an importance matrix's); codes l + nmax in [0, 2·nmax).</summary>
+    public static float Qx(ReadOnlySpan<float> x, int nmax, Span<byte> L, ReadOnlySpan<float> qw = default)
     {
+        bool weighted = !qw.IsEmpty;
         int n = x.Length;
         float max = BlockCodec.SignedAbsMax(x);
         if (MathF.Abs(max) < GroupMaxEps)
@@ -28,7 +30,7 @@ static class KQuantSearch
         {
             int l = Math.Clamp(NearestInt(iscale * x[i]), -nmax, nmax - 1);
             L[i] = (byte)(l + nmax);
-            float w = x[i] * x[i];
+            float w = weighted ? qw[i] : x[i] * x[i];
             sumlx += w * x[i] * l;
             suml2 += w * l * l;
         }
@@ -42,7 +44,7 @@ static class KQuantSearch
             for (int i = 0; i < n; i++)
             {
                 int l = Math.Clamp(NearestInt(iscale * x[i]), -nmax, nmax - 1);
-                float w = x[i] * x[i];
+                float w = weighted ? qw[i] : x[i] * x[i];
                 sumlx += w * x[i] * l;
                 suml2 += w * l * l;
             }
@@ -188,5 +190,88 @@ static class KQuantSearch
         }
         min = -lo;
         return scale;
+    }
+
+    /// <summary>make_qp_quants: non-negative values (a super-block's sub-block scales or mins) quantized to
+    /// [0, nmax] against one scale, searched and refined with weights <paramref name="qw"/> (the importance
+    /// summed per sub-block). Codes are bytes as the reference's uint8_t holds them.</summary>
+    public static float Qp(ReadOnlySpan<float> x, int nmax, Span<byte> L, ReadOnlySpan<float> qw)
+    {
+        int n = x.Length;
+        float max = 0;
+        for (int i = 0; i < n; i++) max = max > x[i] ? max : x[i];
+        if (max < GroupMaxEps)
+        {
+            L[..n].Clear();
+            return 0f;
+        }
+        float iscale = nmax / max;
+        for (int i = 0; i < n; i++) L[i] = unchecked((byte)NearestInt(iscale * x[i]));
+        float scale = 1 / iscale;
+        float bestMse = 0;
+        for (int i = 0; i < n; i++)
+        {
+            float diff = x[i] - scale * L[i];
+            bestMse += qw[i] * diff * diff;
+        }
+        for (int step = -4; step <= 4; step++)
+        {
+            if (step == 0) continue;
+            float iscaleStep = (0.1f * step + nmax) / max;
+            float scaleStep = 1 / iscaleStep;
+            float mse = 0;
+            for (int i = 0; i < n; i++)
+            {
+                int l = Math.Min(nmax, NearestInt(iscaleStep * x[i]));
+                float diff = x[i] - scaleStep * l;
+                mse += qw[i] * diff * diff;
+            }
+            if (mse < bestMse)
+            {
+                bestMse = mse;
+                iscale = iscaleStep;
+            }
+        }
+        float sumlx = 0, suml2 = 0;
+        for (int i = 0; i < n; i++)
+        {
+            int l = Math.Min(nmax, NearestInt(iscale * x[i]));
+            L[i] = unchecked((byte)l);
+            float w = qw[i];
+            sumlx += w * x[i] * l;
+            suml2 += w * l * l;
+        }
+        for (int attempt = 0; attempt < 5; attempt++)
+        {
+            int changed = 0;
+            for (int i = 0; i < n; i++)
+            {
+                float w = qw[i];
+                float slx = sumlx - w * x[i] * L[i];
+                float sl2 = suml2 - w * L[i] * L[i];
+                if (slx > 0 && sl2 > 0)
+                {
+                    int newL = Math.Min(nmax, NearestInt(x[i] * sl2 / slx));
+                    if (newL != L[i])
+                    {
+                        slx += w * x[i] * newL;
+                        sl2 += w * newL * newL;
+                        if (slx * slx * suml2 > sumlx * sumlx * sl2)
+                        {
+                            L[i] = unchecked((byte)newL); sumlx = slx; suml2 = sl2;
+                            changed++;
+                        }
+                    }
+                }
+            }
+            if (changed == 0) break;
+        }
+        return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+    }
+
+    /// <summary>The importance weights of llama.cpp's quantizers: ω_j = imp_j·√(σ² + x_j²).</summary>
+    public static void ImportanceWeights(ReadOnlySpan<float> x, ReadOnlySpan<float> importance, float sigma2, Span<float> weights)
+    {
+        for (int l = 0; l < x.Length; l++) weights[l] = importance[l] * MathF.Sqrt(sigma2 + x[l] * x[l]);
     }
 }

@@ -38,6 +38,38 @@ public abstract class LegacyCodec : BlockCodec
             DequantizeBlock(source.Slice(b * size, size), row.Slice(b * QK, QK));
     }
 
+    /// <summary>The block's codes and stored d and m from llama.cpp's weighted search (the codes are the
+    /// search's own: the reference does not recode against the fp16 scale).</summary>
+    protected virtual void QuantizeBlock(ReadOnlySpan<float> x, ReadOnlySpan<float> weights, Span<byte> codes, out float d, out float m) =>
+        throw new NotSupportedException($"{Type} has no importance-weighted quantizer");
+
+    public override bool UsesImportance => true;
+
+    /// <summary>quantize_row_*_impl: ω_j = imp_j·√(σ² + x_j²) with σ² the mean square of the whole row.</summary>
+    public override void Quantize(ReadOnlySpan<float> row, Span<byte> destination, ReadOnlySpan<float> importance)
+    {
+        if (importance.IsEmpty || !UsesImportance)
+        {
+            Quantize(row, destination);
+            return;
+        }
+        CheckLengths(row.Length, destination.Length);
+        if (importance.Length != row.Length) throw new ArgumentException($"{Type}: {importance.Length} importance values for a row of {row.Length}");
+        float sumX2 = 0;
+        for (int j = 0; j < row.Length; j++) sumX2 += row[j] * row[j];
+        float sigma2 = sumX2 / row.Length;
+        Span<float> weights = stackalloc float[QK];
+        Span<byte> codes = stackalloc byte[QK];
+        int size = Info.TypeSize;
+        for (int b = 0; b < row.Length / QK; b++)
+        {
+            var x = row.Slice(b * QK, QK);
+            KQuantSearch.ImportanceWeights(x, importance.Slice(b * QK, QK), sigma2, weights);
+            QuantizeBlock(x, weights, codes, out float d, out float m);
+            WriteBlock(codes, d, m, destination.Slice(b * size, size));
+        }
+    }
+
     protected static (float Min, float Max) Range(ReadOnlySpan<float> x)
     {
         float min = float.MaxValue, max = -float.MaxValue;
@@ -88,6 +120,12 @@ public sealed class Q4_0Codec : LegacyCodec
         m = 0;
     }
 
+    protected override void QuantizeBlock(ReadOnlySpan<float> x, ReadOnlySpan<float> weights, Span<byte> codes, out float d, out float m)
+    {
+        d = KQuantSearch.Qx(x, 8, codes, weights);
+        m = 0;
+    }
+
     protected override void WriteBlock(ReadOnlySpan<byte> codes, float d, float m, Span<byte> block)
     {
         WriteHalf(block, d);
@@ -116,6 +154,12 @@ public sealed class Q4_1Codec : LegacyCodec
         m = min;
     }
 
+    protected override void QuantizeBlock(ReadOnlySpan<float> x, ReadOnlySpan<float> weights, Span<byte> codes, out float d, out float m)
+    {
+        d = KQuantSearch.Qkx2(x, weights, 15, codes, out float min, -0.9f, 0.05f, 36, false);
+        m = -min;
+    }
+
     protected override void WriteBlock(ReadOnlySpan<byte> codes, float d, float m, Span<byte> block)
     {
         WriteHalf(block, d);
@@ -141,6 +185,12 @@ public sealed class Q5_0Codec : LegacyCodec
         d = SignedAbsMax(x) / -16;
         float id = d != 0 ? 1.0f / d : 0.0f;
         for (int j = 0; j < QK; j++) codes[j] = (byte)Math.Min(31, (int)(sbyte)(x[j] * id + 16.5f));
+        m = 0;
+    }
+
+    protected override void QuantizeBlock(ReadOnlySpan<float> x, ReadOnlySpan<float> weights, Span<byte> codes, out float d, out float m)
+    {
+        d = KQuantSearch.Qx(x, 16, codes, weights);
         m = 0;
     }
 
@@ -175,6 +225,12 @@ public sealed class Q5_1Codec : LegacyCodec
         m = min;
     }
 
+    protected override void QuantizeBlock(ReadOnlySpan<float> x, ReadOnlySpan<float> weights, Span<byte> codes, out float d, out float m)
+    {
+        d = KQuantSearch.Qkx2(x, weights, 31, codes, out float min, -0.9f, 0.05f, 36, false);
+        m = -min;
+    }
+
     protected override void WriteBlock(ReadOnlySpan<byte> codes, float d, float m, Span<byte> block)
     {
         WriteHalf(block, d);
@@ -196,6 +252,9 @@ public sealed class Q5_1Codec : LegacyCodec
 public sealed class Q8_0Codec : LegacyCodec
 {
     public override GgmlType Type => GgmlType.Q8_0;
+
+    /// <summary>quantize_q8_0 ignores quant_weights.</summary>
+    public override bool UsesImportance => false;
 
     protected override void QuantizeBlock(ReadOnlySpan<float> x, Span<byte> codes, out float d, out float m)
     {

@@ -34,6 +34,17 @@ public sealed class GgufGridFamily : IGridFamily
 
     public IColumnGrid Find(Tensor w) => _kquant is { } k ? KQuantGrid.Find(k, w) : LegacyGrid.Find(_rule, _bits, w);
 
+    /// <summary>llama-quantize --imatrix: every row through the type's importance-weighted quantizer,
+    /// the linear kept as the bytes it gives.</summary>
+    public SolvedLinear? RoundWithImportance(Tensor w, float[] importance)
+    {
+        var codec = BlockCodec.For(Type);
+        int n = (int)w.shape[1];
+        using var x = w.to(ScalarType.Float32).contiguous();
+        var bytes = codec.QuantizeRows(x.data<float>().ToArray(), n, importance);
+        return new EncodedRowsLinear(Type, bytes, w.shape[0], n);
+    }
+
     public SolvedLinear Assemble(Tensor codes, IReadOnlyList<IColumnGrid> grids, Tensor gIdx, SolverOptions o, double loss, double damp)
     {
         if (_kquant is not null)
