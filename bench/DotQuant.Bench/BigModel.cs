@@ -1,3 +1,4 @@
+using DotQuant.Tests;
 using System.Text.Json.Nodes;
 using DotQuant.Engine.Models;
 using static TorchSharp.torch;

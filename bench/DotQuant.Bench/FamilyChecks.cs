@@ -1,3 +1,4 @@
+using DotQuant.Tests;
 using System.Diagnostics;
 using System.Text;
 using DotQuant.Engine.Calibration;

@@ -1,3 +1,4 @@
+using DotQuant.Tests;
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;

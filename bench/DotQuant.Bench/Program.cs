@@ -1,3 +1,4 @@
+using DotQuant.Tests;
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
@@ -76,12 +77,18 @@ if (args.Length > 0 && args[0] == "quality")
     Sections.Splice(file, LowBit.SeedsMarker, LowBit.RunSeeds(shared, benchDir, quick));
     Sections.Splice(file, ZeroShotBench.Marker, ZeroShotBench.Run(shared, benchDir, quick));
     Sections.Splice(file, GgufQuality.Marker, GgufQuality.Run(shared, benchDir, quick));
+    Sections.Splice(file, ImatrixQuality.Marker, ImatrixQuality.Run(shared, benchDir, quick));
     Sections.Splice(file, OnnxQuality.Marker, OnnxQuality.Run(shared, benchDir, quick));
     return 0;
 }
 if (args.Length > 0 && args[0] == "quality-gguf")
 {
     Sections.Splice(Option("--out") ?? Path.Combine(benchDir, "quality.md"), GgufQuality.Marker, GgufQuality.Run(shared, benchDir, quick));
+    return 0;
+}
+if (args.Length > 0 && args[0] == "quality-imatrix")
+{
+    Sections.Splice(Option("--out") ?? Path.Combine(benchDir, "quality.md"), ImatrixQuality.Marker, ImatrixQuality.Run(shared, benchDir, quick));
     return 0;
 }
 if (args.Length > 0 && args[0] == "quality-onnx")

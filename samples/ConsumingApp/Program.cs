@@ -1,6 +1,5 @@
 using System.Diagnostics;
-using DotQuant.Engine.Diagnostics;
-using DotQuant.Engine.Runtime;
+using DotQuant.Runtime;
 using LLama;
 using LLama.Common;
 using LLama.Native;

@@ -1,6 +1,5 @@
 using System.Diagnostics;
-using DotQuant.Engine.Diagnostics;
-using DotQuant.Engine.Runtime;
+using DotQuant.Runtime;
 using Microsoft.ML.OnnxRuntimeGenAI;
 
 // Usage: OnnxApp [PROMPT] [--model FOLDER]

@@ -1,5 +1,5 @@
 using System.Net;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 
 namespace DotQuant.Cluster;
 

@@ -1,6 +1,6 @@
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using Orleans.Connections.Security;
 
 namespace DotQuant.Cluster;

@@ -1,4 +1,4 @@
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.Distributed;
 using DotQuant.Engine.Calibration;
 using DotQuant.Engine.Hessians;

@@ -1,6 +1,6 @@
 using System.Diagnostics;
 using DotQuant.Engine.Calibration;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.Distributed;
 using DotQuant.Engine.Hessians;
 using DotQuant.Engine.Quantizers;

@@ -1,6 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;

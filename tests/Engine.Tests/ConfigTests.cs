@@ -1,5 +1,5 @@
 using System.Text.Json;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.IO;
 using DotQuant.Engine.Models;
 using DotQuant.Tests;

@@ -1,5 +1,5 @@
 using DotQuant.Engine.Calibration;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.Formats;
 using DotQuant.Engine.Tokenization;
 using DotQuant.Tests;

@@ -1,6 +1,6 @@
 using System.Text.Json;
 using DotQuant.Engine.Calibration;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.Evaluation;
 using DotQuant.Engine.IO;
 using DotQuant.Engine.Manifest;

@@ -253,7 +253,7 @@ public class SolverTests
         Assert.Contains("layers.0.q_proj", warnings[0]);
         var nan = h.clone();
         nan[0, 0] = double.NaN;
-        var e = Assert.Throws<Diagnostics.DotQuantException>(() => InverseCholesky.Factor(nan, 0.01, "layers.1.o_proj"));
+        var e = Assert.Throws<DotQuant.Runtime.DotQuantException>(() => InverseCholesky.Factor(nan, 0.01, "layers.1.o_proj"));
         Assert.Contains("layers.1.o_proj", e.Message);
     }
 }

@@ -1,5 +1,5 @@
 using System.Text.Json.Nodes;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.Models;
 using DotQuant.Engine.Tokenization;
 using DotQuant.Tests;

@@ -1,5 +1,5 @@
 using System.Security.Cryptography;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.Gguf;
 using DotQuant.Engine.Gguf.Blocks;
 using DotQuant.Tests;

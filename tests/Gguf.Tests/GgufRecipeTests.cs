@@ -48,7 +48,7 @@ public class GgufRecipeTests
     public void EachFamilysTensorsGetTheTypesLlamaQuantizeGivesThem(string family, string recipeName, LLamaFtype ftype)
     {
         using var tmp = new TempDir();
-        DotQuant.Engine.Models.SyntheticModel.Write(tmp.File(family), DotQuant.Engine.Models.SyntheticFamilies.Spec(family, hidden: 256,
+        SyntheticModel.Write(tmp.File(family), SyntheticFamilies.Spec(family, hidden: 256,
             tokenizerText: File.ReadAllText(SharedPaths.Data("tinystories", "stories-sample.txt"))));
         AssertSameTypes(tmp.File(family), family, recipeName, ftype);
     }

@@ -27,6 +27,8 @@ public class GgufRunTests
     [InlineData("llama-tiny", "  method: gptq\n", "q4_k_m", 1e-3)]
     [InlineData("llama-tiny", "  method: gptaq\n  compensation_aware: true\n", "q3_k_m", 1e-3)]
     [InlineData("llama-tiny", "  method: rtn\n", "q4_0", 1e-3)]
+    // AWQ's folded norms and scaled weights (the F16-kept ones too) are what llama.cpp must run.
+    [InlineData("llama-tiny", "  method: rtn\n  awq: true\n", "q4_k_m", 1e-3)]
     // llama.cpp rounds activations to 8 bits in its k-quant matmuls (our eval does not). This file sat just
     // inside 0.1% until OAC's chunked H̄ (changes at fp32 rounding, issue 13) moved a few codes; it then
     // measured 0.101%. Twice the bound still catches a wrong byte (a mis-packed block costs far more).

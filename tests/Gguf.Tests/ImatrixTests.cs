@@ -19,11 +19,12 @@ public class ImatrixTests(ITestOutputHelper output)
     static string LlamaTiny => Path.Combine(SharedPaths.Root, "models", "llama-tiny");
     const int Context = 256, Chunks = 12;
 
-    /// <summary>A text of a few hundred KB (WikiText-2 test) for both collectors.</summary>
+    /// <summary>120 KB of WikiText-2 valid (tokenized text, with literal &lt;unk&gt;: llama-imatrix reads
+    /// special tokens as text, and so must we) for both collectors.</summary>
     static string CalibrationText(TempDir dir)
     {
         string path = dir.File("calib.txt");
-        var text = File.ReadAllText(SharedPaths.Data("wikitext2", "wiki.test.raw"));
+        var text = File.ReadAllText(SharedPaths.Data("wikitext2-tokenized", "valid.tokens"));
         File.WriteAllText(path, text[..120_000]);
         return path;
     }
@@ -32,7 +33,7 @@ public class ImatrixTests(ITestOutputHelper output)
     {
         using var model = ModelLoader.Open(LlamaTiny);
         var tokenizer = HfTokenizer.Load(LlamaTiny);
-        var ids = tokenizer.Encode(File.ReadAllText(text), addBos: true);
+        var ids = tokenizer.Encode(File.ReadAllText(text), addBos: true, parseSpecial: false);
         var windows = ImatrixCollector.Chunks(ids, Context, chunks, tokenizer.BosTokenId);
         return ImatrixCollector.Collect(model, windows, Context, [text]);
     }
@@ -179,7 +180,7 @@ public class ImatrixTests(ITestOutputHelper output)
         var matrix = Ours(text, chunks: 4);
         using var model = ModelLoader.Open(LlamaTiny);
         var tokenizer = HfTokenizer.Load(LlamaTiny);
-        var windows = ImatrixCollector.Chunks(tokenizer.Encode(File.ReadAllText(text), addBos: true), Context, 4, tokenizer.BosTokenId);
+        var windows = ImatrixCollector.Chunks(tokenizer.Encode(File.ReadAllText(text), addBos: true, parseSpecial: false), Context, 4, tokenizer.BosTokenId);
         using var ids = TorchSharp.torch.tensor(windows.SelectMany(x => x).ToArray(), [windows.Count, Context]);
         using var x = model.Embed(ids);
         using var ctx = model.CreateContext(0, Context);
@@ -221,7 +222,7 @@ public class ImatrixTests(ITestOutputHelper output)
             2, Context, ["x"]).Write(dir.File("negative.gguf"));
         foreach (var name in new[] { "truncated.gguf", "truncated.dat", "huge.dat", "empty.dat", "model.gguf", "negative.gguf" })
         {
-            var e = Assert.Throws<DotQuant.Engine.Diagnostics.DotQuantException>(() => ImportanceMatrix.Load(dir.File(name)));
+            var e = Assert.Throws<DotQuant.Runtime.DotQuantException>(() => ImportanceMatrix.Load(dir.File(name)));
             Assert.True(e.Code is "DQ0118" or "DQ0112" or "DQ0113", $"{name}: {e.Code} {e.Message}");
             output.WriteLine($"{name}: {e.Code} {e.Message}");
         }
@@ -237,8 +238,24 @@ public class ImatrixTests(ITestOutputHelper output)
         File.WriteAllText(dir.File("quant.yaml"),
             $"version: 1\nmodel: {LlamaTiny}\nquantize:\n  method: rtn\n  hessian: imatrix\n  imatrix: other.gguf\n" +
             "output:\n  name: out\n  format: gguf\n  gguf: { type: q4_k_m }\n");
-        var e = Assert.Throws<DotQuant.Engine.Diagnostics.DotQuantException>(() => QuantizeJob.Run(ManifestParser.Load(dir.File("quant.yaml")), dir.File("runs")));
+        var e = Assert.Throws<DotQuant.Runtime.DotQuantException>(() => QuantizeJob.Run(ManifestParser.Load(dir.File("quant.yaml")), dir.File("runs")));
         Assert.Equal("DQ0119", e.Code);
         Assert.False(Directory.Exists(Path.Combine(dir.File("runs"), "out")), "a refused run must not publish an output");
+    }
+
+    /// <summary>llama.cpp tokenizes special tokens written in a text as text (parse_special = false), and so
+    /// does our tokenizer when asked: WikiText's literal &lt;unk&gt; must not become the unknown token's id.</summary>
+    [Fact]
+    public void Special_tokens_written_in_the_text_tokenize_as_llama_cpp_does()
+    {
+        using var dir = new TempDir();
+        GgufFloatExport.Write(LlamaTiny, dir.File("f32.gguf"), GgmlType.F32);
+        string text = File.ReadAllText(CalibrationText(dir))[..20_000];
+        Assert.Contains("<unk>", text);
+        var tokenizer = HfTokenizer.Load(LlamaTiny);
+        using var weights = LlamaCpp.Load(dir.File("f32.gguf"), out _);
+        var theirs = weights.Tokenize(text, true, false, System.Text.Encoding.UTF8).Select(t => (int)t).ToArray();
+        Assert.Equal(theirs, tokenizer.Encode(text, addBos: true, parseSpecial: false));
+        Assert.NotEqual(theirs, tokenizer.Encode(text, addBos: true));
     }
 }

@@ -1,4 +1,4 @@
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.Onnx;
 using DotQuant.Engine.Quantizers;
 using DotQuant.Tests;

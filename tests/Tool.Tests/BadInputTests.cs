@@ -120,7 +120,7 @@ public class BadInputTests
     public void IntegerWeightIsRejected()
     {
         using var dir = new TempDir();
-        DotQuant.Engine.Models.SyntheticModel.Write(dir.Path, new DotQuant.Engine.Models.SyntheticModel.Spec
+        SyntheticModel.Write(dir.Path, new SyntheticModel.Spec
         {
             Layers = 1, TokenizerText = File.ReadAllText(SharedPaths.Data("tinystories", "stories-sample.txt")),
         });

@@ -1,6 +1,6 @@
 using System.Security.Cryptography;
 using DotQuant.Engine.Calibration;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.Manifest;
 using DotQuant.Tests;
 

@@ -72,7 +72,7 @@ public class EvalCommandTests
     {
         using var dir = new TempDir();
         var text = File.ReadAllText(SharedPaths.Data("tinystories", "stories-sample.txt"));
-        DotQuant.Engine.Models.SyntheticModel.Write(dir.Path, new DotQuant.Engine.Models.SyntheticModel.Spec
+        SyntheticModel.Write(dir.Path, new SyntheticModel.Spec
         {
             ModelType = "qwen2", HiddenSize = 64, Heads = 8, KvHeads = 2, Layers = 2, VocabSize = 400,
             TieWordEmbeddings = false, MaxPositions = 128, TokenizerText = text, DType = TorchSharp.torch.ScalarType.BFloat16,

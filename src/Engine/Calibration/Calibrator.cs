@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using DotQuant.Engine.Awq;
 using DotQuant.Engine.Formats;
 using DotQuant.Engine.Hessians;
 using DotQuant.Engine.Models;
@@ -33,10 +34,13 @@ public sealed class Calibrator
     public CancellationToken Cancellation { get; init; }
     /// <summary>Measure round-to-nearest's loss next to each solved linear's (evaluate.rtn_baseline).</summary>
     public bool RtnBaseline { get; init; }
+    /// <summary>Transforms each block's float weights before its solves (AWQ's scales and clips).</summary>
+    public AwqTransform? Transform { get; init; }
     /// <summary>Solves a group's linears elsewhere (a distributed run's workers); null: all here.</summary>
     public ISolvePlacement? Placement { get; init; }
 
     static readonly IReadOnlyDictionary<string, LinearSolution> NoSolutions = new Dictionary<string, LinearSolution>();
+    static readonly IReadOnlyDictionary<string, Tensor> NoTensors = new Dictionary<string, Tensor>();
 
     /// <param name="stream">X_q at the input of <paramref name="firstBlock"/> (null for round-to-nearest).</param>
     /// <param name="reports">Reports of the blocks before <paramref name="firstBlock"/> (a resumed run).</param>
@@ -60,6 +64,10 @@ public sealed class Calibrator
                 Events = Events, Cancellation = Cancellation,
             };
             NativeHeap.Forward();
+            IReadOnlyDictionary<string, Tensor> transformed = NoTensors;
+            if (Transform is not null)
+                using (PhaseClock.Measure("transform"))
+                    transformed = Transform.Apply(work, l => Plan.OptionsFor(l.Name));
             using (PhaseClock.Measure("capture"))
                 Hessians.BeginBlock(work);
             foreach (var group in block.LinearGroups)
@@ -118,7 +126,7 @@ public sealed class Calibrator
             }
             using (PhaseClock.Measure("write"))
             {
-                Write(block);
+                Write(block, transformed.Count == 0 ? Model.Weights : new OverlaySource(Model.Weights, transformed));
                 Checkpoint?.Completed(b, stream, Hessians, all);
             }
             Events?.Invoke(new BlockEvent(b, Model.BlockCount, blockTime.Elapsed.TotalSeconds));
@@ -133,14 +141,14 @@ public sealed class Calibrator
     }
 
     /// <summary>The block's tensors in name order: solved linears packed, everything else as stored.</summary>
-    void Write(DecoderBlock block)
+    void Write(DecoderBlock block, IWeightSource stored)
     {
         var solved = block.Linears.Where(l => l.Solved is not null).ToDictionary(l => l.Name, l => l.Solved!, StringComparer.Ordinal);
         foreach (var name in Model.BlockTensorNames(block.Index))
         {
             string? linear = name.EndsWith(".weight", StringComparison.Ordinal) ? name[..^".weight".Length] : null;
             if (linear is not null && solved.TryGetValue(linear, out var q)) Writer.AddLinear(linear, q);
-            else Writer.AddStored(name, Model.Weights);
+            else Writer.AddStored(name, stored);
         }
     }
 

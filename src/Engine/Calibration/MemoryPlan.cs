@@ -1,5 +1,5 @@
 using System.Text.Json.Nodes;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.Hessians;
 using DotQuant.Engine.IO;
 using DotQuant.Engine.Manifest;
@@ -96,7 +96,7 @@ public sealed record MemoryPlan
         var q = m.Quantize;
         long h = c.HiddenSize, f = c.IntermediateSize, v = c.VocabSize;
         long heads = c.NumHeads, kv = (long)c.NumKvHeads * c.HeadDim;
-        bool calibrated = q.Scheme.NeedsCalibration;
+        bool calibrated = q.NeedsCalibration;
         bool gptaq = q.NeedsFloatStream;
         long samples = calibrated ? m.Calibration!.Samples : 0, length = calibrated ? m.Calibration!.SequenceLength : 0;
         long tokens = samples * length;

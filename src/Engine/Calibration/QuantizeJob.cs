@@ -2,10 +2,11 @@ using System.Diagnostics;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json.Nodes;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.Distributed;
 using DotQuant.Engine.Evaluation;
 using DotQuant.Engine.Formats;
+using DotQuant.Engine.Awq;
 using DotQuant.Engine.Hessians;
 using DotQuant.Engine.Imatrix;
 using DotQuant.Engine.IO;
@@ -98,6 +99,8 @@ public static class QuantizeJob
         using var timingScope = timing;
         void Emit(RunEvent e) => onEvent?.Invoke(e);
         var q = m.Quantize;
+        if (options.Cluster is not null && q.Awq is not null)
+            throw new DotQuantException(ErrorCodes.ManifestCombination, "quantize.awq runs on one machine for now (its search reads the calibration stream, which a cluster's coordinator does not hold)", m.Path);
         var config = ModelConfig.Load(m.ModelPath);
         if (config.Gptq is not null || File.Exists(Path.Combine(m.ModelPath, QuantizedPackage.ManifestFile)))
             throw new DotQuantException(ErrorCodes.UnsupportedModelType, "the model is already quantized; quantize the original floating-point checkpoint", m.ModelPath);
@@ -120,6 +123,8 @@ public static class QuantizeJob
         using var rotatedScope = rotated;
         IWeightSource weights = rotated is null ? checkpoint : rotated;
         using var model = ModelLoader.Open(rotated?.Config ?? config, weights);
+        if (q.Awq is not null && !model.HasScalingPoints)
+            throw new DotQuantException(ErrorCodes.UnsupportedModelType, $"AWQ has no scaling points for {config.ModelType} blocks yet (the Llama family has them: llama, qwen2, qwen3, mistral, phi3)", m.ModelPath);
         var plan = RunPlan.Create(q, m.Output, model);
         foreach (var w in plan.Warnings) Emit(new WarningEvent(w));
         var (limit, limitSource) = options.MaxMemory is long max ? (max, "--max-memory") : MemoryPlan.Available();
@@ -127,7 +132,7 @@ public static class QuantizeJob
         // Distributed, this process holds a block and solves; the streams and their forwards are the workers'.
         // OAC's backward is theirs too: here a group's fp64 sums (the total and the shard being added, four
         // times its fp32 H̄, within three times a block's fp32 H̄) become its H̄.
-        if (options.Cluster is not null && m.Quantize.Scheme.NeedsCalibration)
+        if (options.Cluster is not null && m.Quantize.NeedsCalibration)
             memory = memory with { Streams = 0, Activations = 0, Stages = 0, OutputAdaptive = 3 * memory.OutputAdaptiveHessians };
         Emit(new MemoryEvent(memory));
         memory.Check(m, plan, model);
@@ -186,6 +191,7 @@ public static class QuantizeJob
             {
                 Model = model, Plan = plan, Hessians = hessians, Writer = writer, Scratch = run.Scratch, Events = onEvent, Cancellation = ct,
                 RtnBaseline = m.Evaluate?.RtnBaseline == true,
+                Transform = q.Awq is { } awq ? new AwqTransform(awq) : null,
                 Placement = workers is null || options.SolveOnCoordinator ? null : new DistributedSolves(workers),
                 Checkpoint = run.Resumable ? new ResumePoint(run, writer, fingerprint, before, tasksBefore) : null,
             };
@@ -312,7 +318,7 @@ public static class QuantizeJob
         if (m.Evaluate?.Perplexity is { } p) AddText($"{p.SequenceLength}|{p.MaxSequences}");
         if (m.Evaluate?.Tasks is { } t) AddText($"tasks|{t.Limit}|{t.Files.Count}");
         if (m.Evaluate?.RtnBaseline == true) AddText("rtn-baseline");
-        if (shards > 1 && m.Quantize.Scheme.NeedsCalibration) AddText($"shards|{shards}");
+        if (shards > 1 && m.Quantize.NeedsCalibration) AddText($"shards|{shards}");
         foreach (var f in InputFiles(m)) AddFile(f);
         return "sha256:" + Convert.ToHexStringLower(hash.GetHashAndReset());
     }

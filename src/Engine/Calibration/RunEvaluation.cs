@@ -1,4 +1,4 @@
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.Evaluation;
 using DotQuant.Engine.Formats;
 using DotQuant.Engine.IO;

@@ -32,7 +32,7 @@ public sealed record SpacePlan(long Output, long Resume, long Rotated, long Outp
             output += planned.TryGetValue(name, out var o) ? elements * Bits(o) / 8.0 : bytes;
         }
         var c = model.Config;
-        bool calibrated = m.Quantize.Scheme.NeedsCalibration && m.Calibration is not null;
+        bool calibrated = m.Quantize.NeedsCalibration && m.Calibration is not null;
         long tokens = calibrated ? (long)m.Calibration!.Samples * m.Calibration.SequenceLength : 0;
         long element = m.Calibration?.Bf16Stream == true ? 2 : 4;
         long resume = resumable && calibrated ? tokens * c.HiddenSize * element * (m.Quantize.NeedsFloatStream ? 2 : 1) : 0;

@@ -1,5 +1,5 @@
 using DotQuant.Engine.Calibration;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.Hessians;
 using DotQuant.Engine.Models;
 

@@ -1,5 +1,5 @@
 using System.Diagnostics;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.Models;
 using static TorchSharp.torch;
 

@@ -1,5 +1,5 @@
 using System.Text.Json;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 
 namespace DotQuant.Engine.Evaluation;
 

@@ -4,7 +4,7 @@ using DotQuant.Engine.Gguf;
 using DotQuant.Engine.Gguf.Blocks;
 using DotQuant.Engine.Gguf.Grids;
 using DotQuant.Engine.Imatrix;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.Manifest;
 using DotQuant.Engine.Models;
 using DotQuant.Engine.Quantizers;

@@ -1,6 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.IO;
 using DotQuant.Engine.Models;
 using DotQuant.Engine.Quantizers;

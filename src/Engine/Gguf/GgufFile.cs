@@ -1,5 +1,5 @@
 using System.Text;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using Microsoft.Win32.SafeHandles;
 
 namespace DotQuant.Engine.Gguf;

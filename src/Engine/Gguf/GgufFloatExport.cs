@@ -1,6 +1,6 @@
 using DotQuant.Engine.Gguf.Blocks;
 using DotQuant.Engine.IO;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.Models;
 using static TorchSharp.torch;
 

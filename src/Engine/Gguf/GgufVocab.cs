@@ -1,6 +1,6 @@
 using System.Text.Json;
 using System.Text.RegularExpressions;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 
 namespace DotQuant.Engine.Gguf;
 

@@ -1,6 +1,6 @@
 using System.Text;
 using DotQuant.Engine.IO;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 
 namespace DotQuant.Engine.Gguf;
 

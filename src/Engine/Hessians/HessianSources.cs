@@ -9,7 +9,8 @@ public static class HessianSources
     /// <param name="staged">Keep the layer-wise capture's states between groups (the memory plan's call).</param>
     /// <param name="firstSequence">The number of the stream's first sequence in the run (a shard's offset).</param>
     public static IHessianSource For(QuantizeSpec q, bool staged = false, int firstSequence = 0) =>
-        !q.Scheme.NeedsCalibration ? new NoHessian()
+        !q.NeedsCalibration ? new NoHessian()
+        : !q.Scheme.NeedsCalibration ? new StreamOnly()
         : q.Oac is { } oac ? new OutputAdaptiveSource(oac, firstSequence)
         : q.NeedsFloatStream ? new AsymmetricHessian()
         : new LayerHessian(staged);

@@ -116,3 +116,16 @@ public sealed class NoHessian : IHessianSource
     public void Restore(string folder, IReadOnlyList<long[]> sequences, int nextBlock) { }
     public void Dispose() { }
 }
+
+/// <summary>Round-to-nearest after a block transform that reads the calibration stream (AWQ): the stream
+/// is kept and advanced, no statistics are collected for the solves.</summary>
+public sealed class StreamOnly : IHessianSource
+{
+    public bool NeedsCalibration => true;
+    public void BeginBlock(BlockWork work) { }
+    public GroupStatistics Group(BlockWork work, IReadOnlyList<NamedLinear> group, IReadOnlyList<NamedLinear> active) => GroupStatistics.None;
+    public void EndBlock(BlockWork work) { }
+    public void Save(string folder) { }
+    public void Restore(string folder, IReadOnlyList<long[]> sequences, int nextBlock) { }
+    public void Dispose() { }
+}

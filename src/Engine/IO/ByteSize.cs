@@ -1,5 +1,5 @@
 using System.Globalization;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 
 namespace DotQuant.Engine.IO;
 

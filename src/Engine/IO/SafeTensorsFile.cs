@@ -1,6 +1,6 @@
 using System.IO.MemoryMappedFiles;
 using System.Text.Json;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 

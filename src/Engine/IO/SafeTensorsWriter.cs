@@ -1,6 +1,6 @@
 using System.Text;
 using System.Text.Json;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using static TorchSharp.torch;
 
 namespace DotQuant.Engine.IO;

@@ -1,5 +1,5 @@
 using DotQuant.Engine.Calibration;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.Gguf;
 using DotQuant.Engine.Models;
 using DotQuant.Engine.Torch;

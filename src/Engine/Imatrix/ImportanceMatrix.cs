@@ -1,5 +1,5 @@
 using System.Text;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.Gguf;
 
 namespace DotQuant.Engine.Imatrix;

@@ -1,5 +1,5 @@
 using System.Globalization;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.Hessians;
 using DotQuant.Engine.Quantizers;
 using DotQuant.Engine.Rotation;
@@ -119,7 +119,7 @@ public sealed class ManifestParser
         var (model, package) = ReadModel(top.GetValueOrDefault("model") ?? throw Error(ErrorCodes.ManifestMissing, "missing 'model' (a Hugging Face model folder)", root));
         var quantize = ReadQuantize(top.GetValueOrDefault("quantize") as YamlNode ?? throw Error(ErrorCodes.ManifestMissing, "missing 'quantize' section", root));
         CalibrationSpec? calibration = top.TryGetValue("calibration", out var c) ? ReadCalibration(c) : null;
-        if (calibration is null && quantize.Scheme.NeedsCalibration)
+        if (calibration is null && quantize.NeedsCalibration)
             throw Error(ErrorCodes.ManifestMissing, $"method '{Name(quantize.Method)}' needs a 'calibration' section with 'data'", root);
         var output = ReadOutput(top.GetValueOrDefault("output"), package?.Id ?? model, quantize, root);
         EvaluateSpec? evaluate = top.TryGetValue("evaluate", out var ev) ? ReadEvaluate(ev) : null;
@@ -165,7 +165,7 @@ public sealed class ManifestParser
     {
         var m = Keys(node, "quantize", "method", "hessian", "compensation_aware", "rotate", "bits", "group_size", "symmetric",
             "act_order", "static_groups", "damp", "mse_clip", "outliers", "layers", "grid", "block_size", "alpha", "alpha2", "rescomp_mode",
-            "output_adaptive", "rotation", "billm", "imatrix");
+            "output_adaptive", "rotation", "billm", "imatrix", "grid_importance", "awq");
         _quantizeKeys = m;
         var method = m.TryGetValue("method", out var methodNode)
             ? Enum(methodNode, "quantize.method", ("none", QuantMethod.None), ("rtn", QuantMethod.Rtn), ("gptq", QuantMethod.Gptq), ("gptaq", QuantMethod.Gptaq), ("spqr", QuantMethod.SpQR), ("billm", QuantMethod.BiLLM))
@@ -270,6 +270,48 @@ public sealed class ManifestParser
             if (d < 0 || d > 10) throw Error(ErrorCodes.ManifestValue, "quantize.damp must be in [0, 10] (a fraction of the mean Hessian diagonal; SpQR's README uses 1)", damp);
             scheme = scheme with { Damp = d };
         }
+        if (m.TryGetValue("awq", out var awqNode))
+        {
+            // awq: true (the defaults), awq: false, or awq: { grid, clip, clip_grid, max_shrink, clip_tokens }.
+            Awq.AwqOptions? awq;
+            if (awqNode is YamlMappingNode)
+            {
+                var am = Keys(awqNode, "quantize.awq", "grid", "clip", "clip_grid", "max_shrink", "clip_tokens");
+                awq = new Awq.AwqOptions();
+                if (am.TryGetValue("grid", out var ag)) awq = awq with { Grid = Positive(ag, "awq.grid") };
+                if (am.TryGetValue("clip", out var ac)) awq = awq with { Clip = Bool(ac, "awq.clip") };
+                if (am.TryGetValue("clip_grid", out var acg)) awq = awq with { ClipGrid = Positive(acg, "awq.clip_grid") };
+                if (am.TryGetValue("clip_tokens", out var act)) awq = awq with { ClipTokens = Positive(act, "awq.clip_tokens") };
+                if (am.TryGetValue("max_shrink", out var ams))
+                {
+                    double shrink = Double(ams, "awq.max_shrink");
+                    if (shrink is < 0 or >= 1) throw Error(ErrorCodes.ManifestValue, "awq.max_shrink must be in [0, 1) (clipping down to (1 − max_shrink)·amax)", ams);
+                    awq = awq with { MaxShrink = shrink };
+                }
+            }
+            else awq = Bool(awqNode, "quantize.awq") ? new Awq.AwqOptions() : null;
+            if (awq is not null)
+            {
+                string? refusal = scheme switch
+                {
+                    SpqrScheme => "spqr keeps outliers in fp16 and quantizes the rest with its own bilevel statistics; AWQ's scales target a plain group grid",
+                    BillmScheme => "billm binarizes with its own salience split; AWQ's scales target a plain group grid",
+                    NoneScheme => "method none does not quantize",
+                    _ when q.Oac is not null => "hessian: output_adaptive already weighs the solve by the output; combine awq with the layer-wise Hessian",
+                    _ when q.Rotation is not null => "rotate: hadamard changes the channels AWQ scales (and down_proj's input is rotated online)",
+                    _ when q.Imatrix is not null => "hessian: imatrix is round-to-nearest with llama.cpp's importance; AWQ is round-to-nearest with its own scales: pick one",
+                    _ => null,
+                };
+                if (refusal is not null) throw Error(ErrorCodes.ManifestCombination, $"awq cannot be combined here: {refusal}", awqNode);
+                q = q with { Awq = awq };
+            }
+        }
+        if (m.TryGetValue("grid_importance", out var gi) && Bool(gi, "quantize.grid_importance"))
+        {
+            if (scheme is not GptqScheme)
+                throw Error(ErrorCodes.ManifestCombination, $"grid_importance weighs the GPTQ/GPTAQ column loop's GGUF block search with diag(H); method '{scheme.Name}' has none", gi);
+            scheme = scheme with { GridImportance = true };
+        }
         if (m.TryGetValue("mse_clip", out var mse)) scheme = scheme with { MseClip = Bool(mse, "quantize.mse_clip") };
         if (m.TryGetValue("grid", out var grid))
             scheme = scheme with { Grid = Enum(grid, "quantize.grid", ("gptq", GridConvention.Gptq), ("quarot", GridConvention.QuaRot)) };
@@ -340,6 +382,8 @@ public sealed class ManifestParser
         Gguf.GgufRecipe? recipe = null;
         if (format == OutputFormat.Gguf) recipe = ReadGguf(m.GetValueOrDefault("gguf"), q, f!) with { WithImportance = q.Imatrix is not null };
         else CheckNotGguf(q, m.GetValueOrDefault("gguf") ?? root, m.GetValueOrDefault("gguf"));
+        if (q.Scheme.GridImportance && format != OutputFormat.Gguf)
+            throw Error(ErrorCodes.ManifestCombination, "grid_importance weighs llama.cpp's k-quant block search; it needs format: gguf", f ?? root);
         if (q.Imatrix is not null && format != OutputFormat.Gguf)
             throw Error(ErrorCodes.ImatrixMismatch, "hessian: imatrix weighs llama.cpp's block grids; it needs format: gguf", f ?? root);
         if (format == OutputFormat.Gptq)

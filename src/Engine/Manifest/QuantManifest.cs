@@ -37,6 +37,10 @@ public sealed record QuantizeSpec
     public QuantScheme Scheme { get; init; } = new GptqScheme();
     /// <summary>Set when hessian: output_adaptive.</summary>
     public OacOptions? Oac { get; init; }
+    /// <summary>Set when quantize.awq is given: AWQ's scales and clips before the method's solves.</summary>
+    public Awq.AwqOptions? Awq { get; init; }
+    /// <summary>Statistics and forward passes are needed: the method's, or AWQ's search.</summary>
+    public bool NeedsCalibration => Scheme.NeedsCalibration || Awq is not null;
     /// <summary>The importance matrix file when hessian: imatrix (llama.cpp's GGUF imatrix or legacy .dat).</summary>
     public string? Imatrix { get; init; }
     /// <summary>Set when rotate: hadamard.</summary>
@@ -72,6 +76,7 @@ public sealed record QuantizeSpec
         if (Imatrix is not null) j["imatrix"] = Path.GetFileName(Imatrix);
         if (Oac is { } oac) j["output_adaptive"] = oac.ToJson();
         if (Rotation is { } rot) j["rotation"] = rot.ToJson();
+        if (Awq is { } awq) j["awq"] = awq.ToJson();
         return j;
     }
 }

@@ -25,6 +25,9 @@ public abstract record QuantScheme
     public double Damp { get; init; } = 0.01;
     /// <summary>Lazy-update block width B (spec §3.3).</summary>
     public int BlockSize { get; init; } = 128;
+    /// <summary>quantize.grid_importance: the solver weighs each GGUF k-quant block's scale search with
+    /// diag(H) (llama.cpp's importance-weighted search fed from the solver's own statistics).</summary>
+    public bool GridImportance { get; init; }
 
     /// <summary>Each method with its own defaults.</summary>
     public static QuantScheme For(QuantMethod method) => method switch
@@ -55,11 +58,18 @@ public abstract record QuantScheme
     protected SolverOptions Grid_(SolverKind kind, int bits, int groupSize) => new()
     {
         Kind = kind, Bits = bits, GroupSize = groupSize, Symmetric = Symmetric, Convention = Grid, MseClip = MseClip,
-        ActOrder = ActOrder, StaticGroups = StaticGroups, Damp = Damp, BlockSize = BlockSize,
+        ActOrder = ActOrder, StaticGroups = StaticGroups, Damp = Damp, BlockSize = BlockSize, GridImportance = GridImportance,
     };
 
     /// <summary>The canonical JSON (field order fixed).</summary>
     public virtual JsonObject ToJson() => GridFields();
+
+    /// <summary>Fields recorded only when set, so the JSON (and fingerprint) of earlier schemes stay as they were.</summary>
+    protected JsonObject WithOptionalFields(JsonObject j)
+    {
+        if (GridImportance) j["grid_importance"] = true;
+        return j;
+    }
 
     /// <summary>The fields every Hessian-based method records.</summary>
     protected JsonObject WithSolverFields(bool compensationAware)
@@ -70,7 +80,7 @@ public abstract record QuantScheme
         j["damp"] = Damp;
         j["block_size"] = BlockSize;
         j["compensation_aware"] = compensationAware;
-        return j;
+        return WithOptionalFields(j);
     }
 
     JsonObject GridFields() => new()

@@ -76,6 +76,10 @@ public abstract class DecoderBlock : IDisposable
     /// stages composed.</summary>
     public abstract IStagedBlock Stages { get; }
 
+    /// <summary>AWQ's scaling points in group order (spec §6.2), or none where the family has no
+    /// output-preserving way to fold a scale (the transform then refuses it).</summary>
+    public virtual IReadOnlyList<ScalingPoint> ScalingPoints => [];
+
     public abstract void Dispose();
 }
 
@@ -125,6 +129,9 @@ public abstract class DecoderModel : IDisposable
     /// <summary>A fresh copy of block <paramref name="index"/>'s weights from the source (the caller
     /// owns it and may change its weights).</summary>
     public abstract DecoderBlock LoadBlock(int index);
+
+    /// <summary>The family's blocks have AWQ scaling points (<see cref="DecoderBlock.ScalingPoints"/>).</summary>
+    public virtual bool HasScalingPoints => false;
 
     /// <summary>Block <paramref name="index"/> for reading: the resident one, or loaded for the lease.</summary>
     public BlockLease Block(int index) =>

@@ -1,4 +1,4 @@
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.IO;
 using DotQuant.Engine.Rotation;
 using static TorchSharp.torch;
@@ -28,6 +28,38 @@ public sealed class LlamaModel : DecoderModel
             model.StagesOf(this, observer).Forward(hidden, ctx);
 
         public override IStagedBlock Stages => model.StagesOf(this, null);
+
+        /// <summary>input_layernorm → q/k/v, v's rows → o (GQA: each v channel feeds its heads' copies),
+        /// post_attention_layernorm → gate/up, up's rows → down; fused projections by row range.</summary>
+        public override IReadOnlyList<ScalingPoint> ScalingPoints
+        {
+            get
+            {
+                var c = model._config;
+                string p = model.BlockPrefix(index);
+                long q = (long)c.NumHeads * c.HeadDim, kv = (long)c.NumKvHeads * c.HeadDim, f = c.IntermediateSize;
+                var (v, vFirst) = Groups[0].Length == 3 ? (Groups[0][2], 0L) : (Groups[0][0], q + kv);
+                var (up, upFirst) = Groups[2].Length == 2 ? (Groups[2][1], 0L) : (Groups[2][0], f);
+                return
+                [
+                    new() { Group = 0, Channels = c.HiddenSize, DivideInto = s => InputNorm = Divided(InputNorm, s),
+                        Changed = () => new Dictionary<string, Tensor> { [p + "input_layernorm.weight"] = InputNorm } },
+                    new() { Group = 1, Channels = kv, Repeat = c.KvGroups, HeadDim = c.HeadDim, DivideInto = s => v.DivideOutputRows(vFirst, s), Changed = v.Stored },
+                    new() { Group = 2, Channels = c.HiddenSize, DivideInto = s => PostAttentionNorm = Divided(PostAttentionNorm, s),
+                        Changed = () => new Dictionary<string, Tensor> { [p + "post_attention_layernorm.weight"] = PostAttentionNorm } },
+                    new() { Group = 3, Channels = f, DivideInto = s => up.DivideOutputRows(upFirst, s), Changed = up.Stored },
+                ];
+            }
+        }
+
+        /// <summary>A norm weight divided by s, in its own dtype (what the file will hold and the block computes with).</summary>
+        static Tensor Divided(Tensor norm, Tensor s)
+        {
+            using var scope = NewDisposeScope();
+            var result = norm.to(ScalarType.Float32).div(s.to(ScalarType.Float32)).to(norm.dtype).DetachFromDisposeScope();
+            norm.Dispose();
+            return result;
+        }
 
         public override void Dispose()
         {
@@ -108,6 +140,9 @@ public sealed class LlamaModel : DecoderModel
 
 
     public override string BlockPrefix(int index) => $"model.layers.{index}.";
+
+    /// <summary>Not with QuaRot's online rotation before down (up's rows cannot take down's scale through it).</summary>
+    public override bool HasScalingPoints => _downRotation is null;
 
     public override DecoderBlock LoadBlock(int i)
     {

@@ -1,4 +1,4 @@
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.Formats;
 using DotQuant.Engine.Gguf;
 using DotQuant.Engine.IO;

@@ -44,6 +44,31 @@ public sealed class NamedLinear : IDisposable
         Solved = null;
     }
 
+    /// <summary>Divides output rows [<paramref name="first"/>, first + s.Length) of the weight (and bias) by
+    /// <paramref name="s"/> (AWQ folding a scale into the op before the next linear); fp32 copies.</summary>
+    public void DivideOutputRows(long first, Tensor s)
+    {
+        using var scope = NewDisposeScope();
+        var w = Weight.to(ScalarType.Float32, copy: true);
+        w.narrow(0, first, s.shape[0]).div_(s.to(ScalarType.Float32).unsqueeze(1));
+        if (Bias is { } bias)
+        {
+            var b = bias.to(ScalarType.Float32, copy: true);
+            b.narrow(0, first, s.shape[0]).div_(s.to(ScalarType.Float32));
+            bias.Dispose();
+            Bias = b.DetachFromDisposeScope();
+        }
+        SetWeight(w);
+    }
+
+    /// <summary>The tensors the checkpoint stores for this linear, with their current values.</summary>
+    public IReadOnlyDictionary<string, Tensor> Stored()
+    {
+        var d = new Dictionary<string, Tensor> { [Name + ".weight"] = Weight };
+        if (Bias is { } b) d[Name + ".bias"] = b;
+        return d;
+    }
+
     /// <summary>From now on the linear computes with <paramref name="solved"/>'s weights, which it owns;
     /// the loaded weight is released.</summary>
     public void UseSolved(SolvedLinear solved)

@@ -1,5 +1,5 @@
 using System.IO.MemoryMappedFiles;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.Formats;
 using DotQuant.Engine.IO;
 using DotQuant.Engine.Models;

@@ -85,7 +85,7 @@ public sealed class BinaryLinear : SolvedLinear
         Tensor Expect(string suffix, ScalarType dtype, params long[] shape) => PackageTensors.Expect(ckpt, prefix + suffix, dtype, shape);
         var flags = Unbits(Expect(".binary_salient", ScalarType.Int32, BitPacking.Words(n, 1), 1), 1, n).squeeze(0);
         if (flags.sum().item<long>() != salient)
-            throw new Diagnostics.DotQuantException(Diagnostics.ErrorCodes.PackageRead, $"{prefix}.binary_salient flags {flags.sum().item<long>()} columns, dotquant.json says {salient}", ckpt.Directory);
+            throw new DotQuant.Runtime.DotQuantException(DotQuant.Runtime.ErrorCodes.PackageRead, $"{prefix}.binary_salient flags {flags.sum().item<long>()} columns, dotquant.json says {salient}", ckpt.Directory);
         var result = new BinaryLinear
         {
             Signs = scope.MoveToOuter(Unbits(Expect(".binary_signs", ScalarType.Int32, BitPacking.Words(n, 1), m), m, n)),

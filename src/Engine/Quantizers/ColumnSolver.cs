@@ -1,4 +1,4 @@
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -57,11 +57,13 @@ public static class ColumnSolver
             D?.masked_fill_(dead.unsqueeze(0), Scalars.Of(0.0));
         }
         var W0 = useR ? W.clone() : null;   // dead columns zeroed in W0 too
+        // diag(H) ∝ Σx² per column: the importance llama.cpp's weighted scale searches take (spec §7).
+        var importance = o.GridImportance ? H.diagonal().clone() : null;
 
         IColumnGrid[]? staticGrids = null;
         if (o.StaticGroups && o.GroupSize != -1)
             staticGrids = Enumerable.Range(0, (int)((n + g - 1) / g))
-                .Select(k => grid.Find(W.narrow(1, k * g, Math.Min(g, n - k * g)))).ToArray();
+                .Select(k => grid.Find(W.narrow(1, k * g, Math.Min(g, n - k * g)), importance?.narrow(0, k * g, Math.Min(g, n - k * g)))).ToArray();
 
         Tensor? perm = null, invperm = null;
         if (o.ActOrder)
@@ -73,6 +75,7 @@ public static class ColumnSolver
             D = D is null ? null : Permuted.Both(D, perm);
             C = C is null ? null : Permuted.Both(C, perm);
             W0 = W0 is null ? null : Permuted.Columns(W0, perm);
+            importance = importance?.index_select(0, perm);
         }
         long[]? permHost = perm?.data<long>().ToArray();
 
@@ -120,7 +123,7 @@ public static class ColumnSolver
                         // received the in-block updates of this block when g < B. Fresh grids (GGUF
                         // blocks) see the error-updated columns.
                         long width = Math.Min(g, n - c);
-                        current = grid.Find(grid.FreshGroups ? W1.narrow(1, t, width) : W.narrow(1, c, width));
+                        current = grid.Find(grid.FreshGroups ? W1.narrow(1, t, width) : W.narrow(1, c, width), importance?.narrow(0, c, width));
                         created.Add(current);
                         groupStart = c;
                     }

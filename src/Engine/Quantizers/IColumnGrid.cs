@@ -32,6 +32,10 @@ public interface IGridFamily
     /// <summary>The grid for a slice w [m, g] of one group.</summary>
     IColumnGrid Find(Tensor w);
 
+    /// <summary>The grid for a slice w [m, g], its scale search weighted by an importance per column [g]
+    /// (diag H over the group) where the family has a weighted search; otherwise as <see cref="Find(Tensor)"/>.</summary>
+    IColumnGrid Find(Tensor w, Tensor? importance) => Find(w);
+
     /// <summary>The solved linear from codes [m, n] (uint8, original column order), the group grids in
     /// group order and the group of each input column. Takes ownership of nothing.</summary>
     SolvedLinear Assemble(Tensor codes, IReadOnlyList<IColumnGrid> grids, Tensor gIdx, SolverOptions o, double loss, double damp);

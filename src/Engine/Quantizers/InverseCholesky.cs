@@ -1,4 +1,4 @@
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using static TorchSharp.torch;
 
 namespace DotQuant.Engine.Quantizers;

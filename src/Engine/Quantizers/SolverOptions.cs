@@ -49,6 +49,10 @@ public sealed record SolverOptions
     /// min–max integer grids of the GPTQ family.</summary>
     public Gguf.GgmlType? GgufType { get; init; }
 
+    /// <summary>Weigh the grid search of each block with diag(H) of its columns (llama.cpp's importance-weighted
+    /// scale search, fed from the solver's own statistics) where the grid family has one.</summary>
+    public bool GridImportance { get; init; }
+
     public IGridFamily Grid => GgufType is { } t
         ? Gguf.Grids.GgufGridFamily.For(t)
         : new GridOptions(Bits, Symmetric, Convention, MseClip, Fp16Scales);

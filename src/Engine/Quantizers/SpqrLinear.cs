@@ -1,5 +1,5 @@
 using System.Text.Json.Nodes;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.Formats;
 using DotQuant.Engine.IO;
 using static TorchSharp.torch;

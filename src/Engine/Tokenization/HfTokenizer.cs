@@ -1,5 +1,5 @@
 using System.Text.Json;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 
 namespace DotQuant.Engine.Tokenization;
 
@@ -140,7 +140,10 @@ public sealed class HfTokenizer
     }
 
     /// <summary>Token ids for <paramref name="text"/>, without BOS/EOS (the GPTQ protocol).</summary>
-    public int[] Encode(string text, bool addBos = false)
+    /// <param name="parseSpecial">Match special added tokens (&lt;unk&gt;, &lt;s&gt;, …) written in the text; false
+    /// tokenizes them as text, as llama.cpp does by default (parse_special = false) and Hugging Face with
+    /// split_special_tokens.</param>
+    public int[] Encode(string text, bool addBos = false, bool parseSpecial = true)
     {
         var ids = new List<int>(text.Length / 3 + 1);
         if (addBos)
@@ -149,7 +152,7 @@ public sealed class HfTokenizer
             ids.Add(BosTokenId.Value);
         }
         bool atStart = true;
-        foreach (var (segment, addedId) in SplitAdded(text))
+        foreach (var (segment, addedId) in SplitAdded(text, parseSpecial))
         {
             if (addedId is int id) { ids.Add(id); atStart = false; continue; }
             string normalized = _normalize(segment);
@@ -161,7 +164,7 @@ public sealed class HfTokenizer
     }
 
     /// <summary>Splits out added tokens (leftmost, longest first), honouring lstrip/rstrip.</summary>
-    IEnumerable<(string Segment, int? Id)> SplitAdded(string text)
+    IEnumerable<(string Segment, int? Id)> SplitAdded(string text, bool parseSpecial)
     {
         if (_added.Length == 0) { yield return (text, null); yield break; }
         int start = 0, pos = 0;
@@ -170,7 +173,7 @@ public sealed class HfTokenizer
             if (!_addedFirstChars.Contains(text[pos])) { pos++; continue; }
             AddedToken? hit = null;
             foreach (var a in _added)
-                if (a.Content.Length > 0 && string.CompareOrdinal(text, pos, a.Content, 0, a.Content.Length) == 0) { hit = a; break; }
+                if (a.Content.Length > 0 && (parseSpecial || !a.Special) && string.CompareOrdinal(text, pos, a.Content, 0, a.Content.Length) == 0) { hit = a; break; }
             if (hit is null) { pos++; continue; }
             int segEnd = pos;
             if (hit.LStrip) while (segEnd > start && char.IsWhiteSpace(text[segEnd - 1])) segEnd--;

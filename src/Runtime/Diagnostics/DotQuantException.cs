@@ -1,4 +1,4 @@
-namespace DotQuant.Engine.Diagnostics;
+namespace DotQuant.Runtime;
 
 /// <summary>A failure the user can act on (bad input, missing file, unsupported model).
 /// Carries a stable <c>DQ0xxx</c> code; the CLI prints it on one line and exits with 1.</summary>

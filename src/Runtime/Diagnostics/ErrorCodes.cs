@@ -1,4 +1,4 @@
-namespace DotQuant.Engine.Diagnostics;
+namespace DotQuant.Runtime;
 
 /// <summary>Every diagnostic code the engine raises. Codes are stable: documented in docs/diagnostics.md.</summary>
 public static class ErrorCodes

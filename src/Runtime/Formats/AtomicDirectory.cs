@@ -1,6 +1,6 @@
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 
-namespace DotQuant.Engine.Formats;
+namespace DotQuant.Runtime;
 
 /// <summary>Creates a folder so that readers see either the previous complete folder or the new
 /// complete one: contents are written to a hidden temp folder beside the destination, then the old

@@ -1,8 +1,8 @@
 using System.Reflection;
 using System.Security.Cryptography;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 
-namespace DotQuant.Engine.Runtime;
+namespace DotQuant.Runtime;
 
 /// <summary>Finds a quantized model that the build shipped with an app: files under
 /// <c>models/&lt;name&gt;/</c> beside the app, or manifest resources <c>models/&lt;name&gt;/...</c> in an
@@ -49,7 +49,7 @@ public static class ModelLocator
         hash.AppendData(System.Text.Encoding.UTF8.GetBytes(asm.FullName + "|" + asm.ManifestModule.ModuleVersionId));
         string dir = Path.Combine(Path.GetTempPath(), "dotquant-embedded", Convert.ToHexStringLower(hash.GetHashAndReset())[..24], name);
         if (File.Exists(Path.Combine(dir, ".complete"))) return dir;
-        Formats.AtomicDirectory.Write(dir, tmp =>
+        AtomicDirectory.Write(dir, tmp =>
         {
             foreach (var r in resources)
             {

@@ -1,7 +1,7 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Text.Json.Nodes;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.Gguf;
 using DotQuant.Engine.Imatrix;
 using DotQuant.Engine.Models;
@@ -9,7 +9,7 @@ using DotQuant.Engine.Tokenization;
 
 namespace DotQuant.Tool.Commands;
 
-/// <summary><c>dotnet-quantize imatrix MODEL --data FILE -o OUT [--ctx-size N] [--chunks N]</c>: llama.cpp's
+/// <summary><c>dotnet-quantize imatrix MODEL --data FILE -o OUT [--ctx-size N] [--chunks N] [--parse-special]</c>: llama.cpp's
 /// importance matrix from our forward passes, as llama-imatrix computes it (same chunks, same statistics,
 /// its GGUF imatrix or, for OUT ending in .dat, its legacy file), for llama-quantize --imatrix or for
 /// <c>quantize: { method: rtn, hessian: imatrix, imatrix: OUT }</c>.</summary>
@@ -23,10 +23,11 @@ public static class ImatrixCommand
         var ctx = new Option<int>("--ctx-size", "-c") { Description = "tokens per chunk (llama-imatrix -c)", DefaultValueFactory = _ => 512 };
         var chunks = new Option<int>("--chunks") { Description = "use at most this many chunks (default: all the text gives)", DefaultValueFactory = _ => -1 };
         var processOutput = new Option<bool>("--process-output") { Description = "also collect output.weight's input (llama-imatrix --process-output)" };
+        var parseSpecial = new Option<bool>("--parse-special") { Description = "match special tokens written in the text (<unk>, <s>, ...); by default they are text, as llama-imatrix does" };
         var format = OutputFormat.Create();
         var cmd = new Command("imatrix", "Compute llama.cpp's importance matrix (llama-imatrix's statistics) from a text file")
         {
-            model, data, output, ctx, chunks, processOutput, format,
+            model, data, output, ctx, chunks, processOutput, parseSpecial, format,
         };
         cmd.SetAction(parse =>
         {
@@ -41,7 +42,7 @@ public static class ImatrixCommand
             // llama.cpp adds BOS when the vocabulary says so; SentencePiece vocabularies do by default, byte-level ones do not.
             var vocab = GgufVocab.Load(tokenizerDir, m.Config.VocabSize);
             bool addBos = (vocab.AddBos ?? vocab.Model == "llama") && tokenizer.BosTokenId is not null;
-            var ids = tokenizer.Encode(File.ReadAllText(dataPath), addBos);
+            var ids = tokenizer.Encode(File.ReadAllText(dataPath), addBos, parseSpecial: parse.GetValue(parseSpecial));
             var windows = ImatrixCollector.Chunks(ids, parse.GetValue(ctx), parse.GetValue(chunks), addBos ? tokenizer.BosTokenId : null);
             bool json = parse.GetValue(format) == "json";
             if (!json) stdout.WriteLine($"{ids.Length:N0} tokens; {windows.Count} chunks of {parse.GetValue(ctx)}");

@@ -1,5 +1,5 @@
 using System.CommandLine;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Tool.Packaging;
 
 namespace DotQuant.Tool.Commands;

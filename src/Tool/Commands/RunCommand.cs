@@ -60,7 +60,7 @@ public static class RunCommand
                 // (another build may be replacing it) before it is moved aside.
                 if (entry.Verify(out _) == CacheEntry.State.Good) return Task.FromResult(CacheHit());
                 if (parse.GetValue(requireCache) && !Directory.Exists(entry.Folder))
-                    throw new DotQuant.Engine.Diagnostics.DotQuantException(DotQuant.Engine.Diagnostics.ErrorCodes.CacheMiss,
+                    throw new DotQuant.Runtime.DotQuantException(DotQuant.Runtime.ErrorCodes.CacheMiss,
                         $"no cache entry for {m.Output.Name} ({fingerprint}) in {cache}, and the cache is required (DotQuantRequireCache); build once without it to fill the cache", m.Path);
                 // One writer per entry: concurrent builds of the same manifest wait here and take the hit.
                 entryLock = FileLock.Acquire(entry.LockFile, m.Path,
@@ -72,13 +72,13 @@ public static class RunCommand
                         entryLock.Dispose();
                         return Task.FromResult(CacheHit());
                     case CacheEntry.State.Damaged:
-                        progress.Report(new WarningEvent($"{DotQuant.Engine.Diagnostics.ErrorCodes.CacheDamaged}: the cache entry {entry.Folder} is damaged ({problem}); " +
+                        progress.Report(new WarningEvent($"{DotQuant.Runtime.ErrorCodes.CacheDamaged}: the cache entry {entry.Folder} is damaged ({problem}); " +
                                                          "it was moved aside and is computed again"));
                         entry.MoveAside();
                         break;
                 }
                 if (parse.GetValue(requireCache))
-                    throw new DotQuant.Engine.Diagnostics.DotQuantException(DotQuant.Engine.Diagnostics.ErrorCodes.CacheMiss,
+                    throw new DotQuant.Runtime.DotQuantException(DotQuant.Runtime.ErrorCodes.CacheMiss,
                         $"no usable cache entry for {m.Output.Name} ({fingerprint}) in {cache}, and the cache is required (DotQuantRequireCache); build once without it to fill the cache", m.Path);
             }
             using var heldEntry = entryLock;
@@ -94,7 +94,7 @@ public static class RunCommand
             var result = QuantizeJob.Run(m, outDir, progress.Report, ct, options);
             if (members is not null)
             {
-                foreach (var t in members.Takeovers) progress.Report(new WarningEvent($"{DotQuant.Engine.Diagnostics.ErrorCodes.ClusterWorkerLost}: {t}"));
+                foreach (var t in members.Takeovers) progress.Report(new WarningEvent($"{DotQuant.Runtime.ErrorCodes.ClusterWorkerLost}: {t}"));
                 progress.Report(ClusterReport(members, result));
             }
             if (m.Evaluate is not null)
@@ -127,12 +127,12 @@ public static class RunCommand
         if (parse.GetValue(cluster) is not { } text)
         {
             if (wanted is not null)
-                throw new DotQuant.Engine.Diagnostics.DotQuantException(DotQuant.Engine.Diagnostics.ErrorCodes.Usage, "--workers needs --cluster");
+                throw new DotQuant.Runtime.DotQuantException(DotQuant.Runtime.ErrorCodes.Usage, "--workers needs --cluster");
             return null;
         }
-        if (wanted is < 1) throw new DotQuant.Engine.Diagnostics.DotQuantException(DotQuant.Engine.Diagnostics.ErrorCodes.Usage, "--workers must be at least 1");
+        if (wanted is < 1) throw new DotQuant.Runtime.DotQuantException(DotQuant.Runtime.ErrorCodes.Usage, "--workers must be at least 1");
         double seconds = parse.GetValue(timeout);
-        if (seconds <= 0) throw new DotQuant.Engine.Diagnostics.DotQuantException(DotQuant.Engine.Diagnostics.ErrorCodes.Usage, "--cluster-timeout must be positive");
+        if (seconds <= 0) throw new DotQuant.Runtime.DotQuantException(DotQuant.Runtime.ErrorCodes.Usage, "--cluster-timeout must be positive");
         var address = ClusterAddress.Parse(text);
         var members = OrleansCluster.Connect(address, wanted, TimeSpan.FromSeconds(seconds), tls, line => progress.Report(new InfoEvent("cluster", line)), ct);
         foreach (var w in members.Members)
@@ -190,7 +190,7 @@ public static class RunCommand
     static void GateError(TextWriter stderr, QuantManifest m, double before, double after)
     {
         var gate = m.Evaluate!.Gate!;
-        stderr.WriteLine(new DotQuant.Engine.Diagnostics.DotQuantException(DotQuant.Engine.Diagnostics.ErrorCodes.QualityGate,
+        stderr.WriteLine(new DotQuant.Runtime.DotQuantException(DotQuant.Runtime.ErrorCodes.QualityGate,
             $"quality gate failed: perplexity {before:F4} (float) -> {after:F4} (quantized) exceeds the allowed {gate.Limit} ({gate.Allowed(before):F4})", m.Path).Format());
     }
 

@@ -1,7 +1,7 @@
 using System.CommandLine;
 using System.Net;
 using DotQuant.Cluster;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 
 namespace DotQuant.Tool.Commands;
 

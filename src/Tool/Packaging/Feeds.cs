@@ -1,5 +1,5 @@
 using System.IO.Compression;
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using NuGet.Common;
 using NuGet.Configuration;
 using NuGet.Packaging;
@@ -48,7 +48,7 @@ public static class Feeds
             var finder = await Repository(source).GetResourceAsync<FindPackageByIdResource>(ct)
                 ?? throw new DotQuantException(ErrorCodes.Feed, $"{source} is not a NuGet feed");
             using var cache = new SourceCacheContext { NoCache = true };
-            Engine.Formats.AtomicDirectory.Write(root, tmp =>
+            AtomicDirectory.Write(root, tmp =>
             {
                 Extract(finder, cache, id, v, tmp, ct);
                 string? fragments = Directory.GetFiles(tmp, "*.fragments.json", SearchOption.AllDirectories).FirstOrDefault();

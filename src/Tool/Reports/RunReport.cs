@@ -1,3 +1,4 @@
+using DotQuant.Runtime;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;

@@ -1,4 +1,4 @@
-using DotQuant.Engine.Diagnostics;
+using DotQuant.Runtime;
 using DotQuant.Engine.Gguf.Blocks;
 using DotQuant.Engine.Quantizers;
 using static TorchSharp.torch;
@@ -33,6 +33,11 @@ public sealed class GgufGridFamily : IGridFamily
     };
 
     public IColumnGrid Find(Tensor w) => _kquant is { } k ? KQuantGrid.Find(k, w) : LegacyGrid.Find(_rule, _bits, w);
+
+    /// <summary>The k-quants take llama.cpp's importance-weighted search (quantize_row_*_K_impl); the
+    /// 32-element types keep the reference rule for now.</summary>
+    public IColumnGrid Find(Tensor w, Tensor? importance) =>
+        _kquant is { } k && importance is not null ? KQuantGrid.Find(k, w, importance) : Find(w);
 
     /// <summary>llama-quantize --imatrix: every row through the type's importance-weighted quantizer,
     /// the linear kept as the bytes it gives.</summary>

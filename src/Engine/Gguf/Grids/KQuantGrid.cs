@@ -31,11 +31,19 @@ public sealed class KQuantGrid : IColumnGrid
         _fallback = fallback.DetachFromDisposeScope();
     }
 
-    public static KQuantGrid Find(KQuantCodec codec, Tensor w)
+    /// <param name="importance">Per column of the super-block [256]: llama.cpp's weighted search
+    /// (ω = imp·√(σ² + x²)) instead of the unweighted one.</param>
+    public static KQuantGrid Find(KQuantCodec codec, Tensor w, Tensor? importance = null)
     {
         int rows = (int)w.shape[0], qk = GgmlTypeInfo.SuperBlock, hb = codec.HeaderBytes, subs = codec.SubBlocks;
         using var x = w.to(ScalarType.Float32).contiguous();
         var values = x.data<float>().ToArray();
+        float[]? imp = null;
+        if (importance is not null)
+        {
+            using var i = importance.to(ScalarType.Float32).contiguous();
+            imp = i.data<float>().ToArray();
+        }
         var headers = new byte[rows * hb];
         var codes = new byte[rows * qk];
         var d = new float[rows * subs];
@@ -43,7 +51,8 @@ public sealed class KQuantGrid : IColumnGrid
         for (int r = 0; r < rows; r++)
         {
             var header = headers.AsSpan(r * hb, hb);
-            codec.Search(values.AsSpan(r * qk, qk), header, codes.AsSpan(r * qk, qk));
+            if (imp is null) codec.Search(values.AsSpan(r * qk, qk), header, codes.AsSpan(r * qk, qk));
+            else codec.Search(values.AsSpan(r * qk, qk), imp, header, codes.AsSpan(r * qk, qk));
             codec.SubScales(header, d.AsSpan(r * subs, subs), m.AsSpan(r * subs, subs));
         }
         using var scope = NewDisposeScope();

@@ -1,6 +1,9 @@
+using DotQuant.Tests;
 using System.Text.Json.Nodes;
 
-namespace DotQuant.Engine.Models;
+using DotQuant.Engine.Models;
+
+namespace DotQuant.Tests;
 
 /// <summary>One small synthetic checkpoint per family, exercising what sets the family apart (Qwen3's
 /// q/k norms and decoupled head_dim, Phi-3's fused projections, partial rotary and LongRoPE, …), for the

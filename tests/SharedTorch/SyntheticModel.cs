@@ -1,3 +1,4 @@
+using DotQuant.Tests;
 using System.Text;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
@@ -5,7 +6,10 @@ using DotQuant.Engine.IO;
 using DotQuant.Engine.Tokenization;
 using static TorchSharp.torch;
 
-namespace DotQuant.Engine.Models;
+using DotQuant.Engine.Models;
+using DotQuant.Engine.Torch;
+
+namespace DotQuant.Tests;
 
 /// <summary>Writes a complete Hugging Face model folder with random weights: config.json,
 /// model.safetensors (or shards) in the requested dtype, and a byte-level BPE tokenizer.json
