@@ -19,6 +19,9 @@ namespace DotQuant.Engine.Awq;
 /// calibrator's stream, one batch at a time: memory is one batch's activations plus the group's weights.</summary>
 public sealed class AwqTransform(AwqOptions options)
 {
+    /// <summary>What the scale search may keep of one group's activations across the α grid (a small model keeps all).</summary>
+    public const long CacheBytes = 1L << 30;
+
     /// <summary>Transforms the block in place (its norms and linear weights) and returns the stored tensors
     /// it changed with their new values (the writer stores them instead of the checkpoint's).</summary>
     /// <param name="optionsFor">The solver options of a planned linear, null for one left in float.</param>
@@ -115,9 +118,6 @@ public sealed class AwqTransform(AwqOptions options)
     /// α grid when they fit <see cref="CacheBytes"/> (otherwise recomputed for every α).</summary>
     sealed class Inspection(BlockWork work, int g, IReadOnlyList<NamedLinear> group) : IDisposable
     {
-        /// <summary>What the scale search may keep of one group's activations (a small model keeps all).</summary>
-        public const long CacheBytes = 1L << 30;
-
         readonly List<(BlockState State, Tensor Reference)>? _cached = Fits(work, g, group) ? [] : null;
         readonly bool _throughNext = g % 2 == 0 && g + 1 < work.Block.LinearGroups.Count;
 

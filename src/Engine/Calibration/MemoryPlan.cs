@@ -155,6 +155,15 @@ public sealed record MemoryPlan
         // each with its captured group input.
         long widestInput = model.LinearLayout(0).SelectMany(g => g).Max(l => l.InFeatures);
         long activations = calibrated ? Math.Max(statistics, gptaq ? 2 * (forward + batchTokens * widestInput * 4) : forward) : 0;
+        // AWQ's search (before a block's statistics): the block made fp32, the widest group's weights three
+        // times (as loaded, their fp32 originals, a trial), its stage states and float inspected outputs
+        // (kept up to AwqTransform.CacheBytes), one forward and the clipping search's strided inputs.
+        if (q.Awq is { } awqOptions && calibrated)
+        {
+            long groupWeights = model.LinearLayout(0).Max(g => g.Sum(l => l.OutFeatures * l.InFeatures)) * 4;
+            long cache = Math.Min(Awq.AwqTransform.CacheBytes, tokens * (2 * h + widestInput + Math.Max(h, 2 * f)) * 4);
+            activations = Math.Max(activations, storedBlock + 3 * groupWeights + cache + forward + awqOptions.ClipTokens * widestInput * 4);
+        }
 
         long oac = 0, hbar = 0;
         if (q.Oac is not null && calibrated)
