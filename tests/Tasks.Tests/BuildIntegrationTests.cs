@@ -236,16 +236,36 @@ public class BuildIntegrationTests(PackageFixture package)
         psi.Environment["DOTQUANT_CACHE"] = cache.Path;
         psi.Environment["DOTQUANT_LOCK_FILE"] = lockFile;
         using var build = System.Diagnostics.Process.Start(psi)!;
+        var errors = build.StandardError.ReadToEndAsync();           // drained, so a full stderr pipe cannot stall the build
         var output = new System.Text.StringBuilder();
         string? line;
-        while ((line = await build.StandardOutput.ReadLineAsync()) is not null)
-        {
-            output.AppendLine(line);
-            if (line.Contains("another quantization is running")) break;     // the tool is alive and waiting
-        }
+        // Bounded: a build that never reaches the tool's waiting line fails here instead of stalling CI.
+        using (var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(5)))
+            while ((line = await build.StandardOutput.ReadLineAsync(timeout.Token)) is not null)
+            {
+                output.AppendLine(line);
+                if (line.Contains("another quantization is running")) break;     // the tool is alive and waiting
+            }
         Assert.True(line is not null, output.ToString());
-        using (var kill = System.Diagnostics.Process.Start("kill", ["-INT", build.Id.ToString()])) await kill!.WaitForExitAsync();
-        output.Append(await build.StandardOutput.ReadToEndAsync());
+        var rest = build.StandardOutput.ReadToEndAsync();
+        // Ctrl+C. Seen once on CI (2026-12-07): the build logged the tool's waiting line, got SIGINT and went on
+        // waiting for the tool for 24 minutes, as if the signal had been lost. A second Ctrl+C is what a user at
+        // a terminal does; the bound keeps a lost cancellation a failure rather than a hang.
+        int signals = 0;
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (!build.HasExited && clock.Elapsed < TimeSpan.FromSeconds(60))
+        {
+            if (signals == 0 || clock.Elapsed > TimeSpan.FromSeconds(20 * signals))
+            {
+                using var kill = System.Diagnostics.Process.Start("kill", ["-INT", build.Id.ToString()]);
+                await kill!.WaitForExitAsync();
+                signals++;
+            }
+            await Task.Delay(100);
+        }
+        if (!build.HasExited) build.Kill(entireProcessTree: true);        // stop what the test started before failing
+        Assert.True(signals > 0 && clock.Elapsed < TimeSpan.FromSeconds(60), $"the build outlived {signals} Ctrl+C in 60 s:\n{output}");
+        output.Append(await rest).Append(await errors);
         await build.WaitForExitAsync();
         Assert.NotEqual(0, build.ExitCode);
         Assert.Contains("MSB5021", output.ToString());            // MSBuild terminated the tool
