@@ -10,7 +10,7 @@ public static class HessianSources
     /// <param name="firstSequence">The number of the stream's first sequence in the run (a shard's offset).</param>
     public static IHessianSource For(QuantizeSpec q, bool staged = false, int firstSequence = 0) =>
         !q.NeedsCalibration ? new NoHessian()
-        : !q.Scheme.NeedsCalibration ? new StreamOnly()
+        : !q.Scheme.NeedsCalibration ? new NoHessian(keepsStream: true)
         : q.Oac is { } oac ? new OutputAdaptiveSource(oac, firstSequence)
         : q.NeedsFloatStream ? new AsymmetricHessian()
         : new LayerHessian(staged);

@@ -105,23 +105,11 @@ public interface ISummedHessianSource : IHessianSource
     GroupStatistics Scale(StatisticSums sums, IReadOnlyList<NamedLinear> active);
 }
 
-/// <summary>Round-to-nearest: no statistics.</summary>
-public sealed class NoHessian : IHessianSource
+/// <summary>Round-to-nearest: no statistics. With <paramref name="keepsStream"/> (a block transform reads
+/// the calibration stream first: AWQ) the stream is kept and advanced, still without statistics.</summary>
+public sealed class NoHessian(bool keepsStream = false) : IHessianSource
 {
-    public bool NeedsCalibration => false;
-    public void BeginBlock(BlockWork work) { }
-    public GroupStatistics Group(BlockWork work, IReadOnlyList<NamedLinear> group, IReadOnlyList<NamedLinear> active) => GroupStatistics.None;
-    public void EndBlock(BlockWork work) { }
-    public void Save(string folder) { }
-    public void Restore(string folder, IReadOnlyList<long[]> sequences, int nextBlock) { }
-    public void Dispose() { }
-}
-
-/// <summary>Round-to-nearest after a block transform that reads the calibration stream (AWQ): the stream
-/// is kept and advanced, no statistics are collected for the solves.</summary>
-public sealed class StreamOnly : IHessianSource
-{
-    public bool NeedsCalibration => true;
+    public bool NeedsCalibration => keepsStream;
     public void BeginBlock(BlockWork work) { }
     public GroupStatistics Group(BlockWork work, IReadOnlyList<NamedLinear> group, IReadOnlyList<NamedLinear> active) => GroupStatistics.None;
     public void EndBlock(BlockWork work) { }

@@ -144,19 +144,10 @@ public abstract class KQuantCodec : BlockCodec
     /// mins quantized to 6 bits with the summed weights (make_qp_quants).</summary>
     protected static void SearchScaleMins(ReadOnlySpan<float> x, ReadOnlySpan<float> importance, Span<byte> header, Span<byte> codes, int nmax)
     {
-        Span<float> weights = stackalloc float[32], scales = stackalloc float[8], mins = stackalloc float[8], sw = stackalloc float[8];
-        float sumX2 = 0;
-        for (int l = 0; l < QK; l++) sumX2 += x[l] * x[l];
-        float sigma2 = 2 * sumX2 / QK;
+        Span<float> weights = stackalloc float[QK], scales = stackalloc float[8], mins = stackalloc float[8], sw = stackalloc float[8];
+        KQuantSearch.SuperBlockWeights(x, importance, 2, 32, weights, sw);
         for (int j = 0; j < 8; j++)
-        {
-            var xs = x.Slice(32 * j, 32);
-            KQuantSearch.ImportanceWeights(xs, importance.Slice(32 * j, 32), sigma2, weights);
-            float sumW = 0;
-            for (int l = 0; l < 32; l++) sumW += weights[l];
-            sw[j] = sumW;
-            scales[j] = KQuantSearch.Qkx2(xs, weights, nmax, codes.Slice(32 * j, 32), out mins[j], -0.9f, 0.05f, 36, false);
-        }
+            scales[j] = KQuantSearch.Qkx2(x.Slice(32 * j, 32), weights.Slice(32 * j, 32), nmax, codes.Slice(32 * j, 32), out mins[j], -0.9f, 0.05f, 36, false);
         Span<byte> ls = stackalloc byte[8], lm = stackalloc byte[8];
         float dBlock = KQuantSearch.Qp(scales, 63, ls, sw);
         float mBlock = KQuantSearch.Qp(mins, 63, lm, sw);
@@ -224,19 +215,10 @@ public sealed class Q2_KCodec : KQuantCodec
     /// <summary>quantize_row_q2_K_impl: σ² = mean(x²) over the super-block.</summary>
     public override void Search(ReadOnlySpan<float> x, ReadOnlySpan<float> importance, Span<byte> header, Span<byte> codes)
     {
-        Span<float> weights = stackalloc float[16], scales = stackalloc float[16], mins = stackalloc float[16], sw = stackalloc float[16];
-        float sumX2 = 0;
-        for (int j = 0; j < QK; j++) sumX2 += x[j] * x[j];
-        float sigma2 = sumX2 / QK;
+        Span<float> weights = stackalloc float[QK], scales = stackalloc float[16], mins = stackalloc float[16], sw = stackalloc float[16];
+        KQuantSearch.SuperBlockWeights(x, importance, 1, 16, weights, sw);
         for (int j = 0; j < 16; j++)
-        {
-            var xs = x.Slice(16 * j, 16);
-            KQuantSearch.ImportanceWeights(xs, importance.Slice(16 * j, 16), sigma2, weights);
-            float sumW = 0;
-            for (int l = 0; l < 16; l++) sumW += weights[l];
-            sw[j] = sumW;
-            scales[j] = KQuantSearch.Qkx2(xs, weights, 3, codes.Slice(16 * j, 16), out mins[j], -0.9f, 0.05f, 36, false);
-        }
+            scales[j] = KQuantSearch.Qkx2(x.Slice(16 * j, 16), weights.Slice(16 * j, 16), 3, codes.Slice(16 * j, 16), out mins[j], -0.9f, 0.05f, 36, false);
         Span<byte> ls = stackalloc byte[16], lm = stackalloc byte[16];
         float dm = KQuantSearch.Qp(scales, 15, ls, sw);
         float mm = KQuantSearch.Qp(mins, 15, lm, sw);
@@ -320,19 +302,10 @@ public sealed class Q3_KCodec : KQuantCodec
     /// quantized by the same weighted symmetric search, their weights summed.</summary>
     public override void Search(ReadOnlySpan<float> x, ReadOnlySpan<float> importance, Span<byte> header, Span<byte> codes)
     {
-        Span<float> weights = stackalloc float[16], scales = stackalloc float[16], sw = stackalloc float[16];
-        float sumX2 = 0;
-        for (int j = 0; j < QK; j++) sumX2 += x[j] * x[j];
-        float sigma2 = 2 * sumX2 / QK;
+        Span<float> weights = stackalloc float[QK], scales = stackalloc float[16], sw = stackalloc float[16];
+        KQuantSearch.SuperBlockWeights(x, importance, 2, 16, weights, sw);
         for (int j = 0; j < 16; j++)
-        {
-            var xs = x.Slice(16 * j, 16);
-            KQuantSearch.ImportanceWeights(xs, importance.Slice(16 * j, 16), sigma2, weights);
-            float sumW = 0;
-            for (int l = 0; l < 16; l++) sumW += weights[l];
-            sw[j] = sumW;
-            scales[j] = KQuantSearch.Qx(xs, 4, codes.Slice(16 * j, 16), weights);
-        }
+            scales[j] = KQuantSearch.Qx(x.Slice(16 * j, 16), 4, codes.Slice(16 * j, 16), weights.Slice(16 * j, 16));
         var sc = header[..12];
         sc.Clear();
         Span<byte> ls = stackalloc byte[16];

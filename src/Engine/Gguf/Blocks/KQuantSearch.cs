@@ -269,6 +269,25 @@ static class KQuantSearch
         return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
     }
 
+    /// <summary>A super-block's importance weights as the k-quant impls form them: σ² = scale·Σx²/256,
+    /// ω_j = imp_j·√(σ² + x_j²) for all 256 columns, and each sub-block's weights summed in order (what
+    /// make_qp_quants / the scales' search weigh the sub-block scales with).</summary>
+    public static void SuperBlockWeights(ReadOnlySpan<float> x, ReadOnlySpan<float> importance, float sigmaScale, int subBlock,
+        Span<float> weights, Span<float> subBlockSums)
+    {
+        int n = x.Length;
+        float sumX2 = 0;
+        for (int j = 0; j < n; j++) sumX2 += x[j] * x[j];
+        float sigma2 = sigmaScale * sumX2 / n;
+        ImportanceWeights(x, importance, sigma2, weights);
+        for (int j = 0; j < n / subBlock; j++)
+        {
+            float sumW = 0;
+            for (int l = 0; l < subBlock; l++) sumW += weights[subBlock * j + l];
+            subBlockSums[j] = sumW;
+        }
+    }
+
     /// <summary>The importance weights of llama.cpp's quantizers: ω_j = imp_j·√(σ² + x_j²).</summary>
     public static void ImportanceWeights(ReadOnlySpan<float> x, ReadOnlySpan<float> importance, float sigma2, Span<float> weights)
     {
