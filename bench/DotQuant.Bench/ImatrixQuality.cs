@@ -127,12 +127,7 @@ static class ImatrixQuality
             foreach (var (name, quantize) in WMethods)
             {
                 string tag = $"{model}-w{bits}-{name.ToLowerInvariant().Replace(' ', '-').Replace('+', '-').Replace("(", "").Replace(")", "")}";
-                string yaml = Path.Combine(work, tag + ".yaml");
-                File.WriteAllText(yaml,
-                    $"version: 1\nmodel: {Path.Combine(Path.GetDirectoryName(calib)!, "..", "..", "models", model)}\n" +
-                    $"calibration:\n  data: {calib}\n  samples: 128\n  sequence_length: 256\n  seed: 0\n" +
-                    $"quantize:\n{quantize}  bits: {bits}\n  group_size: 128\noutput:\n  name: {tag}\n");
-                var result = QuantizeJob.Run(ManifestParser.Load(yaml), work);
+                var result = Quantize(work, model, calib, tag, $"{quantize}  bits: {bits}\n  group_size: 128\n", "");
                 double ppl;
                 using (var m = ModelLoader.Open(result.Output)) ppl = Perplexity.Windows(m, ids, 512, windows).Perplexity;
                 rtn ??= ppl;
@@ -147,13 +142,19 @@ static class ImatrixQuality
     static string Ours(string work, string model, string type, string quantize, string tag, string calib)
     {
         string name = $"{model}-{type}-{tag}";
+        var result = Quantize(work, model, calib, name, quantize, $"  format: gguf\n  gguf: {{ type: {type} }}\n");
+        return Path.Combine(result.Output, $"{name}-{type}.gguf");
+    }
+
+    /// <summary>One run on the bench's calibration (128 × 256 of <paramref name="calib"/>, seed 0).</summary>
+    static JobResult Quantize(string work, string model, string calib, string name, string quantize, string output)
+    {
         string yaml = Path.Combine(work, name + ".yaml");
         File.WriteAllText(yaml,
             $"version: 1\nmodel: {Path.Combine(Path.GetDirectoryName(calib)!, "..", "..", "models", model)}\n" +
             $"calibration:\n  data: {calib}\n  samples: 128\n  sequence_length: 256\n  seed: 0\n" +
-            $"quantize:\n{quantize}output:\n  name: {name}\n  format: gguf\n  gguf: {{ type: {type} }}\n");
-        var result = QuantizeJob.Run(ManifestParser.Load(yaml), work);
-        return Path.Combine(result.Output, $"{name}-{type}.gguf");
+            $"quantize:\n{quantize}output:\n  name: {name}\n{output}");
+        return QuantizeJob.Run(ManifestParser.Load(yaml), work);
     }
 
     static double Agreement(ImportanceMatrix theirs, ImportanceMatrix ours)
